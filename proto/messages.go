@@ -1,0 +1,245 @@
+package proto
+
+import (
+	"fmt"
+	"os"
+)
+
+// Type identifies a message. Names say sender, noun and verb.
+type Type uint32
+
+// The message types.
+const (
+	TypeSetupPeer Type = iota + 1
+	TypeSetupListener
+	TypeSetupControl
+	TypeSetupDone
+	TypeSetupReady
+	TypeStatUpdate
+	TypeControlShowStats
+	TypeControlStats
+	TypeControlError
+	typeEnd
+)
+
+var typeNames = [...]string{
+	TypeSetupPeer:        "SetupPeer",
+	TypeSetupListener:    "SetupListener",
+	TypeSetupControl:     "SetupControl",
+	TypeSetupDone:        "SetupDone",
+	TypeSetupReady:       "SetupReady",
+	TypeStatUpdate:       "StatUpdate",
+	TypeControlShowStats: "ControlShowStats",
+	TypeControlStats:     "ControlStats",
+	TypeControlError:     "ControlError",
+}
+
+func (t Type) String() string {
+	if t > 0 && t < typeEnd {
+		return typeNames[t]
+	}
+	return fmt.Sprintf("type(%d)", uint32(t))
+}
+
+// Message is one typed message. Encode must write exactly what Decode
+// reads; Decode reports errors through the Reader.
+type Message interface {
+	Type() Type
+	Encode(w *Writer)
+	Decode(r *Reader)
+}
+
+// FileMessage is a message that carries one file descriptor with it.
+type FileMessage interface {
+	Message
+	File() *os.File
+	setFile(f *os.File)
+}
+
+// New returns an empty message of type t, or false for an unknown type.
+func New(t Type) (Message, bool) {
+	switch t {
+	case TypeSetupPeer:
+		return &SetupPeer{}, true
+	case TypeSetupListener:
+		return &SetupListener{}, true
+	case TypeSetupControl:
+		return &SetupControl{}, true
+	case TypeSetupDone:
+		return &SetupDone{}, true
+	case TypeSetupReady:
+		return &SetupReady{}, true
+	case TypeStatUpdate:
+		return &StatUpdate{}, true
+	case TypeControlShowStats:
+		return &ControlShowStats{}, true
+	case TypeControlStats:
+		return &ControlStats{}, true
+	case TypeControlError:
+		return &ControlError{}, true
+	}
+	return nil, false
+}
+
+// fileField implements FileMessage for the structs that embed it.
+type fileField struct{ fd *os.File }
+
+// File returns the descriptor carried by the message.
+func (f *fileField) File() *os.File     { return f.fd }
+func (f *fileField) setFile(fd *os.File) { f.fd = fd }
+
+// SetupPeer hands a child its end of a channel to another child.
+type SetupPeer struct {
+	fileField
+	Peer Proc
+}
+
+// NewSetupPeer returns a SetupPeer carrying fd.
+func NewSetupPeer(peer Proc, fd *os.File) *SetupPeer {
+	return &SetupPeer{fileField{fd}, peer}
+}
+
+func (*SetupPeer) Type() Type         { return TypeSetupPeer }
+func (m *SetupPeer) Encode(w *Writer) { w.U32(uint32(m.Peer)) }
+func (m *SetupPeer) Decode(r *Reader) {
+	m.Peer = Proc(r.U32())
+	if m.Peer < ProcSMTP || m.Peer > ProcControl {
+		r.Fail(fmt.Errorf("%w: bad peer %d", ErrBadFrame, m.Peer))
+	}
+}
+
+// SetupListener hands smtp a listening socket bound by the parent.
+type SetupListener struct {
+	fileField
+	Name string
+}
+
+// NewSetupListener returns a SetupListener carrying fd.
+func NewSetupListener(name string, fd *os.File) *SetupListener {
+	return &SetupListener{fileField{fd}, name}
+}
+
+func (*SetupListener) Type() Type         { return TypeSetupListener }
+func (m *SetupListener) Encode(w *Writer) { w.String(m.Name) }
+func (m *SetupListener) Decode(r *Reader) { m.Name = r.String() }
+
+// SetupControl hands control the listening control socket.
+type SetupControl struct{ fileField }
+
+// NewSetupControl returns a SetupControl carrying fd.
+func NewSetupControl(fd *os.File) *SetupControl { return &SetupControl{fileField{fd}} }
+
+func (*SetupControl) Type() Type     { return TypeSetupControl }
+func (*SetupControl) Encode(*Writer) {}
+func (*SetupControl) Decode(*Reader) {}
+
+// SetupDone tells a child that all its peers and sockets were sent.
+type SetupDone struct{}
+
+func (*SetupDone) Type() Type      { return TypeSetupDone }
+func (*SetupDone) Encode(*Writer) {}
+func (*SetupDone) Decode(*Reader) {}
+
+// SetupReady tells the parent that a child finished its setup, dropped
+// its privileges and serves.
+type SetupReady struct{}
+
+func (*SetupReady) Type() Type      { return TypeSetupReady }
+func (*SetupReady) Encode(*Writer) {}
+func (*SetupReady) Decode(*Reader) {}
+
+// StatOp says how a StatChange applies to a counter.
+type StatOp uint8
+
+// The stat operations, as OpenSMTPD's increment, decrement and set.
+const (
+	StatIncrement StatOp = iota + 1
+	StatDecrement
+	StatSet
+)
+
+// StatChange is one change to one named counter.
+type StatChange struct {
+	Key   string
+	Op    StatOp
+	Value int64
+}
+
+// StatUpdate carries a batch of counter changes to control.
+type StatUpdate struct{ Changes []StatChange }
+
+func (*StatUpdate) Type() Type { return TypeStatUpdate }
+func (m *StatUpdate) Encode(w *Writer) {
+	w.U32(uint32(len(m.Changes)))
+	for _, c := range m.Changes {
+		w.String(c.Key)
+		w.U8(uint8(c.Op))
+		w.I64(c.Value)
+	}
+}
+func (m *StatUpdate) Decode(r *Reader) {
+	n := r.U32()
+	// each change takes at least 13 bytes: refuse counts the payload cannot hold
+	if n > MaxPayload/13 {
+		r.Fail(fmt.Errorf("%w: %d stat changes", ErrBadFrame, n))
+		return
+	}
+	m.Changes = make([]StatChange, 0, n)
+	for range n {
+		c := StatChange{Key: r.String(), Op: StatOp(r.U8()), Value: r.I64()}
+		if c.Op < StatIncrement || c.Op > StatSet {
+			r.Fail(fmt.Errorf("%w: bad stat op %d", ErrBadFrame, c.Op))
+			return
+		}
+		m.Changes = append(m.Changes, c)
+	}
+}
+
+// ControlShowStats asks control for all counters.
+type ControlShowStats struct{}
+
+func (*ControlShowStats) Type() Type      { return TypeControlShowStats }
+func (*ControlShowStats) Encode(*Writer) {}
+func (*ControlShowStats) Decode(*Reader) {}
+
+// StatValue is the current value of one counter.
+type StatValue struct {
+	Key   string
+	Value int64
+}
+
+// ControlStats answers ControlShowStats, possibly in several frames; the
+// last one has Last set.
+type ControlStats struct {
+	Values []StatValue
+	Last   bool
+}
+
+func (*ControlStats) Type() Type { return TypeControlStats }
+func (m *ControlStats) Encode(w *Writer) {
+	w.Bool(m.Last)
+	w.U32(uint32(len(m.Values)))
+	for _, v := range m.Values {
+		w.String(v.Key)
+		w.I64(v.Value)
+	}
+}
+func (m *ControlStats) Decode(r *Reader) {
+	m.Last = r.Bool()
+	n := r.U32()
+	if n > MaxPayload/12 {
+		r.Fail(fmt.Errorf("%w: %d stat values", ErrBadFrame, n))
+		return
+	}
+	m.Values = make([]StatValue, 0, n)
+	for range n {
+		m.Values = append(m.Values, StatValue{Key: r.String(), Value: r.I64()})
+	}
+}
+
+// ControlError answers a control request that failed.
+type ControlError struct{ Text string }
+
+func (*ControlError) Type() Type         { return TypeControlError }
+func (m *ControlError) Encode(w *Writer) { w.String(m.Text) }
+func (m *ControlError) Decode(r *Reader) { m.Text = r.String() }

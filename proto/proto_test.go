@@ -1,0 +1,186 @@
+package proto
+
+import (
+	"errors"
+	"io"
+	"os"
+	"reflect"
+	"testing"
+)
+
+// samples holds one filled message of every type, with its sender and
+// receiver.
+func samples(t *testing.T) []struct {
+	from, to Proc
+	msg      Message
+} {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return []struct {
+		from, to Proc
+		msg      Message
+	}{
+		{ProcParent, ProcQueue, NewSetupPeer(ProcLookup, f)},
+		{ProcParent, ProcSMTP, NewSetupListener("mx", f)},
+		{ProcParent, ProcControl, NewSetupControl(f)},
+		{ProcParent, ProcMTA, &SetupDone{}},
+		{ProcMFA, ProcParent, &SetupReady{}},
+		{ProcQueue, ProcControl, &StatUpdate{Changes: []StatChange{{"queue.envelope", StatIncrement, 3}, {"x", StatSet, -1}}}},
+		{ProcClient, ProcControl, &ControlShowStats{}},
+		{ProcControl, ProcClient, &ControlStats{Values: []StatValue{{"uptime", 12}}, Last: true}},
+		{ProcControl, ProcClient, &ControlError{Text: "permission denied"}},
+	}
+}
+
+func TestEveryTypeHasSample(t *testing.T) {
+	seen := map[Type]bool{}
+	for _, s := range samples(t) {
+		seen[s.msg.Type()] = true
+	}
+	for ty := Type(1); ty < typeEnd; ty++ {
+		if !seen[ty] {
+			t.Errorf("no sample for %s", ty)
+		}
+		if _, ok := New(ty); !ok {
+			t.Errorf("New(%s) unknown", ty)
+		}
+	}
+}
+
+func TestRoundTripOverChannel(t *testing.T) {
+	for _, s := range samples(t) {
+		t.Run(s.msg.Type().String(), func(t *testing.T) {
+			a, b := pair(t, s.from, s.to)
+			if err := a.Send(s.msg, 42); err != nil {
+				t.Fatal(err)
+			}
+			env, err := b.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if env.Type != s.msg.Type() || env.PeerID != 42 || env.PID != uint32(os.Getpid()) {
+				t.Errorf("header %+v", env.Header)
+			}
+			if fm, ok := env.Msg.(FileMessage); ok {
+				if fm.File() == nil {
+					t.Fatal("descriptor lost")
+				}
+				fm.File().Close()
+				fm.setFile(nil)
+				s.msg.(FileMessage).setFile(nil)
+			}
+			if !reflect.DeepEqual(env.Msg, s.msg) {
+				t.Errorf("got %#v, want %#v", env.Msg, s.msg)
+			}
+		})
+	}
+}
+
+func pair(t *testing.T, from, to Proc) (*Channel, *Channel) {
+	t.Helper()
+	fa, fb, err := Socketpair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewChannel(fa, from, to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewChannel(fb, to, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa.Close()
+	fb.Close()
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestDecodeStrict(t *testing.T) {
+	peer := []byte{byte(ProcLookup), 0, 0, 0}
+	f, _ := os.Open(os.DevNull)
+	defer f.Close()
+	tests := []struct {
+		name     string
+		from, to Proc
+		typ      Type
+		payload  []byte
+		fd       bool
+		want     error
+	}{
+		{"unknown type", ProcParent, ProcQueue, 999, nil, false, ErrUnknownType},
+		{"type zero", ProcParent, ProcQueue, 0, nil, false, ErrUnknownType},
+		{"wrong sender", ProcSMTP, ProcQueue, TypeSetupPeer, peer, true, ErrNotAllowed},
+		{"wrong receiver", ProcParent, ProcQueue, TypeSetupListener, []byte{0, 0, 0, 0}, true, ErrNotAllowed},
+		{"client may not set up", ProcClient, ProcControl, TypeSetupDone, nil, false, ErrNotAllowed},
+		{"short payload", ProcParent, ProcQueue, TypeSetupPeer, peer[:3], true, ErrShortPayload},
+		{"trailing bytes", ProcParent, ProcQueue, TypeSetupDone, []byte{0}, false, ErrTrailingBytes},
+		{"trailing after peer", ProcParent, ProcQueue, TypeSetupPeer, append(peer, 1), true, ErrTrailingBytes},
+		{"bad peer", ProcParent, ProcQueue, TypeSetupPeer, []byte{9, 0, 0, 0}, true, ErrBadFrame},
+		{"missing fd", ProcParent, ProcQueue, TypeSetupPeer, peer, false, ErrBadFrame},
+		{"unexpected fd", ProcParent, ProcQueue, TypeSetupDone, nil, true, ErrBadFrame},
+		{"bad bool", ProcControl, ProcClient, TypeControlStats, []byte{2, 0, 0, 0, 0}, false, ErrBadFrame},
+		{"huge count", ProcQueue, ProcControl, TypeStatUpdate, []byte{0xff, 0xff, 0xff, 0xff}, false, ErrBadFrame},
+		{"bad stat op", ProcQueue, ProcControl, TypeStatUpdate, []byte{1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0}, false, ErrBadFrame},
+		{"string past end", ProcControl, ProcClient, TypeControlError, []byte{5, 0, 0, 0, 'a'}, false, ErrShortPayload},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var fd *os.File
+			if tt.fd {
+				fd, _ = os.Open(os.DevNull)
+			}
+			_, err := Decode(tt.from, tt.to, Header{Type: tt.typ}, tt.payload, fd)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got %v, want %v", err, tt.want)
+			}
+			if fd != nil {
+				if _, err := fd.Stat(); err == nil {
+					t.Error("descriptor of a refused frame left open")
+				}
+			}
+		})
+	}
+}
+
+func TestParseFrame(t *testing.T) {
+	good := AppendFrame(nil, Header{Type: TypeSetupDone, PeerID: 7, PID: 9}, []byte{1, 2})
+	h, p, err := ParseFrame(good)
+	if err != nil || h.Len != 18 || h.PeerID != 7 || h.PID != 9 || len(p) != 2 {
+		t.Fatalf("%+v %v %v", h, p, err)
+	}
+	for _, b := range [][]byte{nil, good[:15], good[:17], append(good, 0), AppendFrame(nil, Header{}, make([]byte, MaxPayload+1))} {
+		if _, _, err := ParseFrame(b); err == nil {
+			t.Errorf("ParseFrame accepted %d bytes", len(b))
+		}
+	}
+}
+
+func TestWriterLimit(t *testing.T) {
+	big := make([]StatChange, 2000)
+	for i := range big {
+		big[i] = StatChange{Key: "a.rather.long.counter.name", Op: StatSet}
+	}
+	a, _ := pair(t, ProcQueue, ProcControl)
+	if err := a.Send(&StatUpdate{Changes: big}, 0); !errors.Is(err, ErrPayloadTooLarge) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestRecvEOFAndStrictness(t *testing.T) {
+	a, b := pair(t, ProcSMTP, ProcQueue)
+	// smtp may not send SetupDone to queue: fatal for the receiver
+	if err := a.Send(&SetupDone{}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Recv(); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("got %v", err)
+	}
+	a.Close()
+	if _, err := b.Recv(); err != io.EOF {
+		t.Fatalf("after close: %v", err)
+	}
+}
