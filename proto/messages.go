@@ -85,7 +85,7 @@ func New(t Type) (Message, bool) {
 type fileField struct{ fd *os.File }
 
 // File returns the descriptor carried by the message.
-func (f *fileField) File() *os.File     { return f.fd }
+func (f *fileField) File() *os.File      { return f.fd }
 func (f *fileField) setFile(fd *os.File) { f.fd = fd }
 
 // SetupPeer hands a child its end of a channel to another child.
@@ -136,7 +136,7 @@ func (*SetupControl) Decode(*Reader) {}
 // SetupDone tells a child that all its peers and sockets were sent.
 type SetupDone struct{}
 
-func (*SetupDone) Type() Type      { return TypeSetupDone }
+func (*SetupDone) Type() Type     { return TypeSetupDone }
 func (*SetupDone) Encode(*Writer) {}
 func (*SetupDone) Decode(*Reader) {}
 
@@ -144,7 +144,7 @@ func (*SetupDone) Decode(*Reader) {}
 // its privileges and serves.
 type SetupReady struct{}
 
-func (*SetupReady) Type() Type      { return TypeSetupReady }
+func (*SetupReady) Type() Type     { return TypeSetupReady }
 func (*SetupReady) Encode(*Writer) {}
 func (*SetupReady) Decode(*Reader) {}
 
@@ -198,7 +198,7 @@ func (m *StatUpdate) Decode(r *Reader) {
 // ControlShowStats asks control for all counters.
 type ControlShowStats struct{}
 
-func (*ControlShowStats) Type() Type      { return TypeControlShowStats }
+func (*ControlShowStats) Type() Type     { return TypeControlShowStats }
 func (*ControlShowStats) Encode(*Writer) {}
 func (*ControlShowStats) Decode(*Reader) {}
 

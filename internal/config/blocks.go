@@ -1,0 +1,401 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+)
+
+// TLSMode is how a listener offers TLS.
+type TLSMode string
+
+// The listener TLS modes.
+const (
+	TLSNone            TLSMode = "none"
+	TLSStartTLS        TLSMode = "starttls"
+	TLSStartTLSRequire TLSMode = "starttls-require"
+	TLSImplicit        TLSMode = "smtps"
+)
+
+// AuthMode is whether a listener offers or requires AUTH.
+type AuthMode string
+
+// The listener AUTH modes.
+const (
+	AuthNone     AuthMode = ""
+	AuthRequired AuthMode = "required"
+	AuthOptional AuthMode = "optional"
+)
+
+// Listener is a listen block: where smtp accepts sessions.
+type Listener struct {
+	Name    string
+	Address string
+	TLS     TLSMode
+	// Cert and Key are PEM files, required with any TLS mode.
+	Cert, Key string
+	// Hostname is the name in the banner and EHLO reply; it defaults to
+	// the global hostname.
+	Hostname  string
+	Auth      AuthMode
+	AuthTable *Table
+	Range     hcl.Range
+}
+
+var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
+	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"},
+}}
+
+func (d *decoder) listener(b *hcl.Block) {
+	l := &Listener{Name: b.Labels[0], TLS: TLSNone, Hostname: d.cfg.Hostname, Range: b.DefRange}
+	d.cfg.Listeners = append(d.cfg.Listeners, l)
+	content, diags := b.Body.Content(listenSchema)
+	d.diags = append(d.diags, diags...)
+	attrs := content.Attributes
+	if d.decode(attrs, "address", &l.Address) {
+		if _, port, err := net.SplitHostPort(l.Address); err != nil {
+			d.errorf(attrs["address"].Expr.Range(), "Invalid address", "%q is not host:port, such as \"127.0.0.1:25\" or \"[::1]:587\".", l.Address)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			d.errorf(attrs["address"].Expr.Range(), "Invalid port", "%q is not a port number.", port)
+		}
+	}
+	var mode string
+	if d.decode(attrs, "tls", &mode) {
+		switch TLSMode(mode) {
+		case TLSNone, TLSStartTLS, TLSStartTLSRequire, TLSImplicit:
+			l.TLS = TLSMode(mode)
+		default:
+			d.errorf(attrs["tls"].Expr.Range(), "Invalid TLS mode", "tls must be \"none\", \"starttls\", \"starttls-require\" or \"smtps\", not %q.", mode)
+		}
+	}
+	certOK := d.path(attrs, "cert", &l.Cert)
+	keyOK := d.path(attrs, "key", &l.Key)
+	switch {
+	case l.TLS != TLSNone && (attrs["cert"] == nil || attrs["key"] == nil):
+		d.errorf(b.DefRange, "Missing certificate", "Listener %q uses TLS (%s) and needs both cert and key.", l.Name, l.TLS)
+	case l.TLS == TLSNone && (attrs["cert"] != nil || attrs["key"] != nil):
+		d.errorf(b.DefRange, "Certificate without TLS", "Listener %q has a certificate but tls is \"none\".", l.Name)
+	case certOK && keyOK:
+		if _, err := tls.LoadX509KeyPair(l.Cert, l.Key); err != nil {
+			d.errorf(attrs["cert"].Expr.Range(), "Unusable certificate", "%v.", err)
+		}
+	}
+	if d.decode(attrs, "hostname", &l.Hostname) && !validHostname(l.Hostname) {
+		d.errorf(attrs["hostname"].Expr.Range(), "Invalid hostname", "%q is not a host name.", l.Hostname)
+	}
+	if a := attrs["auth"]; a != nil {
+		v, diags := a.Expr.Value(nil)
+		d.diags = append(d.diags, diags...)
+		switch {
+		case diags.HasErrors():
+		case v.Type() == cty.Bool && v.True():
+			l.Auth = AuthRequired
+		case v.Type() == cty.Bool:
+		case v.Type() == cty.String && v.AsString() == "optional":
+			l.Auth = AuthOptional
+		default:
+			d.errorf(a.Expr.Range(), "Invalid auth", "auth must be true, false or \"optional\".")
+		}
+	}
+	l.AuthTable = d.tableRef(attrs, "auth_table", "listen "+l.Name+" auth_table")
+	if l.Auth != AuthNone && l.TLS == TLSNone {
+		d.errorf(attrs["auth"].Expr.Range(), "AUTH without TLS", "Listener %q offers AUTH but no TLS; passwords would cross the network in clear.", l.Name)
+	}
+}
+
+// Method is how an action delivers.
+type Method string
+
+// The delivery methods.
+const (
+	Maildir Method = "maildir"
+	Mbox    Method = "mbox"
+	LMTP    Method = "lmtp"
+	MDA     Method = "mda"
+	Relay   Method = "relay"
+)
+
+// Action is an action block: what happens to the recipients a match
+// rule sends to it.
+type Action struct {
+	Name   string
+	Method Method
+	// Target is the maildir path, mbox path, LMTP destination or MDA
+	// command, evaluated per delivery; nil for relay.
+	Target *Template
+	// RelayURL is the relay destination; nil means the recipient
+	// domain's MX hosts.
+	RelayURL *url.URL
+
+	Alias, Virtual, Userbase *Table
+	// User runs every delivery of this action, whoever the recipient.
+	User string
+
+	// Relay options.
+	Helo, Source string
+	Credentials  *Table
+	RelayTLS     string
+	Range        hcl.Range
+}
+
+var actionSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: string(Maildir)}, {Name: string(Mbox)}, {Name: string(LMTP)}, {Name: string(MDA)}, {Name: string(Relay)},
+	{Name: "alias"}, {Name: "virtual"}, {Name: "userbase"}, {Name: "user"},
+	{Name: "helo"}, {Name: "source"}, {Name: "credentials"}, {Name: "tls"},
+}}
+
+// defaultTargets are the targets of `maildir = true` and `mbox = true`.
+var defaultTargets = map[Method]string{
+	Maildir: "${user.directory}/Maildir",
+	Mbox:    "/var/mail/${user.name}",
+}
+
+func (d *decoder) action(b *hcl.Block) {
+	a := &Action{Name: b.Labels[0], Range: b.DefRange}
+	d.cfg.Actions = append(d.cfg.Actions, a)
+	content, diags := b.Body.Content(actionSchema)
+	d.diags = append(d.diags, diags...)
+	attrs := content.Attributes
+	var methods []string
+	for _, m := range []Method{Maildir, Mbox, LMTP, MDA, Relay} {
+		if attrs[string(m)] != nil {
+			methods = append(methods, string(m))
+		}
+	}
+	if len(methods) != 1 {
+		d.errorf(b.DefRange, "Invalid action", "Action %q needs exactly one of maildir, mbox, lmtp, mda or relay; it has %s.", a.Name, describe(methods))
+		return
+	}
+	a.Method = Method(methods[0])
+	if a.Method == Relay {
+		d.relay(a, attrs)
+	} else {
+		a.Target = d.target(a.Method, attrs[methods[0]])
+		for _, opt := range []string{"helo", "source", "credentials", "tls"} {
+			if attrs[opt] != nil {
+				d.errorf(attrs[opt].NameRange, "Relay option in a local action", "%s applies to relay actions only.", opt)
+			}
+		}
+	}
+	prefix := "action " + a.Name + " "
+	a.Alias = d.tableRef(attrs, "alias", prefix+"alias")
+	a.Virtual = d.tableRef(attrs, "virtual", prefix+"virtual")
+	a.Userbase = d.tableRef(attrs, "userbase", prefix+"userbase")
+	if attrs["alias"] != nil && attrs["virtual"] != nil {
+		d.errorf(attrs["virtual"].NameRange, "Alias and virtual together", "An action expands either aliases or virtual users, not both.")
+	}
+	if d.decode(attrs, "user", &a.User) && a.User == "" {
+		d.errorf(attrs["user"].Expr.Range(), "Empty user name", "user must name a user.")
+	}
+}
+
+func describe(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " and ")
+}
+
+// target decodes a delivery target: a template string, or true for the
+// method's default where it has one.
+func (d *decoder) target(m Method, a *hcl.Attribute) *Template {
+	if len(a.Expr.Variables()) == 0 {
+		v, diags := a.Expr.Value(nil)
+		if diags.HasErrors() {
+			d.diags = append(d.diags, diags...)
+			return nil
+		}
+		if v.Type() == cty.Bool {
+			def, ok := defaultTargets[m]
+			if !ok || v.False() {
+				d.errorf(a.Expr.Range(), "Invalid "+string(m), "%s needs a string, such as a path or a command.", m)
+				return nil
+			}
+			return literalTemplate(def, "")
+		}
+		if v.Type() == cty.String && strings.TrimSpace(v.AsString()) == "" {
+			d.errorf(a.Expr.Range(), "Empty "+string(m), "%s must not be empty.", m)
+			return nil
+		}
+	}
+	// maildir and mbox paths may be relative to the configuration;
+	// an LMTP destination or an MDA command is taken as written.
+	dir := ""
+	if m == Maildir || m == Mbox {
+		dir = d.dir
+	}
+	t, diags := newTemplate(a.Expr, d.src, dir)
+	d.diags = append(d.diags, diags...)
+	return t
+}
+
+// relaySchemes are the URL schemes of a relay destination.
+var relaySchemes = map[string]bool{"smtp": true, "smtp+tls": true, "smtp+notls": true, "smtps": true, "lmtp": true}
+
+func (d *decoder) relay(a *Action, attrs hcl.Attributes) {
+	var dest string
+	if !d.decode(attrs, "relay", &dest) {
+		return
+	}
+	rng := attrs["relay"].Expr.Range()
+	if dest != "mx" {
+		u, err := url.Parse(dest)
+		switch {
+		case err != nil || u.Host == "" || u.Path != "" || u.RawQuery != "":
+			d.errorf(rng, "Invalid relay", "relay must be \"mx\" or a URL such as \"smtp+tls://label@smarthost.example.net:587\", not %q.", dest)
+			return
+		case !relaySchemes[u.Scheme]:
+			d.errorf(rng, "Invalid relay scheme", "%q is not one of smtp, smtp+tls, smtp+notls, smtps or lmtp.", u.Scheme)
+			return
+		case u.Port() != "":
+			if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
+				d.errorf(rng, "Invalid port", "%q is not a port number.", u.Port())
+				return
+			}
+		}
+		if _, hasPass := u.User.Password(); hasPass {
+			d.errorf(rng, "Password in relay URL", "Put the label before @ and the secret in the credentials table.")
+			return
+		}
+		a.RelayURL = u
+	}
+	d.decode(attrs, "helo", &a.Helo)
+	if d.decode(attrs, "source", &a.Source) && net.ParseIP(a.Source) == nil {
+		d.errorf(attrs["source"].Expr.Range(), "Invalid source", "%q is not an IP address.", a.Source)
+	}
+	a.Credentials = d.tableRef(attrs, "credentials", "action "+a.Name+" credentials")
+	if a.Credentials != nil && (a.RelayURL == nil || a.RelayURL.User == nil) {
+		d.errorf(attrs["credentials"].NameRange, "Credentials without a label", "Name the credentials label in the relay URL, as in \"smtp+tls://label@host:587\".")
+	}
+	a.RelayTLS = "opportunistic"
+	if d.decode(attrs, "tls", &a.RelayTLS) {
+		switch a.RelayTLS {
+		case "opportunistic", "required", "no-verify":
+		default:
+			d.errorf(attrs["tls"].Expr.Range(), "Invalid relay TLS", "tls must be \"opportunistic\", \"required\" or \"no-verify\", not %q.", a.RelayTLS)
+		}
+	}
+	for _, opt := range []string{"alias", "virtual", "userbase", "user"} {
+		if attrs[opt] != nil {
+			d.errorf(attrs[opt].NameRange, "Local option in a relay action", "%s applies to local deliveries only.", opt)
+		}
+	}
+}
+
+// CondKind is the kind of a match condition.
+type CondKind int
+
+// The condition kinds. CondTable matches what is in the table.
+const (
+	CondAny CondKind = iota + 1
+	CondLocal
+	CondAuth
+	CondSocket
+	CondTable
+)
+
+// Cond is one condition of a match rule.
+type Cond struct {
+	Kind  CondKind
+	Table *Table
+}
+
+// Match is a match rule: conditions, and an action or a rejection.
+type Match struct {
+	// From is the client: any, local, auth, socket, or addresses/CIDRs.
+	From *Cond
+	// For is the recipient domain: any, local, or domains.
+	For *Cond
+	// Sender, Rcpt, Helo and Auth are optional tables of addresses,
+	// addresses, HELO names and authenticated user names.
+	Sender, Rcpt, Helo, Auth *Cond
+	Action                   *Action
+	Reject                   bool
+	Range                    hcl.Range
+}
+
+var matchSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	{Name: "from"}, {Name: "for"}, {Name: "sender"}, {Name: "rcpt"}, {Name: "helo"}, {Name: "auth"},
+	{Name: "action"}, {Name: "reject"},
+}}
+
+func (d *decoder) match(b *hcl.Block) {
+	m := &Match{Range: b.DefRange}
+	d.cfg.Matches = append(d.cfg.Matches, m)
+	content, diags := b.Body.Content(matchSchema)
+	d.diags = append(d.diags, diags...)
+	attrs := content.Attributes
+	what := fmt.Sprintf("match at line %d", b.DefRange.Start.Line)
+	m.From = d.cond(attrs, "from", what, CondLocal, map[string]CondKind{"any": CondAny, "local": CondLocal, "auth": CondAuth, "socket": CondSocket})
+	m.For = d.cond(attrs, "for", what, CondLocal, map[string]CondKind{"any": CondAny, "local": CondLocal})
+	m.Sender = d.cond(attrs, "sender", what, 0, nil)
+	m.Rcpt = d.cond(attrs, "rcpt", what, 0, nil)
+	m.Helo = d.cond(attrs, "helo", what, 0, nil)
+	m.Auth = d.cond(attrs, "auth", what, 0, nil)
+	d.decode(attrs, "reject", &m.Reject)
+	if a := attrs["action"]; a != nil && d.refsKnown(a.Expr) {
+		v, diags := a.Expr.Value(d.ctx)
+		d.diags = append(d.diags, diags...)
+		if !diags.HasErrors() {
+			if v.Type() != actionRefType {
+				d.errorf(a.Expr.Range(), "Action reference expected", "action must name an action block, as in action = action.local.")
+			} else {
+				m.Action = v.EncapsulatedValue().(*Action)
+			}
+		}
+	}
+	switch {
+	case attrs["action"] != nil && m.Reject:
+		d.errorf(b.DefRange, "Action and reject together", "A match rule either delivers with an action or rejects.")
+	case attrs["action"] == nil && !m.Reject:
+		d.errorf(b.DefRange, "Missing action", "A match rule needs action = action.NAME or reject = true.")
+	}
+}
+
+// cond decodes a condition: one of the keywords, or a table (reference,
+// list, map, or a single string, which is a table of one).
+func (d *decoder) cond(attrs hcl.Attributes, name, what string, def CondKind, keywords map[string]CondKind) *Cond {
+	a := attrs[name]
+	if a == nil {
+		if def == 0 {
+			return nil
+		}
+		return &Cond{Kind: def}
+	}
+	if !d.refsKnown(a.Expr) {
+		return nil
+	}
+	v, diags := a.Expr.Value(d.ctx)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() {
+		return nil
+	}
+	if v.Type() == cty.String && !v.IsNull() {
+		s := v.AsString()
+		if k, ok := keywords[s]; ok {
+			return &Cond{Kind: k}
+		}
+		if s == "" {
+			d.errorf(a.Expr.Range(), "Empty condition", "%s must not be empty.", name)
+			return nil
+		}
+		v = cty.TupleVal([]cty.Value{v})
+	}
+	var t *Table
+	if v.Type() == tableRefType {
+		t = v.EncapsulatedValue().(*Table)
+	} else {
+		t = d.inlineTable(a, v, what+" "+name)
+	}
+	if t == nil {
+		return nil
+	}
+	return &Cond{Kind: CondTable, Table: t}
+}

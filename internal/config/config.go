@@ -1,0 +1,170 @@
+// Package config loads smtpd.conf, the daemon's HCL configuration of
+// global settings, tables, listeners, actions and match rules
+// (smtpd.conf(5)). Every problem is an HCL diagnostic naming the file,
+// the line and the offending source.
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"smtpd/internal/table"
+)
+
+// Defaults for the global settings.
+const (
+	DefaultPath          = "/etc/mail/smtpd.conf"
+	DefaultSpoolDir      = "/var/spool/smtpd"
+	DefaultControlSocket = "/var/run/smtpd.sock"
+	DefaultUser          = "_smtpd"
+	DefaultQueueUser     = "_smtpq"
+	DefaultEmptyDir      = "/var/empty"
+)
+
+// Config is a loaded configuration. Relative paths in the file are
+// resolved against the file's directory.
+type Config struct {
+	// Path is the file the configuration came from.
+	Path string
+
+	Hostname      string
+	SpoolDir      string
+	ControlSocket string
+	// User runs smtp, mfa, lookup, mta and control; QueueUser runs queue.
+	User, QueueUser string
+	// EmptyDir is the chroot of smtp, mfa, mta and control.
+	EmptyDir string
+
+	Limits    Limits
+	Tables    []*Table
+	Listeners []*Listener
+	Actions   []*Action
+	Matches   []*Match
+}
+
+// Limits bounds what clients and the queue may do.
+type Limits struct {
+	// MessageSize is the largest message accepted, in bytes.
+	MessageSize int64
+	// Recipients per transaction; RFC 5321 §4.5.3.1.8 asks for at least 100.
+	Recipients int
+	// MailsPerSession is the number of transactions in one session.
+	MailsPerSession int
+	// Sessions is the number of concurrent inbound sessions; 0 derives it
+	// from the descriptor limit.
+	Sessions int
+	// SessionsPerIP is the number of concurrent sessions from one address.
+	SessionsPerIP int
+	// LineLength is the longest line accepted, CRLF included; RFC 5321
+	// §4.5.3.1.6 sets 1000 as the minimum a server must take.
+	LineLength int
+	// CommandTimeout is the server timeout of RFC 5321 §4.5.3.2.7.
+	CommandTimeout time.Duration
+	// SessionTimeout bounds a whole session, against slow clients.
+	SessionTimeout time.Duration
+	// QueueExpire is how long a message may stay in the queue.
+	QueueExpire time.Duration
+	// BounceWarn is the delay after which the sender is told of a delay.
+	BounceWarn time.Duration
+}
+
+// DefaultLimits are the limits of an empty limits block.
+func DefaultLimits() Limits {
+	return Limits{
+		MessageSize:     35 << 20,
+		Recipients:      1000,
+		MailsPerSession: 100,
+		SessionsPerIP:   50,
+		LineLength:      4096,
+		CommandTimeout:  5 * time.Minute,
+		SessionTimeout:  30 * time.Minute,
+		QueueExpire:     4 * 24 * time.Hour,
+		BounceWarn:      4 * time.Hour,
+	}
+}
+
+// Table is a named table block, or an inline list or map written in a
+// match rule or an action.
+type Table struct {
+	Name string
+	// Inline is set for tables written in place rather than in a block.
+	Inline bool
+	// File is the table file, or "" for inline data.
+	File string
+	Data *table.Static
+	// Range is where the table is defined.
+	Range hcl.Range
+}
+
+// LoadError is a configuration that could not be loaded. Its message is
+// the rendered diagnostics, with file, line and source snippet.
+type LoadError struct {
+	Diags hcl.Diagnostics
+	files map[string]*hcl.File
+}
+
+func (e *LoadError) Error() string {
+	var b bytes.Buffer
+	w := hcl.NewDiagnosticTextWriter(&b, e.files, 78, false)
+	w.WriteDiagnostics(e.Diags)
+	return strings.TrimRight(b.String(), "\n")
+}
+
+// Load reads and checks the configuration at path.
+func Load(path string) (*Config, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	parser := hclparse.NewParser()
+	f, diags := parser.ParseHCLFile(abs)
+	files := parser.Files()
+	if diags.HasErrors() {
+		return nil, &LoadError{diags, files}
+	}
+	d := &decoder{
+		cfg:   &Config{Path: abs},
+		dir:   filepath.Dir(abs),
+		src:   f.Bytes,
+		files: files,
+	}
+	d.file(f.Body)
+	if d.diags.HasErrors() {
+		return nil, &LoadError{d.diags, files}
+	}
+	return d.cfg, nil
+}
+
+// Table returns the named table block, or nil.
+func (c *Config) Table(name string) *Table {
+	for _, t := range c.Tables {
+		if !t.Inline && t.Name == name {
+			return t
+		}
+	}
+	return nil
+}
+
+// Action returns the named action, or nil.
+func (c *Config) Action(name string) *Action {
+	for _, a := range c.Actions {
+		if a.Name == name {
+			return a
+		}
+	}
+	return nil
+}
+
+func readable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

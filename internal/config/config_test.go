@@ -1,0 +1,239 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, dir, name, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExamples(t *testing.T) {
+	paths, _ := filepath.Glob("../../etc/*.conf")
+	if len(paths) < 3 {
+		t.Fatalf("found %d example configs", len(paths))
+	}
+	for _, p := range paths {
+		if _, err := Load(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	write(t, dir, "virtuals", "# virtual users\npostmaster@example.org alice\n@example.org catchall\n")
+	p := write(t, dir, "smtpd.conf", `
+hostname = "mx.example.org"
+spool    = "spool"
+
+limits {
+  message_size = "10M"
+  recipients   = 500
+  queue_expire = "5d"
+}
+
+table "domains"  { list = ["example.org", "example.net"] }
+table "virtuals" { file = "virtuals" }
+
+listen "mx" { address = "127.0.0.1:2525" }
+
+action "local" {
+  maildir = "/var/vmail/${dest.domain}/${lower(dest.user)}"
+  virtual = table.virtuals
+}
+action "sink" {
+  maildir = "sink"
+  virtual = { "@" = "catchall" }
+}
+action "out" { relay = "smtps://relay.example.net" }
+
+match {
+  from   = "any"
+  for    = table.domains
+  sender = ["@example.com", "bob@example.net"]
+  action = action.local
+}
+match {
+  from   = "10.0.0.0/8"
+  for    = "example.com"
+  action = action.sink
+}
+match {
+  for    = "any"
+  action = action.out
+}
+match {
+  from   = "any"
+  for    = "any"
+  reject = true
+}
+`)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SpoolDir != filepath.Join(dir, "spool") || c.ControlSocket != DefaultControlSocket || c.User != "_smtpd" {
+		t.Errorf("globals %+v", c)
+	}
+	if c.Limits.MessageSize != 10<<20 || c.Limits.Recipients != 500 || c.Limits.QueueExpire != 120*time.Hour || c.Limits.MailsPerSession != 100 {
+		t.Errorf("limits %+v", c.Limits)
+	}
+	if v, ok := c.Table("virtuals").Data.Lookup("@example.org"); !ok || v != "catchall" {
+		t.Errorf("virtuals: %q %v", v, ok)
+	}
+	local := c.Action("local")
+	if local.Method != Maildir || local.Virtual != c.Table("virtuals") {
+		t.Errorf("local %+v", local)
+	}
+	got, err := local.Target.Eval(TemplateVars{Dest: Address{"Bob", "example.org"}})
+	if err != nil || got != "/var/vmail/example.org/bob" {
+		t.Errorf("template: %q %v", got, err)
+	}
+	sink := c.Action("sink")
+	if got, _ := sink.Target.Eval(sampleVars); got != filepath.Join(dir, "sink") {
+		t.Errorf("relative maildir: %q", got)
+	}
+	if v, _ := sink.Virtual.Data.Lookup("@"); !sink.Virtual.Inline || v != "catchall" {
+		t.Errorf("inline virtual %+v", sink.Virtual)
+	}
+	if out := c.Action("out"); out.Method != Relay || out.RelayURL.Host != "relay.example.net" {
+		t.Errorf("out %+v", out)
+	}
+	m := c.Matches
+	if len(m) != 4 || m[0].For.Table != c.Table("domains") || m[0].From.Kind != CondAny || m[0].Action != local {
+		t.Fatalf("match 0 %+v", m[0])
+	}
+	if _, ok := m[0].Sender.Table.Data.Lookup("bob@example.net"); !ok {
+		t.Errorf("sender list")
+	}
+	if _, ok := m[1].From.Table.Data.Lookup("10.0.0.0/8"); !ok || m[1].For.Kind != CondTable {
+		t.Errorf("match 1 %+v", m[1])
+	}
+	if m[2].From.Kind != CondLocal || m[2].For.Kind != CondAny {
+		t.Errorf("match 2 defaults %+v", m[2])
+	}
+	if !m[3].Reject || m[3].Action != nil {
+		t.Errorf("match 3 %+v", m[3])
+	}
+}
+
+// TestBroken checks that every broken configuration is refused with a
+// diagnostic that names the file and the line of the problem.
+func TestBroken(t *testing.T) {
+	base := `listen "mx" { address = "127.0.0.1:2525" }
+action "local" { mbox = true }
+`
+	tests := []struct {
+		name, conf string
+		line       int
+		want       string
+	}{
+		{"unknown table", base + "match {\n  for = table.domians\n  action = action.local\n}\n", 4, `There is no table "domians"`},
+		{"unknown action", base + "match {\n  action = action.lcoal\n}\n", 4, `There is no action "lcoal". Defined: local.`},
+		{"unknown attribute", base + "match {\n  action = action.local\n  form = \"any\"\n}\n", 5, "Unsupported argument"},
+		{"unknown block", base + "server \"x\" {}\n", 3, "Unsupported block type"},
+		{"missing required", "listen \"mx\" {\n  tls = \"none\"\n}\n", 1, `The argument "address" is required`},
+		{"type error", base + "limits {\n  recipients = \"many\"\n}\n", 4, "a number is required"},
+		{"limit too low", base + "limits {\n  recipients = 5\n}\n", 4, "at least 100"},
+		{"bad size", base + "limits {\n  message_size = \"35X\"\n}\n", 4, "not a size"},
+		{"bad duration", base + "limits {\n  queue_expire = \"soon\"\n}\n", 4, "not a duration"},
+		{"duplicate table", base + "table \"t\" { list = [] }\ntable \"t\" { list = [] }\n", 4, "Duplicate table name"},
+		{"duplicate action", base + "action \"local\" { mbox = true }\n", 3, "Duplicate action name"},
+		{"bad template variable", base + "action \"m\" {\n  maildir = \"/var/mail/${dest.usr}\"\n}\n", 4, `"usr"`},
+		{"bad template syntax", base + "action \"m\" {\n  maildir = \"/var/mail/%{dest.user}\"\n}\n", 4, "Invalid template"},
+		{"unreadable table file", base + "table \"t\" {\n  file = \"/nonexistent/table\"\n}\n", 4, "no such file"},
+		{"two methods", base + "action \"x\" {\n  mbox = true\n  relay = \"mx\"\n}\n", 3, "exactly one of"},
+		{"no action", base + "match {\n  for = \"any\"\n}\n", 3, "Missing action"},
+		{"action is a string", base + "match {\n  action = \"local\"\n}\n", 4, "Action reference expected"},
+		{"table as action", base + "table \"t\" { list = [] }\nmatch {\n  action = table.t\n}\n", 5, "Action reference expected"},
+		{"bad tls mode", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  tls = \"yes\"\n}\n", 3, "Invalid TLS mode"},
+		{"tls without cert", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  tls = \"smtps\"\n}\n", 1, "needs both cert and key"},
+		{"bad address", "listen \"mx\" {\n  address = \"localhost\"\n}\n", 2, "not host:port"},
+		{"bad relay", base + "action \"o\" {\n  relay = \"ftp://x\"\n}\n", 4, "not one of smtp"},
+		{"password in relay", base + "action \"o\" {\n  relay = \"smtp://u:p@x\"\n}\n", 4, "Password in relay URL"},
+		{"relay option on local", base + "action \"o\" {\n  mbox = true\n  helo = \"x\"\n}\n", 5, "relay actions only"},
+		{"syntax error", "listen \"mx\" {\n  address = \n}\n", 2, "Invalid expression"},
+		{"bad hostname", "hostname = \"bad host\"\n", 1, "not a host name"},
+		{"table as number", base + "match {\n  for = 42\n  action = action.local\n}\n", 4, "Table expected"},
+		{"auth without tls", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  auth = true\n}\n", 3, "AUTH without TLS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := write(t, t.TempDir(), "smtpd.conf", tt.conf)
+			_, err := Load(p)
+			var le *LoadError
+			if !errors.As(err, &le) {
+				t.Fatalf("loaded: %v", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("no %q in:\n%s", tt.want, msg)
+			}
+			sub := le.Diags[0].Subject
+			if sub == nil || sub.Filename != p || sub.Start.Line != tt.line {
+				t.Errorf("first diagnostic at %v, want %s line %d:\n%s", sub, p, tt.line, msg)
+			}
+			if !strings.Contains(msg, "on "+p+" line ") {
+				t.Errorf("message does not name file and line:\n%s", msg)
+			}
+		})
+	}
+}
+
+func TestBrokenTableFile(t *testing.T) {
+	dir := t.TempDir()
+	tf := write(t, dir, "aliases", "root: alice\nbob\n")
+	p := write(t, dir, "smtpd.conf", "table \"aliases\" { file = \"aliases\" }\n")
+	_, err := Load(p)
+	var le *LoadError
+	if !errors.As(err, &le) {
+		t.Fatalf("loaded: %v", err)
+	}
+	if sub := le.Diags[0].Subject; sub.Filename != tf || sub.Start.Line != 2 {
+		t.Errorf("at %v", sub)
+	}
+	if !strings.Contains(err.Error(), "on "+tf+" line 2") || !strings.Contains(err.Error(), "list entry in a table of map entries") {
+		t.Errorf("message:\n%s", err)
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	paths, _ := filepath.Glob("../../etc/*.conf")
+	for _, p := range paths {
+		b, _ := os.ReadFile(p)
+		f.Add(b)
+	}
+	f.Add([]byte("match {\n  from = [\"a\"]\n  action = action.x\n}\n"))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(dir, "fuzz.conf")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(p)
+		if err != nil {
+			var le *LoadError
+			if !errors.As(err, &le) {
+				t.Fatalf("not a diagnostic: %v", err)
+			}
+			_ = err.Error()
+			return
+		}
+		for _, m := range c.Matches {
+			if (m.Action == nil) == !m.Reject {
+				t.Fatalf("match with action %v reject %v", m.Action, m.Reject)
+			}
+		}
+	})
+}

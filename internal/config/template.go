@@ -1,0 +1,140 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
+)
+
+// Address is a mail address split for templates.
+type Address struct {
+	User, Domain string
+}
+
+// String returns user@domain, or user alone when there is no domain.
+func (a Address) String() string {
+	if a.Domain == "" {
+		return a.User
+	}
+	return a.User + "@" + a.Domain
+}
+
+// UserInfo is the local account a delivery runs as.
+type UserInfo struct {
+	Name, Directory string
+	UID, GID        int
+}
+
+// TemplateVars are the values a delivery template sees: `dest` is the
+// address after alias and virtual expansion, `rcpt` the address given at
+// RCPT TO, `sender` the MAIL FROM address, `user` the local account.
+type TemplateVars struct {
+	Dest, Rcpt, Sender Address
+	User               UserInfo
+}
+
+func addressVal(a Address) cty.Value {
+	return cty.ObjectVal(map[string]cty.Value{
+		"user":    cty.StringVal(a.User),
+		"domain":  cty.StringVal(a.Domain),
+		"address": cty.StringVal(a.String()),
+	})
+}
+
+func (v TemplateVars) evalContext() *hcl.EvalContext {
+	return &hcl.EvalContext{
+		Variables: map[string]cty.Value{
+			"dest":   addressVal(v.Dest),
+			"rcpt":   addressVal(v.Rcpt),
+			"sender": addressVal(v.Sender),
+			"user": cty.ObjectVal(map[string]cty.Value{
+				"name":      cty.StringVal(v.User.Name),
+				"directory": cty.StringVal(v.User.Directory),
+				"uid":       cty.NumberIntVal(int64(v.User.UID)),
+				"gid":       cty.NumberIntVal(int64(v.User.GID)),
+			}),
+		},
+		Functions: templateFuncs(),
+	}
+}
+
+// templateFuncs are the functions a delivery template may call.
+func templateFuncs() map[string]function.Function {
+	return map[string]function.Function{
+		"lower":   stdlib.LowerFunc,
+		"upper":   stdlib.UpperFunc,
+		"substr":  stdlib.SubstrFunc,
+		"replace": stdlib.ReplaceFunc,
+	}
+}
+
+// sampleVars fill templates when the configuration is checked, so that a
+// misspelt variable or a type error shows at load time, not at the first
+// delivery.
+var sampleVars = TemplateVars{
+	Dest:   Address{"user", "example.org"},
+	Rcpt:   Address{"user+tag", "example.org"},
+	Sender: Address{"sender", "example.net"},
+	User:   UserInfo{Name: "user", Directory: "/home/user", UID: 1000, GID: 1000},
+}
+
+// Template is a delivery path or command: an HCL string template with
+// `${dest.user}`-style interpolations, evaluated for each delivery.
+type Template struct {
+	expr hcl.Expression
+	// Source is the template as written, for messages.
+	Source string
+	// dir, if set, makes a relative result a path below it: the
+	// directory of the configuration file, for path templates.
+	dir string
+}
+
+func newTemplate(expr hcl.Expression, src []byte, dir string) (*Template, hcl.Diagnostics) {
+	t := &Template{expr: expr, Source: string(expr.Range().SliceBytes(src)), dir: dir}
+	_, diags := t.eval(sampleVars)
+	return t, diags
+}
+
+func literalTemplate(s, dir string) *Template {
+	t := &Template{Source: s, dir: dir}
+	expr, diags := hclsyntax.ParseTemplate([]byte(s), "default", hcl.InitialPos)
+	if diags.HasErrors() {
+		panic("config: bad built-in template " + s)
+	}
+	t.expr = expr
+	return t
+}
+
+func (t *Template) eval(vars TemplateVars) (string, hcl.Diagnostics) {
+	v, diags := t.expr.Value(vars.evalContext())
+	if diags.HasErrors() {
+		return "", diags
+	}
+	if v.IsNull() || !v.IsKnown() || v.Type() != cty.String {
+		return "", hcl.Diagnostics{{
+			Severity: hcl.DiagError,
+			Summary:  "Template is not a string",
+			Detail:   fmt.Sprintf("The template evaluates to %s, not a string.", v.Type().FriendlyName()),
+			Subject:  t.expr.Range().Ptr(),
+		}}
+	}
+	out := v.AsString()
+	if t.dir != "" && out != "" && !filepath.IsAbs(out) {
+		out = filepath.Join(t.dir, out)
+	}
+	return out, nil
+}
+
+// Eval evaluates the template for one delivery.
+func (t *Template) Eval(vars TemplateVars) (string, error) {
+	s, diags := t.eval(vars)
+	if diags.HasErrors() {
+		return "", fmt.Errorf("config: template %s: %s", t.Source, diags.Error())
+	}
+	return s, nil
+}
