@@ -1,0 +1,132 @@
+// Package control is the control process: it serves smtpctl on the
+// control socket and keeps the counters every process sends it.
+package control
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"smtpd/internal/privsep"
+	"smtpd/internal/stats"
+	"smtpd/proto"
+)
+
+// Server answers control clients. Its counters come from the other
+// processes through HandlePeer.
+type Server struct {
+	// Stats holds every counter of the daemon.
+	Stats *stats.Store
+	// Started is when the daemon started, for uptime.
+	Started time.Time
+	logf    func(format string, args ...any)
+}
+
+// Run runs the control process on c.
+func Run(c *privsep.Child) {
+	if c.ControlSocket == nil {
+		c.Log.Fatalf("no control socket from the parent")
+	}
+	ln, err := net.FileListener(c.ControlSocket)
+	c.ControlSocket.Close()
+	if err != nil {
+		c.Log.Fatalf("control socket: %v", err)
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		c.Log.Fatalf("control socket is not a unix socket")
+	}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf}
+	if err := c.Ready(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	go func() {
+		if err := s.Serve(ul); err != nil {
+			c.Log.Fatalf("control socket: %v", err)
+		}
+	}()
+	c.Serve(s.HandlePeer)
+}
+
+// HandlePeer handles a message from another process of the daemon.
+func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
+	switch m := env.Msg.(type) {
+	case *proto.StatUpdate:
+		s.Stats.Apply(m.Changes)
+		return nil
+	}
+	return fmt.Errorf("unexpected %s", env.Type)
+}
+
+// Serve accepts control clients on l until l is closed.
+func (s *Server) Serve(l *net.UnixListener) error {
+	var backoff time.Duration
+	for {
+		conn, err := l.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		go s.session(conn)
+	}
+}
+
+// isTemporary reports accept errors worth retrying, such as running out
+// of descriptors for a moment.
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// session serves one client. A client that breaks the protocol loses its
+// connection; unlike a broken internal channel it does not stop the
+// daemon, since any local user may connect.
+func (s *Server) session(conn *net.UnixConn) {
+	defer conn.Close()
+	s.Stats.Apply([]proto.StatChange{{Key: "control.session", Op: proto.StatIncrement, Value: 1}})
+	ch := proto.NewChannelConn(conn, proto.ProcControl, proto.ProcClient)
+	for {
+		env, err := ch.Recv()
+		if err != nil {
+			if err != io.EOF {
+				s.logf("client dropped: %v", err)
+			}
+			return
+		}
+		if err := s.request(ch, env); err != nil {
+			s.logf("client dropped: %v", err)
+			return
+		}
+	}
+}
+
+func (s *Server) request(ch *proto.Channel, env *proto.Envelope) error {
+	switch env.Msg.(type) {
+	case *proto.ControlShowStats:
+		values := append(s.Stats.Snapshot(), proto.StatValue{Key: "uptime", Value: int64(time.Since(s.Started) / time.Second)})
+		for len(values) > 0 {
+			n := min(len(values), statsPerFrame)
+			if err := ch.Send(&proto.ControlStats{Values: values[:n], Last: n == len(values)}, env.PeerID); err != nil {
+				return err
+			}
+			values = values[n:]
+		}
+		return nil
+	}
+	return ch.Send(&proto.ControlError{Text: "unsupported request " + env.Type.String()}, env.PeerID)
+}
+
+// statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload
+// with keys of up to 100 bytes.
+const statsPerFrame = 100

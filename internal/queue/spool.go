@@ -1,0 +1,66 @@
+// Package queue is the queue process: it owns the spool, the durable
+// store of every message the daemon has accepted.
+package queue
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// The directories of the spool (see DESIGN.md): bodies being received,
+// messages being committed, committed messages, quarantined envelopes,
+// mail dropped by sendmail while the daemon was down, and what is left
+// to remove.
+const (
+	DirTemporary = "temporary"
+	DirIncoming  = "incoming"
+	DirQueue     = "queue"
+	DirCorrupt   = "corrupt"
+	DirOffline   = "offline"
+	DirPurge     = "purge"
+)
+
+// spoolDirs are the directories the queue user owns.
+var spoolDirs = []string{DirTemporary, DirIncoming, DirQueue, DirCorrupt, DirPurge}
+
+// PrepareSpool creates the spool at dir, or repairs its modes and owners.
+// The spool itself belongs to root and is only traversable (the queue
+// process chroots into it); its directories belong to the queue user
+// (uid, gid) and no one else may read them; offline/ is writable by
+// everyone, sticky, like /tmp, for sendmail to drop messages into while
+// the daemon is down. uid < 0 leaves owners alone (not running as root).
+func PrepareSpool(dir string, uid, gid int) error {
+	if err := ensureDir(dir, 0o711, -1, -1); err != nil {
+		return err
+	}
+	for _, d := range spoolDirs {
+		if err := ensureDir(filepath.Join(dir, d), 0o700, uid, gid); err != nil {
+			return err
+		}
+	}
+	return ensureDir(filepath.Join(dir, DirOffline), os.ModeSticky|0o777, -1, -1)
+}
+
+func ensureDir(path string, mode os.FileMode, uid, gid int) error {
+	if err := os.MkdirAll(path, mode&os.ModePerm); err != nil {
+		return fmt.Errorf("queue: spool: %w", err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("queue: spool: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("queue: spool: %s is not a directory", path)
+	}
+	if uid >= 0 {
+		if err := os.Lchown(path, uid, gid); err != nil {
+			return fmt.Errorf("queue: spool: %w", err)
+		}
+	}
+	// os.Chmod maps os.ModeSticky to S_ISVTX
+	if err := os.Chmod(path, mode); err != nil {
+		return fmt.Errorf("queue: spool: %w", err)
+	}
+	return nil
+}

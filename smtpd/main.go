@@ -1,0 +1,130 @@
+// Command smtpd is the mail transfer agent. Started by an administrator
+// it is the parent process; the parent starts its children as
+// `smtpd -x NAME`. See smtpd.conf(5) for the configuration.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"smtpd/internal/config"
+	"smtpd/internal/control"
+	"smtpd/internal/logging"
+	"smtpd/internal/parent"
+	"smtpd/internal/privsep"
+	"smtpd/proto"
+)
+
+// detachedEnv marks the copy of the parent that runs detached from the
+// terminal.
+const detachedEnv = "SMTPD_DETACHED"
+
+func main() {
+	fs := flag.NewFlagSet("smtpd", flag.ContinueOnError)
+	foreground := fs.Bool("d", false, "stay in the foreground and log to standard error")
+	cfgPath := fs.String("f", config.DefaultPath, "configuration `file`")
+	check := fs.Bool("n", false, "check the configuration and exit")
+	verbose := fs.Bool("v", false, "verbose logging")
+	childName := fs.String("x", "", "run as the child process `NAME` (for the parent's use)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: smtpd [-dnv] [-f file]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		os.Exit(2)
+	}
+	if *childName != "" {
+		runChild(*childName, *cfgPath, *foreground, *verbose)
+		return
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
+		var le *config.LoadError
+		if errors.As(err, &le) {
+			fmt.Fprintln(os.Stderr, "smtpd: configuration has errors")
+		}
+		os.Exit(1)
+	}
+	if *check {
+		fmt.Println("configuration OK")
+		return
+	}
+	if !*foreground && os.Getenv(detachedEnv) == "" {
+		os.Exit(detach())
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
+		os.Exit(1)
+	}
+	log := logging.New("parent", *foreground, *verbose)
+	os.Exit(parent.Run(cfg, parent.Options{
+		Executable:   exe,
+		Argv0:        os.Args[0],
+		Foreground:   *foreground,
+		Verbose:      *verbose,
+		SetupTimeout: 10 * time.Second,
+		StopTimeout:  5 * time.Second,
+	}, log))
+}
+
+// detach starts the parent again in a session of its own, away from the
+// terminal, and returns at once; the configuration was checked already,
+// so its errors still reach the terminal.
+func detach() int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.Env = append(os.Environ(), detachedEnv+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// runChild is `smtpd -x NAME`: the common start of every child, then the
+// process's own loop.
+func runChild(name, cfgPath string, foreground, verbose bool) {
+	proc, err := proto.ParseProc(name)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: -x: %v\n", err)
+		os.Exit(2)
+	}
+	c, err := privsep.Attach(proc, cfgPath, foreground, verbose)
+	if err != nil {
+		logging.New(name, foreground, verbose).Fatalf("%v", err)
+	}
+	if err := c.Drop(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	if err := c.ReceiveSetup(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	switch proc {
+	case proto.ProcControl:
+		control.Run(c)
+	default:
+		if err := c.Ready(); err != nil {
+			c.Log.Fatalf("%v", err)
+		}
+		c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+			return fmt.Errorf("unexpected %s", env.Type)
+		})
+	}
+}
