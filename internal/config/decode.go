@@ -118,7 +118,7 @@ func (d *decoder) file(body hcl.Body) {
 	}
 	if ls := byType["limits"]; len(ls) > 0 {
 		for _, extra := range ls[1:] {
-			d.errorf(extra.DefRange, "Duplicate limits block", "Only one limits block is allowed; the first is at %s.", ls[0].DefRange)
+			d.errorf(extra.DefRange, "Duplicate limits block", "Only one limits block is allowed; the first is at line %d.", ls[0].DefRange.Start.Line)
 		}
 		d.limits(ls[0])
 	}
@@ -152,11 +152,18 @@ func (d *decoder) named(blocks []*hcl.Block, kind string) {
 			d.errorf(b.LabelRanges[0], "Invalid "+kind+" name", "%q is not a valid name: use letters, digits, - and _.", name)
 		}
 		if prev, dup := first[name]; dup {
-			d.errorf(b.LabelRanges[0], "Duplicate "+kind+" name", "A %s named %q is already defined at %s.", kind, name, prev.DefRange)
+			d.errorf(b.LabelRanges[0], "Duplicate "+kind+" name", "There is already %s %s named %q, at line %d.", article(kind), kind, name, prev.DefRange.Start.Line)
 			continue
 		}
 		first[name] = b
 	}
+}
+
+func article(noun string) string {
+	if strings.ContainsRune("aeiou", rune(noun[0])) {
+		return "an"
+	}
+	return "a"
 }
 
 func (d *decoder) tableRefs() cty.Value {

@@ -1,0 +1,98 @@
+package regress
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestBrokenConfigs: `smtpd -n` refuses each file of testdata/badconf
+// with a diagnostic naming the file and line that its first line
+// announces ("# want: [FILE:]LINE: text").
+func TestBrokenConfigs(t *testing.T) {
+	paths, _ := filepath.Glob("testdata/badconf/*.conf")
+	if len(paths) < 10 {
+		t.Fatalf("only %d broken configurations", len(paths))
+	}
+	want := regexp.MustCompile(`^# want: (?:([^:]+):)?(\d+): (.+)\n`)
+	for _, p := range paths {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			abs, _ := filepath.Abs(p)
+			data, err := os.ReadFile(abs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := want.FindSubmatch(data)
+			if m == nil {
+				t.Fatal("no '# want:' line")
+			}
+			file := abs
+			if len(m[1]) > 0 {
+				file = filepath.Join(filepath.Dir(abs), string(m[1]))
+			}
+			cmd := exec.Command(bin.Smtpd, "-n", "-f", abs)
+			out, err := cmd.CombinedOutput()
+			if err == nil || cmd.ProcessState.ExitCode() != 1 {
+				t.Fatalf("exit %v, want 1:\n%s", err, out)
+			}
+			if loc := "on " + file + " line " + string(m[2]); !strings.Contains(string(out), loc) {
+				t.Errorf("no %q in:\n%s", loc, out)
+			}
+			if !strings.Contains(string(out), string(m[3])) {
+				t.Errorf("no %q in:\n%s", m[3], out)
+			}
+			if strings.Contains(string(out), "configuration OK") {
+				t.Errorf("claims OK:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestExampleConfigs: the configurations in etc/ and the examples of
+// smtpd.conf(5) pass `smtpd -n`.
+func TestExampleConfigs(t *testing.T) {
+	paths, _ := filepath.Glob("../etc/*.conf")
+	examples := manExamples(t)
+	if len(paths) < 4 || len(examples) < 3 {
+		t.Fatalf("%d example files, %d man page examples", len(paths), len(examples))
+	}
+	for i, ex := range examples {
+		_, path := WriteConfig(t, ex)
+		paths = append(paths, path)
+		t.Logf("man page example %d: %s", i+1, path)
+	}
+	for _, p := range paths {
+		out, err := exec.Command(bin.Smtpd, "-n", "-f", p).CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "configuration OK" {
+			t.Errorf("%s: %v\n%s", p, err, out)
+		}
+	}
+}
+
+// manExamples returns the literal displays of the EXAMPLES section of
+// smtpd.conf.5, each a whole configuration, with mdoc escapes undone.
+func manExamples(t *testing.T) []string {
+	data, err := os.ReadFile("../smtpd.conf.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, examples, ok := strings.Cut(string(data), "\n.Sh EXAMPLES\n")
+	if !ok {
+		t.Fatal("no EXAMPLES section")
+	}
+	examples, _, _ = strings.Cut(examples, "\n.Sh ")
+	var out []string
+	for {
+		_, rest, ok := strings.Cut(examples, ".Bd -literal")
+		if !ok {
+			return out
+		}
+		rest = rest[strings.Index(rest, "\n")+1:]
+		block, after, _ := strings.Cut(rest, "\n.Ed")
+		out = append(out, strings.ReplaceAll(block, `\e`, `\`)+"\n")
+		examples = after
+	}
+}

@@ -1,0 +1,293 @@
+// Package regress drives the built smtpd and smtpctl binaries end to end,
+// over real sockets on loopback. Build builds them once per test binary;
+// Start runs a whole daemon from a configuration in a temporary
+// directory, unprivileged or, when the tests run as root, with its real
+// privilege separation.
+package regress
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Binaries are the paths of the built programs.
+type Binaries struct {
+	Smtpd, Smtpctl string
+}
+
+// Build compiles smtpd and smtpctl from the module at root into dir.
+func Build(root, dir string) (Binaries, error) {
+	b := Binaries{Smtpd: filepath.Join(dir, "smtpd"), Smtpctl: filepath.Join(dir, "smtpctl")}
+	for out, pkg := range map[string]string{b.Smtpd: "./smtpd", b.Smtpctl: "./smtpctl"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Dir = root
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("go build %s: %v\n%s", pkg, err, msg)
+		}
+	}
+	return b, nil
+}
+
+// syncBuffer is a bytes.Buffer safe for the writer goroutine of exec and
+// readers in the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Daemon is a running smtpd.
+type Daemon struct {
+	Bin    Binaries
+	Dir    string
+	Config string
+	Socket string
+	// SMTPAddr is the address of the "mx" listener of the default
+	// configuration.
+	SMTPAddr string
+	Cmd      *exec.Cmd
+
+	t      testing.TB
+	log    *syncBuffer
+	exited chan struct{}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// DefaultConfig is a configuration that accepts mail for example.test on
+// the address in %s.
+const DefaultConfig = `
+hostname       = "mx.example.test"
+spool          = "spool"
+control_socket = "run/smtpd.sock"
+
+table "domains" { list = ["example.test"] }
+
+listen "mx" { address = "%s" }
+
+action "local" {
+  maildir = "mail/${dest.user}"
+  virtual = { "@" = "sink" }
+}
+
+match {
+  from   = "any"
+  for    = table.domains
+  action = action.local
+}
+`
+
+// WriteConfig writes a configuration into a new temporary directory and
+// returns the directory and the file.
+func WriteConfig(t testing.TB, text string) (dir, path string) {
+	t.Helper()
+	dir = t.TempDir()
+	// as root the queue chroots into the spool below dir, and the
+	// children must be able to reach nothing else: keep dir traversable
+	// (t.TempDir makes both dir and its parent 0700)
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755)
+	path = filepath.Join(dir, "smtpd.conf")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, path
+}
+
+// Options change how Start runs the daemon.
+type Options struct {
+	// Credential, if set, runs the daemon as another user; the test
+	// directory is handed to that user.
+	Credential *syscall.Credential
+}
+
+// Start starts a daemon in the foreground on DefaultConfig and waits
+// until it is ready.
+func Start(t testing.TB, bin Binaries) *Daemon {
+	t.Helper()
+	return StartWith(t, bin, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	dir, path := WriteConfig(t, fmt.Sprintf(DefaultConfig, addr))
+	if c := opts.Credential; c != nil {
+		if err := os.Chown(dir, int(c.Uid), int(c.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &Daemon{
+		Bin: bin, Dir: dir, Config: path, SMTPAddr: addr,
+		Socket: filepath.Join(dir, "run", "smtpd.sock"),
+		t:      t, log: &syncBuffer{}, exited: make(chan struct{}),
+	}
+	d.Cmd = exec.Command(bin.Smtpd, "-d", "-v", "-f", path)
+	d.Cmd.Stdout, d.Cmd.Stderr = d.log, d.log
+	if opts.Credential != nil {
+		d.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential}
+	}
+	if err := d.Cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.Cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		d.Cmd.Process.Kill()
+		<-d.exited
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.log.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.log.String(), "parent: ready") {
+		select {
+		case <-d.exited:
+			t.Fatalf("daemon exited during start: %v\n%s", d.Cmd.ProcessState, d.log.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready after 10s:\n%s", d.log.String())
+		}
+	}
+	return d
+}
+
+// Log returns what the daemon logged so far.
+func (d *Daemon) Log() string { return d.log.String() }
+
+// Wait waits up to timeout for the parent to exit and returns its exit
+// status, or -1 if it is still running.
+func (d *Daemon) Wait(timeout time.Duration) int {
+	select {
+	case <-d.exited:
+		return d.Cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		return -1
+	}
+}
+
+// Signal sends sig to the parent.
+func (d *Daemon) Signal(sig syscall.Signal) {
+	if err := d.Cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// Children returns the pids of the parent's children by process name, as
+// read from /proc.
+func (d *Daemon) Children() map[string]int {
+	return ChildrenOf(d.Cmd.Process.Pid)
+}
+
+// ChildrenOf finds the `smtpd -x NAME` children of pid in /proc.
+func ChildrenOf(pid int) map[string]int {
+	out := map[string]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cpid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if PPid(cpid) != pid {
+			continue
+		}
+		args := Cmdline(cpid)
+		for i, a := range args {
+			if a == "-x" && i+1 < len(args) {
+				out[args[i+1]] = cpid
+			}
+		}
+	}
+	return out
+}
+
+// PPid returns the parent pid of pid, or -1.
+func PPid(pid int) int {
+	v, _ := StatusField(pid, "PPid")
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// Cmdline returns the argv of pid.
+func Cmdline(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil
+	}
+	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+}
+
+// StatusField returns a field of /proc/PID/status, such as "Uid".
+func StatusField(pid int, name string) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && k == name {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("no %s in /proc/%d/status", name, pid)
+}
+
+// Alive reports whether pid exists and is not a zombie.
+func Alive(pid int) bool {
+	state, err := StatusField(pid, "State")
+	return err == nil && !strings.HasPrefix(state, "Z")
+}
+
+// Smtpctl runs smtpctl against the daemon's control socket.
+func (d *Daemon) Smtpctl(args ...string) (stdout, stderr string, code int) {
+	return RunSmtpctl(d.Bin, append([]string{"-s", d.Socket}, args...)...)
+}
+
+// RunSmtpctl runs smtpctl with args.
+func RunSmtpctl(bin Binaries, args ...string) (stdout, stderr string, code int) {
+	cmd := exec.Command(bin.Smtpctl, args...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code == 0 {
+		code = -1
+	}
+	return o.String(), e.String(), code
+}
