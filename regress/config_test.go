@@ -96,3 +96,16 @@ func manExamples(t *testing.T) []string {
 		examples = after
 	}
 }
+
+// TestManPageLint: smtpd.conf.5 passes mandoc's lint without warnings
+// or errors (style notes aside) and renders.
+func TestManPageLint(t *testing.T) {
+	out, err := exec.Command("mandoc", "-T", "lint", "-W", "warning", "../smtpd.conf.5").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mandoc -T lint: %v\n%s", err, out)
+	}
+	text, err := exec.Command("mandoc", "-T", "markdown", "../smtpd.conf.5").Output()
+	if err != nil || !strings.Contains(string(text), "MATCH RULES") {
+		t.Fatalf("render: %v", err)
+	}
+}

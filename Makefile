@@ -1,0 +1,84 @@
+# smtpd: `make` builds, `make run` starts the daemon on etc/run.conf,
+# `make test` installs what the tests need and runs them.
+
+GO       ?= go
+PREFIX   ?= /usr/local
+SBINDIR  ?= $(PREFIX)/sbin
+MANDIR   ?= $(PREFIX)/share/man
+SYSCONF  ?= /etc/mail
+FUZZTIME ?= 10s
+
+# Debian packages the tests use
+TEST_PACKAGES = mandoc
+
+# package:target for every fuzz target
+FUZZ_TARGETS = \
+	./proto:FuzzDecode \
+	./internal/table:FuzzParse \
+	./internal/config:FuzzLoad
+
+.PHONY: all build run test test-deps users fuzz bench install clean
+
+all: build
+
+build:
+	$(GO) build -o bin/smtpd ./smtpd
+	$(GO) build -o bin/smtpctl ./smtpctl
+
+# The daemon in the foreground on loopback (127.0.0.1:2525), spool and
+# control socket under var/. Started by root it still runs its children
+# unprivileged, as the users `make users` creates.
+run: build
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
+	mkdir -p var
+	exec bin/smtpd -d -f etc/run.conf
+
+test: test-deps build
+	$(GO) vet ./...
+	$(GO) test -count=1 ./...
+
+test-deps:
+	@missing=""; for p in $(TEST_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "the tests need these Debian packages:$$missing (run make test as root, or apt-get install them)"; exit 1; \
+		fi; \
+	fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
+
+# The unprivileged users of the daemon's processes.
+users:
+	@for u in _smtpd _smtpq; do \
+		getent passwd $$u >/dev/null || { echo "creating user $$u"; \
+		useradd --system --user-group --no-create-home --home-dir /var/empty \
+			--shell /usr/sbin/nologin --comment "smtpd privilege separation" $$u; }; \
+	done
+
+# Short runs of every fuzz target; FUZZTIME=10m for a long one.
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+install: build users
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONF)
+	install -m 755 bin/smtpd $(DESTDIR)$(SBINDIR)/smtpd
+	install -m 755 bin/smtpctl $(DESTDIR)$(SBINDIR)/smtpctl
+	install -m 644 smtpd.conf.5 $(DESTDIR)$(MANDIR)/man5/smtpd.conf.5
+	install -d -m 755 $(DESTDIR)/var/empty
+	@if [ ! -e $(DESTDIR)$(SYSCONF)/smtpd.conf ]; then \
+		install -m 644 etc/smtpd.conf $(DESTDIR)$(SYSCONF)/smtpd.conf; \
+		echo "installed $(SYSCONF)/smtpd.conf: edit hostname before starting"; \
+	fi
+
+clean:
+	rm -rf bin var

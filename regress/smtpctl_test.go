@@ -1,0 +1,124 @@
+package regress
+
+import (
+	"net"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"smtpd/proto"
+)
+
+// showStats polls `smtpctl show stats` until every key in want appears
+// (counters reach control in batches) or 5 s pass.
+func showStats(t *testing.T, d *Daemon, args []string, want ...string) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, errOut, code := d.Smtpctl(args...)
+		if code != 0 {
+			t.Fatalf("smtpctl %v: exit %d: %s", args, code, errOut)
+		}
+		stats := map[string]string{}
+		var keys []string
+		for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("line %q is not key=value", line)
+			}
+			stats[k] = v
+			keys = append(keys, k)
+		}
+		for i := 1; i < len(keys); i++ {
+			if keys[i-1] >= keys[i] {
+				t.Fatalf("keys not sorted: %q before %q", keys[i-1], keys[i])
+			}
+		}
+		missing := ""
+		for _, k := range want {
+			if _, ok := stats[k]; !ok {
+				missing = k
+			}
+		}
+		if missing == "" {
+			return stats
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in:\n%s", missing, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestShowStats: show stats prints sorted key=value lines with uptime,
+// uptime.human and counters from every child; a prefix of the command
+// words works as in OpenSMTPD.
+func TestShowStats(t *testing.T) {
+	d := Start(t, bin)
+	want := []string{"uptime", "uptime.human", "control.session"}
+	for _, name := range childNames() {
+		if name != "control" {
+			want = append(want, name+".ipc.received", name+".ipc.sent")
+		}
+	}
+	stats := showStats(t, d, []string{"show", "stats"}, want...)
+	if !regexp.MustCompile(`^\d+$`).MatchString(stats["uptime"]) || !regexp.MustCompile(`^(\d+[wdhm])*\d+s$`).MatchString(stats["uptime.human"]) {
+		t.Errorf("uptime %q, uptime.human %q", stats["uptime"], stats["uptime.human"])
+	}
+	// smtp got its peers (mfa, lookup, queue, control), its listener and
+	// SetupDone from the parent, and sent SetupReady
+	if stats["smtp.ipc.received"] != "6" || stats["smtp.ipc.sent"] != "1" {
+		t.Errorf("smtp.ipc: %v", stats)
+	}
+	before := stats["control.session"]
+	again := showStats(t, d, []string{"sh", "st"}, "control.session")
+	if again["control.session"] <= before {
+		t.Errorf("control.session %s then %s", before, again["control.session"])
+	}
+}
+
+// TestSmtpctlWithoutDaemon: smtpctl fails with a clear message and exit
+// status 1 when no daemon listens.
+func TestSmtpctlWithoutDaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	_, errOut, code := RunSmtpctl(bin, "-s", sock, "show", "stats")
+	if code != 1 || !strings.Contains(errOut, "cannot connect to "+sock) || !strings.Contains(errOut, "is smtpd running?") {
+		t.Errorf("exit %d: %q", code, errOut)
+	}
+	_, errOut, code = RunSmtpctl(bin, "-s", sock, "frobnicate")
+	if code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("exit %d: %q", code, errOut)
+	}
+}
+
+// TestControlClientMisbehaves: a client that sends garbage or a message
+// meant for a child loses its connection; the daemon keeps running,
+// since any local user may connect.
+func TestControlClientMisbehaves(t *testing.T) {
+	d := Start(t, bin)
+	for _, frame := range [][]byte{
+		{1, 2, 3},
+		proto.AppendFrame(nil, proto.Header{Type: 999}, nil),
+		proto.AppendFrame(nil, proto.Header{Type: proto.TypeSetupDone}, nil),
+		proto.AppendFrame(nil, proto.Header{Type: proto.TypeStatUpdate}, []byte{0, 0, 0, 0}),
+	} {
+		conn, err := net.Dial("unixpacket", d.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := conn.Read(make([]byte, 64)); n != 0 || err == nil {
+			t.Errorf("frame %x: connection not dropped: %d %v", frame, n, err)
+		}
+		conn.Close()
+	}
+	if code := d.Wait(300 * time.Millisecond); code != -1 {
+		t.Fatalf("daemon exited %d:\n%s", code, d.Log())
+	}
+	showStats(t, d, []string{"show", "stats"}, "uptime")
+}
