@@ -122,8 +122,19 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	src, err := os.ReadFile(abs)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(src, abs)
+}
+
+// Parse checks the configuration src, read from the absolute path.
+// Relative paths in it are resolved against the directory of path.
+func Parse(src []byte, path string) (*Config, error) {
+	abs := filepath.Clean(path)
 	parser := hclparse.NewParser()
-	f, diags := parser.ParseHCLFile(abs)
+	f, diags := parser.ParseHCL(src, abs)
 	files := parser.Files()
 	if diags.HasErrors() {
 		return nil, &LoadError{diags, files}
