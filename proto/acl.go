@@ -9,20 +9,42 @@ func (p Proc) IsChild() bool { return p >= ProcSMTP && p <= ProcControl }
 // direction.
 func Accepts(sender, receiver Proc, t Type) bool {
 	switch t {
-	case TypeSetupPeer, TypeSetupDone:
+	case TypeSetupPeer:
 		return sender == ProcParent && receiver.IsChild()
+	case TypeSetupDone:
+		return sender == ProcParent && (receiver.IsChild() || receiver == ProcMDA)
 	case TypeSetupListener:
 		return sender == ProcParent && receiver == ProcSMTP
 	case TypeSetupControl:
 		return sender == ProcParent && receiver == ProcControl
 	case TypeSetupReady:
-		return sender.IsChild() && receiver == ProcParent
+		return (sender.IsChild() || sender == ProcMDA) && receiver == ProcParent
 	case TypeStatUpdate:
 		return (sender == ProcParent || sender.IsChild()) && sender != ProcControl && receiver == ProcControl
 	case TypeControlShowStats:
 		return sender == ProcClient && receiver == ProcControl
 	case TypeControlStats, TypeControlError:
 		return sender == ProcControl && receiver == ProcClient
+	case TypeSMTPFilterQuery:
+		return sender == ProcSMTP && receiver == ProcMFA
+	case TypeMFAFilterVerdict:
+		return sender == ProcMFA && receiver == ProcSMTP
+	case TypeSMTPExpandRcpt:
+		return sender == ProcSMTP && receiver == ProcLookup
+	case TypeLookupExpandResult:
+		return sender == ProcLookup && receiver == ProcSMTP
+	case TypeSMTPMessageCreate, TypeSMTPEnvelopeSubmit, TypeSMTPMessageCommit, TypeSMTPMessageRollback:
+		return sender == ProcSMTP && receiver == ProcQueue
+	case TypeQueueMessageCreated, TypeQueueMessageCommitted, TypeQueueFailure:
+		return sender == ProcQueue && receiver == ProcSMTP
+	case TypeQueueDeliverLocal:
+		return sender == ProcQueue && receiver == ProcParent
+	case TypeParentDeliveryResult:
+		return sender == ProcParent && receiver == ProcQueue
+	case TypeParentMDADeliver:
+		return sender == ProcParent && receiver == ProcMDA
+	case TypeMDADeliveryResult:
+		return sender == ProcMDA && receiver == ProcParent
 	}
 	return false
 }

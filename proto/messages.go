@@ -19,6 +19,21 @@ const (
 	TypeControlShowStats
 	TypeControlStats
 	TypeControlError
+	TypeSMTPFilterQuery
+	TypeMFAFilterVerdict
+	TypeSMTPExpandRcpt
+	TypeLookupExpandResult
+	TypeSMTPMessageCreate
+	TypeQueueMessageCreated
+	TypeSMTPEnvelopeSubmit
+	TypeSMTPMessageCommit
+	TypeQueueMessageCommitted
+	TypeSMTPMessageRollback
+	TypeQueueFailure
+	TypeQueueDeliverLocal
+	TypeParentDeliveryResult
+	TypeParentMDADeliver
+	TypeMDADeliveryResult
 	typeEnd
 )
 
@@ -32,6 +47,22 @@ var typeNames = [...]string{
 	TypeControlShowStats: "ControlShowStats",
 	TypeControlStats:     "ControlStats",
 	TypeControlError:     "ControlError",
+
+	TypeSMTPFilterQuery:       "SMTPFilterQuery",
+	TypeMFAFilterVerdict:      "MFAFilterVerdict",
+	TypeSMTPExpandRcpt:        "SMTPExpandRcpt",
+	TypeLookupExpandResult:    "LookupExpandResult",
+	TypeSMTPMessageCreate:     "SMTPMessageCreate",
+	TypeQueueMessageCreated:   "QueueMessageCreated",
+	TypeSMTPEnvelopeSubmit:    "SMTPEnvelopeSubmit",
+	TypeSMTPMessageCommit:     "SMTPMessageCommit",
+	TypeQueueMessageCommitted: "QueueMessageCommitted",
+	TypeSMTPMessageRollback:   "SMTPMessageRollback",
+	TypeQueueFailure:          "QueueFailure",
+	TypeQueueDeliverLocal:     "QueueDeliverLocal",
+	TypeParentDeliveryResult:  "ParentDeliveryResult",
+	TypeParentMDADeliver:      "ParentMDADeliver",
+	TypeMDADeliveryResult:     "MDADeliveryResult",
 }
 
 func (t Type) String() string {
@@ -77,6 +108,36 @@ func New(t Type) (Message, bool) {
 		return &ControlStats{}, true
 	case TypeControlError:
 		return &ControlError{}, true
+	case TypeSMTPFilterQuery:
+		return &SMTPFilterQuery{}, true
+	case TypeMFAFilterVerdict:
+		return &MFAFilterVerdict{}, true
+	case TypeSMTPExpandRcpt:
+		return &SMTPExpandRcpt{}, true
+	case TypeLookupExpandResult:
+		return &LookupExpandResult{}, true
+	case TypeSMTPMessageCreate:
+		return &SMTPMessageCreate{}, true
+	case TypeQueueMessageCreated:
+		return &QueueMessageCreated{}, true
+	case TypeSMTPEnvelopeSubmit:
+		return &SMTPEnvelopeSubmit{}, true
+	case TypeSMTPMessageCommit:
+		return &SMTPMessageCommit{}, true
+	case TypeQueueMessageCommitted:
+		return &QueueMessageCommitted{}, true
+	case TypeSMTPMessageRollback:
+		return &SMTPMessageRollback{}, true
+	case TypeQueueFailure:
+		return &QueueFailure{}, true
+	case TypeQueueDeliverLocal:
+		return &QueueDeliverLocal{}, true
+	case TypeParentDeliveryResult:
+		return &ParentDeliveryResult{}, true
+	case TypeParentMDADeliver:
+		return &ParentMDADeliver{}, true
+	case TypeMDADeliveryResult:
+		return &MDADeliveryResult{}, true
 	}
 	return nil, false
 }

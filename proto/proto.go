@@ -25,6 +25,9 @@ const (
 	ProcControl
 	// ProcClient is smtpctl (or sendmail) talking to control.
 	ProcClient
+	// ProcMDA is a local delivery process the parent starts as the
+	// recipient's user.
+	ProcMDA
 )
 
 // Children lists the processes the parent starts, in start order.
@@ -39,6 +42,7 @@ var procNames = [...]string{
 	ProcLookup:  "lookup",
 	ProcControl: "control",
 	ProcClient:  "client",
+	ProcMDA:     "mda",
 }
 
 // String returns the process name as used in `smtpd -x NAME` and in logs.
@@ -49,9 +53,9 @@ func (p Proc) String() string {
 	return fmt.Sprintf("proc(%d)", uint32(p))
 }
 
-// ParseProc returns the process named name; only children can be named.
+// ParseProc returns the process named name: a child, or mda.
 func ParseProc(name string) (Proc, error) {
-	for _, p := range Children {
+	for _, p := range append([]Proc{ProcMDA}, Children...) {
 		if p.String() == name {
 			return p, nil
 		}

@@ -19,6 +19,7 @@ func samples(t *testing.T) []struct {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
+	sess := Session{ID: 7, Remote: "192.0.2.1", Helo: "client.example.net", Sender: "a@example.net"}
 	return []struct {
 		from, to Proc
 		msg      Message
@@ -32,6 +33,21 @@ func samples(t *testing.T) []struct {
 		{ProcClient, ProcControl, &ControlShowStats{}},
 		{ProcControl, ProcClient, &ControlStats{Values: []StatValue{{"uptime", 12}}, Last: true}},
 		{ProcControl, ProcClient, &ControlError{Text: "permission denied"}},
+		{ProcSMTP, ProcMFA, &SMTPFilterQuery{Phase: PhaseRcpt, Session: sess, Rcpt: "b@example.org"}},
+		{ProcMFA, ProcSMTP, &MFAFilterVerdict{Verdict: VerdictReject, Reply: Reply{550, "5.7.1", "go away"}}},
+		{ProcSMTP, ProcLookup, &SMTPExpandRcpt{Session: sess, Rcpt: "b@example.org"}},
+		{ProcLookup, ProcSMTP, &LookupExpandResult{Status: StatusOK, Destinations: []Destination{{"mda", 1, "local", "b@example.org", "b"}}, More: true}},
+		{ProcSMTP, ProcQueue, &SMTPMessageCreate{}},
+		{ProcQueue, ProcSMTP, NewQueueMessageCreated(0x1234, f)},
+		{ProcSMTP, ProcQueue, &SMTPEnvelopeSubmit{MsgID: 0x1234, Envelope: []byte("version: 1\n")}},
+		{ProcSMTP, ProcQueue, &SMTPMessageCommit{MsgID: 0x1234}},
+		{ProcQueue, ProcSMTP, &QueueMessageCommitted{MsgID: 0x1234}},
+		{ProcSMTP, ProcQueue, &SMTPMessageRollback{MsgID: 0x1234}},
+		{ProcQueue, ProcSMTP, &QueueFailure{MsgID: 0x1234, Reply: Reply{451, "4.3.0", "disk full"}}},
+		{ProcQueue, ProcParent, NewQueueDeliverLocal([]byte("evp"), f)},
+		{ProcParent, ProcQueue, &ParentDeliveryResult{DeliveryResult{1<<32 | 1, StatusTempfail, "mda exited 75"}}},
+		{ProcParent, ProcMDA, NewParentMDADeliver([]byte("evp"), f)},
+		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }
 

@@ -1,0 +1,224 @@
+// Package envelope is one recipient of one message as the queue stores
+// it: a small text file of "key: value" lines, versioned, one per
+// recipient in the message's spool directory.
+package envelope
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Version is the format version written in every envelope.
+const Version = 1
+
+// Kind says who delivers an envelope.
+type Kind string
+
+// The kinds of delivery.
+const (
+	// MDA envelopes are delivered locally by the parent's mda children.
+	MDA Kind = "mda"
+	// MTA envelopes are relayed by the mta process.
+	MTA Kind = "mta"
+	// Bounce envelopes carry a delivery status notification to a sender.
+	Bounce Kind = "bounce"
+)
+
+// Envelope is one recipient of a message.
+type Envelope struct {
+	ID     uint64 // msgid<<32 | random
+	Kind   Kind
+	Rule   int // index of the match rule that chose the action
+	Action string
+	// Sender is the MAIL FROM address, "" for the null sender <>.
+	Sender string
+	// Rcpt is the address as given at RCPT TO; Dest the address after
+	// alias and virtual expansion; User the local account (MDA only).
+	Rcpt, Dest, User string
+	// Helo, Remote and Hostname describe the session that brought it.
+	Helo, Remote string
+	Created      time.Time
+	Expire       time.Time
+	LastTry      time.Time
+	// Retries counts delivery attempts that failed temporarily.
+	Retries int
+	// LastError is the last temporary failure, shown by smtpctl.
+	LastError string
+	// DSN parameters of RFC 3461: NOTIFY, RET, ENVID, ORCPT.
+	Notify, Ret, EnvID, ORcpt string
+	// Warned is set once a delay notification was sent.
+	Warned bool
+}
+
+// MsgID returns the message part of the envelope id.
+func (e *Envelope) MsgID() uint32 { return uint32(e.ID >> 32) }
+
+// ErrCorrupt is returned for an envelope file that cannot be read.
+var ErrCorrupt = errors.New("envelope: corrupt")
+
+// Marshal writes the envelope as text.
+func (e *Envelope) Marshal() ([]byte, error) {
+	var b bytes.Buffer
+	put := func(k, v string) error {
+		if strings.ContainsAny(v, "\r\n\x00") {
+			return fmt.Errorf("envelope: %s contains a line break or NUL", k)
+		}
+		fmt.Fprintf(&b, "%s: %s\n", k, v)
+		return nil
+	}
+	times := func(t time.Time) string {
+		if t.IsZero() {
+			return "0"
+		}
+		return strconv.FormatInt(t.Unix(), 10)
+	}
+	fields := [][2]string{
+		{"version", strconv.Itoa(Version)},
+		{"id", fmt.Sprintf("%016x", e.ID)},
+		{"kind", string(e.Kind)},
+		{"rule", strconv.Itoa(e.Rule)},
+		{"action", e.Action},
+		{"sender", e.Sender},
+		{"rcpt", e.Rcpt},
+		{"dest", e.Dest},
+		{"user", e.User},
+		{"helo", e.Helo},
+		{"remote", e.Remote},
+		{"created", times(e.Created)},
+		{"expire", times(e.Expire)},
+		{"lasttry", times(e.LastTry)},
+		{"retries", strconv.Itoa(e.Retries)},
+		{"lasterror", e.LastError},
+		{"notify", e.Notify},
+		{"ret", e.Ret},
+		{"envid", e.EnvID},
+		{"orcpt", e.ORcpt},
+		{"warned", strconv.FormatBool(e.Warned)},
+	}
+	for _, f := range fields {
+		if err := put(f[0], f[1]); err != nil {
+			return nil, err
+		}
+	}
+	return b.Bytes(), nil
+}
+
+// Unmarshal parses an envelope written by Marshal. Unknown keys, missing
+// keys, a wrong version or bad values are ErrCorrupt: the queue moves
+// such a file to corrupt/ and reports it.
+func Unmarshal(data []byte) (*Envelope, error) {
+	fields := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 1024), 64*1024)
+	for n := 1; sc.Scan(); n++ {
+		k, v, ok := strings.Cut(sc.Text(), ": ")
+		if !ok {
+			if k, ok = strings.CutSuffix(sc.Text(), ":"); !ok {
+				return nil, fmt.Errorf("%w: line %d is not key: value", ErrCorrupt, n)
+			}
+		}
+		if _, dup := fields[k]; dup {
+			return nil, fmt.Errorf("%w: %s twice", ErrCorrupt, k)
+		}
+		fields[k] = v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if fields["version"] != strconv.Itoa(Version) {
+		return nil, fmt.Errorf("%w: version %q", ErrCorrupt, fields["version"])
+	}
+	p := parser{fields: fields}
+	e := &Envelope{
+		ID:        p.hex("id"),
+		Kind:      Kind(p.str("kind")),
+		Rule:      p.int("rule"),
+		Action:    p.str("action"),
+		Sender:    p.str("sender"),
+		Rcpt:      p.str("rcpt"),
+		Dest:      p.str("dest"),
+		User:      p.str("user"),
+		Helo:      p.str("helo"),
+		Remote:    p.str("remote"),
+		Created:   p.time("created"),
+		Expire:    p.time("expire"),
+		LastTry:   p.time("lasttry"),
+		Retries:   p.int("retries"),
+		LastError: p.str("lasterror"),
+		Notify:    p.str("notify"),
+		Ret:       p.str("ret"),
+		EnvID:     p.str("envid"),
+		ORcpt:     p.str("orcpt"),
+		Warned:    p.bool("warned"),
+	}
+	delete(fields, "version")
+	if p.err == nil && len(fields) > 0 {
+		for k := range fields {
+			p.err = fmt.Errorf("%w: unknown key %q", ErrCorrupt, k)
+		}
+	}
+	if p.err == nil && (e.ID>>32 == 0 || uint32(e.ID) == 0) {
+		p.err = fmt.Errorf("%w: id %016x", ErrCorrupt, e.ID)
+	}
+	if p.err == nil && e.Kind != MDA && e.Kind != MTA && e.Kind != Bounce {
+		p.err = fmt.Errorf("%w: kind %q", ErrCorrupt, e.Kind)
+	}
+	if p.err != nil {
+		return nil, p.err
+	}
+	return e, nil
+}
+
+type parser struct {
+	fields map[string]string
+	err    error
+}
+
+func (p *parser) str(k string) string {
+	v, ok := p.fields[k]
+	if !ok && p.err == nil {
+		p.err = fmt.Errorf("%w: no %s", ErrCorrupt, k)
+	}
+	delete(p.fields, k)
+	return v
+}
+
+func (p *parser) int(k string) int {
+	v, err := strconv.Atoi(p.str(k))
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("%w: %s: %v", ErrCorrupt, k, err)
+	}
+	return v
+}
+
+func (p *parser) hex(k string) uint64 {
+	v, err := strconv.ParseUint(p.str(k), 16, 64)
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("%w: %s: %v", ErrCorrupt, k, err)
+	}
+	return v
+}
+
+func (p *parser) bool(k string) bool {
+	v, err := strconv.ParseBool(p.str(k))
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("%w: %s: %v", ErrCorrupt, k, err)
+	}
+	return v
+}
+
+func (p *parser) time(k string) time.Time {
+	v, err := strconv.ParseInt(p.str(k), 10, 64)
+	if err != nil && p.err == nil {
+		p.err = fmt.Errorf("%w: %s: %v", ErrCorrupt, k, err)
+	}
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.Unix(v, 0)
+}

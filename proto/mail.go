@@ -1,0 +1,341 @@
+package proto
+
+import (
+	"fmt"
+	"os"
+)
+
+// Phase is the point of an SMTP session that mfa is asked about.
+type Phase uint8
+
+// The filter phases.
+const (
+	PhaseConnect Phase = iota + 1
+	PhaseHelo
+	PhaseMail
+	PhaseRcpt
+	PhaseData
+	PhaseCommit
+)
+
+// Session describes the SMTP session a query is about.
+type Session struct {
+	ID     uint64
+	Remote string // client IP address, "" for a local socket
+	Local  bool   // from this host: loopback or the local socket
+	Helo   string
+	Auth   string // authenticated user, "" if none
+	Sender string // MAIL FROM, "" for <> and before MAIL
+}
+
+func (s *Session) encode(w *Writer) {
+	w.U64(s.ID)
+	w.String(s.Remote)
+	w.Bool(s.Local)
+	w.String(s.Helo)
+	w.String(s.Auth)
+	w.String(s.Sender)
+}
+
+func (s *Session) decode(r *Reader) {
+	s.ID, s.Remote, s.Local = r.U64(), r.String(), r.Bool()
+	s.Helo, s.Auth, s.Sender = r.String(), r.String(), r.String()
+}
+
+// SMTPFilterQuery asks mfa whether a session may go on at a phase.
+type SMTPFilterQuery struct {
+	Phase   Phase
+	Session Session
+	Rcpt    string // PhaseRcpt only
+}
+
+func (*SMTPFilterQuery) Type() Type { return TypeSMTPFilterQuery }
+func (m *SMTPFilterQuery) Encode(w *Writer) {
+	w.U8(uint8(m.Phase))
+	m.Session.encode(w)
+	w.String(m.Rcpt)
+}
+func (m *SMTPFilterQuery) Decode(r *Reader) {
+	m.Phase = Phase(r.U8())
+	if m.Phase < PhaseConnect || m.Phase > PhaseCommit {
+		r.Fail(fmt.Errorf("%w: phase %d", ErrBadFrame, m.Phase))
+	}
+	m.Session.decode(r)
+	m.Rcpt = r.String()
+}
+
+// Verdict is mfa's answer to a query.
+type Verdict uint8
+
+// The verdicts.
+const (
+	VerdictProceed Verdict = iota + 1
+	VerdictReject
+	VerdictTempfail
+	VerdictDisconnect
+)
+
+// Reply is an SMTP reply: code, enhanced status and text.
+type Reply struct {
+	Code     uint32 // e.g. 550
+	Enhanced string // e.g. "5.7.1"
+	Text     string
+}
+
+func (rp *Reply) encode(w *Writer) {
+	w.U32(rp.Code)
+	w.String(rp.Enhanced)
+	w.String(rp.Text)
+}
+
+func (rp *Reply) decode(r *Reader) {
+	rp.Code, rp.Enhanced, rp.Text = r.U32(), r.String(), r.String()
+	if rp.Code != 0 && (rp.Code < 200 || rp.Code > 599) {
+		r.Fail(fmt.Errorf("%w: reply code %d", ErrBadFrame, rp.Code))
+	}
+}
+
+// MFAFilterVerdict answers SMTPFilterQuery; Reply is set unless the
+// verdict is VerdictProceed.
+type MFAFilterVerdict struct {
+	Verdict Verdict
+	Reply   Reply
+}
+
+func (*MFAFilterVerdict) Type() Type { return TypeMFAFilterVerdict }
+func (m *MFAFilterVerdict) Encode(w *Writer) {
+	w.U8(uint8(m.Verdict))
+	m.Reply.encode(w)
+}
+func (m *MFAFilterVerdict) Decode(r *Reader) {
+	m.Verdict = Verdict(r.U8())
+	if m.Verdict < VerdictProceed || m.Verdict > VerdictDisconnect {
+		r.Fail(fmt.Errorf("%w: verdict %d", ErrBadFrame, m.Verdict))
+	}
+	m.Reply.decode(r)
+}
+
+// SMTPExpandRcpt asks lookup to match a recipient against the rules and
+// expand it into destinations.
+type SMTPExpandRcpt struct {
+	Session Session
+	Rcpt    string
+}
+
+func (*SMTPExpandRcpt) Type() Type { return TypeSMTPExpandRcpt }
+func (m *SMTPExpandRcpt) Encode(w *Writer) {
+	m.Session.encode(w)
+	w.String(m.Rcpt)
+}
+func (m *SMTPExpandRcpt) Decode(r *Reader) {
+	m.Session.decode(r)
+	m.Rcpt = r.String()
+}
+
+// Status is the outcome of a lookup or a delivery.
+type Status uint8
+
+// The outcomes.
+const (
+	StatusOK Status = iota + 1
+	StatusTempfail
+	StatusPermfail
+)
+
+func decodeStatus(r *Reader) Status {
+	s := Status(r.U8())
+	if s < StatusOK || s > StatusPermfail {
+		r.Fail(fmt.Errorf("%w: status %d", ErrBadFrame, s))
+	}
+	return s
+}
+
+// Destination is one envelope a recipient expands to.
+type Destination struct {
+	Kind   string // envelope.MDA or envelope.MTA
+	Rule   uint32
+	Action string
+	Dest   string
+	User   string
+}
+
+// LookupExpandResult answers SMTPExpandRcpt, in several frames for a
+// long expansion: all but the last have More set. Reply is set when the
+// status is not StatusOK.
+type LookupExpandResult struct {
+	Status       Status
+	Reply        Reply
+	Destinations []Destination
+	More         bool
+}
+
+func (*LookupExpandResult) Type() Type { return TypeLookupExpandResult }
+func (m *LookupExpandResult) Encode(w *Writer) {
+	w.U8(uint8(m.Status))
+	m.Reply.encode(w)
+	w.Bool(m.More)
+	w.U32(uint32(len(m.Destinations)))
+	for _, d := range m.Destinations {
+		w.String(d.Kind)
+		w.U32(d.Rule)
+		w.String(d.Action)
+		w.String(d.Dest)
+		w.String(d.User)
+	}
+}
+func (m *LookupExpandResult) Decode(r *Reader) {
+	m.Status = decodeStatus(r)
+	m.Reply.decode(r)
+	m.More = r.Bool()
+	n := r.U32()
+	if n > MaxPayload/20 {
+		r.Fail(fmt.Errorf("%w: %d destinations", ErrBadFrame, n))
+		return
+	}
+	m.Destinations = make([]Destination, 0, n)
+	for range n {
+		m.Destinations = append(m.Destinations, Destination{
+			Kind: r.String(), Rule: r.U32(), Action: r.String(), Dest: r.String(), User: r.String(),
+		})
+	}
+}
+
+// SMTPMessageCreate asks queue for a new message and its body file.
+type SMTPMessageCreate struct{}
+
+func (*SMTPMessageCreate) Type() Type     { return TypeSMTPMessageCreate }
+func (*SMTPMessageCreate) Encode(*Writer) {}
+func (*SMTPMessageCreate) Decode(*Reader) {}
+
+// QueueMessageCreated answers SMTPMessageCreate with the message id and
+// the body file, open for writing.
+type QueueMessageCreated struct {
+	fileField
+	MsgID uint32
+}
+
+// NewQueueMessageCreated returns a QueueMessageCreated carrying f.
+func NewQueueMessageCreated(msgid uint32, f *os.File) *QueueMessageCreated {
+	return &QueueMessageCreated{fileField{f}, msgid}
+}
+
+func (*QueueMessageCreated) Type() Type         { return TypeQueueMessageCreated }
+func (m *QueueMessageCreated) Encode(w *Writer) { w.U32(m.MsgID) }
+func (m *QueueMessageCreated) Decode(r *Reader) { m.MsgID = r.U32() }
+
+// SMTPEnvelopeSubmit adds an envelope, in envelope.Marshal's text form,
+// to a message being received.
+type SMTPEnvelopeSubmit struct {
+	MsgID    uint32
+	Envelope []byte
+}
+
+func (*SMTPEnvelopeSubmit) Type() Type { return TypeSMTPEnvelopeSubmit }
+func (m *SMTPEnvelopeSubmit) Encode(w *Writer) {
+	w.U32(m.MsgID)
+	w.Bytes(m.Envelope)
+}
+func (m *SMTPEnvelopeSubmit) Decode(r *Reader) { m.MsgID, m.Envelope = r.U32(), r.Bytes() }
+
+// SMTPMessageCommit asks queue to make a message durable; smtp answers
+// 250 only after QueueMessageCommitted.
+type SMTPMessageCommit struct{ MsgID uint32 }
+
+func (*SMTPMessageCommit) Type() Type         { return TypeSMTPMessageCommit }
+func (m *SMTPMessageCommit) Encode(w *Writer) { w.U32(m.MsgID) }
+func (m *SMTPMessageCommit) Decode(r *Reader) { m.MsgID = r.U32() }
+
+// QueueMessageCommitted says a message is on disk for good.
+type QueueMessageCommitted struct{ MsgID uint32 }
+
+func (*QueueMessageCommitted) Type() Type         { return TypeQueueMessageCommitted }
+func (m *QueueMessageCommitted) Encode(w *Writer) { w.U32(m.MsgID) }
+func (m *QueueMessageCommitted) Decode(r *Reader) { m.MsgID = r.U32() }
+
+// SMTPMessageRollback drops a message that will not be committed.
+type SMTPMessageRollback struct{ MsgID uint32 }
+
+func (*SMTPMessageRollback) Type() Type         { return TypeSMTPMessageRollback }
+func (m *SMTPMessageRollback) Encode(w *Writer) { w.U32(m.MsgID) }
+func (m *SMTPMessageRollback) Decode(r *Reader) { m.MsgID = r.U32() }
+
+// QueueFailure answers a create or commit that failed; the client gets
+// a temporary failure.
+type QueueFailure struct {
+	MsgID uint32
+	Reply Reply
+}
+
+func (*QueueFailure) Type() Type { return TypeQueueFailure }
+func (m *QueueFailure) Encode(w *Writer) {
+	w.U32(m.MsgID)
+	m.Reply.encode(w)
+}
+func (m *QueueFailure) Decode(r *Reader) {
+	m.MsgID = r.U32()
+	m.Reply.decode(r)
+}
+
+// QueueDeliverLocal asks the parent to deliver an envelope locally; the
+// descriptor is the message, open for reading.
+type QueueDeliverLocal struct {
+	fileField
+	Envelope []byte
+}
+
+// NewQueueDeliverLocal returns a QueueDeliverLocal carrying body.
+func NewQueueDeliverLocal(evp []byte, body *os.File) *QueueDeliverLocal {
+	return &QueueDeliverLocal{fileField{body}, evp}
+}
+
+func (*QueueDeliverLocal) Type() Type         { return TypeQueueDeliverLocal }
+func (m *QueueDeliverLocal) Encode(w *Writer) { w.Bytes(m.Envelope) }
+func (m *QueueDeliverLocal) Decode(r *Reader) { m.Envelope = r.Bytes() }
+
+// DeliveryResult is the outcome of one delivery attempt.
+type DeliveryResult struct {
+	EvpID  uint64
+	Status Status
+	Text   string
+}
+
+func (d *DeliveryResult) encode(w *Writer) {
+	w.U64(d.EvpID)
+	w.U8(uint8(d.Status))
+	w.String(d.Text)
+}
+
+func (d *DeliveryResult) decode(r *Reader) {
+	d.EvpID = r.U64()
+	d.Status = decodeStatus(r)
+	d.Text = r.String()
+}
+
+// ParentDeliveryResult tells queue how a local delivery went.
+type ParentDeliveryResult struct{ DeliveryResult }
+
+func (*ParentDeliveryResult) Type() Type         { return TypeParentDeliveryResult }
+func (m *ParentDeliveryResult) Encode(w *Writer) { m.encode(w) }
+func (m *ParentDeliveryResult) Decode(r *Reader) { m.decode(r) }
+
+// ParentMDADeliver hands an mda process one delivery with its message.
+type ParentMDADeliver struct {
+	fileField
+	Envelope []byte
+}
+
+// NewParentMDADeliver returns a ParentMDADeliver carrying body.
+func NewParentMDADeliver(evp []byte, body *os.File) *ParentMDADeliver {
+	return &ParentMDADeliver{fileField{body}, evp}
+}
+
+func (*ParentMDADeliver) Type() Type         { return TypeParentMDADeliver }
+func (m *ParentMDADeliver) Encode(w *Writer) { w.Bytes(m.Envelope) }
+func (m *ParentMDADeliver) Decode(r *Reader) { m.Envelope = r.Bytes() }
+
+// MDADeliveryResult is an mda process's outcome of one delivery.
+type MDADeliveryResult struct{ DeliveryResult }
+
+func (*MDADeliveryResult) Type() Type         { return TypeMDADeliveryResult }
+func (m *MDADeliveryResult) Encode(w *Writer) { m.encode(w) }
+func (m *MDADeliveryResult) Decode(r *Reader) { m.decode(r) }
