@@ -1,0 +1,396 @@
+// Package lookup is the lookup process: it matches recipients against
+// the match rules, expands them through aliases and virtual tables into
+// destinations, and resolves local users.
+package lookup
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/user"
+	"strconv"
+	"strings"
+
+	"smtpd/internal/config"
+	"smtpd/internal/envelope"
+	"smtpd/proto"
+)
+
+// MaxDepth bounds alias and virtual expansion, as in OpenSMTPD.
+const MaxDepth = 10
+
+// SubAddressDelimiter separates a user from a tag: user+tag@domain.
+const SubAddressDelimiter = "+"
+
+// Account is a local user as deliveries need it.
+type Account struct {
+	Name, Directory string
+	UID, GID        int
+}
+
+// ErrNoAccount is returned by a userbase for a name it does not know.
+var ErrNoAccount = errors.New("lookup: no such user")
+
+// Resolver matches and expands recipients under a configuration.
+type Resolver struct {
+	Config *config.Config
+	// LocalDomains are the names `for = "local"` matches: the host name
+	// and localhost.
+	LocalDomains []string
+	// Passwd looks up a user in the system password database; a test
+	// may replace it.
+	Passwd func(name string) (Account, error)
+}
+
+// NewResolver returns a resolver for cfg using the system password
+// database.
+func NewResolver(cfg *config.Config) *Resolver {
+	return &Resolver{
+		Config:       cfg,
+		LocalDomains: []string{strings.ToLower(cfg.Hostname), "localhost", "localhost.localdomain"},
+		Passwd:       systemAccount,
+	}
+}
+
+func systemAccount(name string) (Account, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		var unknown user.UnknownUserError
+		if errors.As(err, &unknown) {
+			return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+		}
+		return Account{}, fmt.Errorf("lookup: user %q: %w", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return Account{Name: u.Username, Directory: u.HomeDir, UID: uid, GID: gid}, nil
+}
+
+// Address is a parsed mail address; User may carry a +tag.
+type Address struct {
+	User, Domain string
+}
+
+// ParseAddress splits an address at its last '@'. An address without a
+// domain (RCPT TO:<postmaster>) has an empty Domain.
+func ParseAddress(s string) (Address, error) {
+	if s == "" || strings.ContainsAny(s, " \t\r\n<>\x00") {
+		return Address{}, fmt.Errorf("lookup: invalid address %q", s)
+	}
+	i := strings.LastIndexByte(s, '@')
+	if i < 0 {
+		return Address{User: s}, nil
+	}
+	a := Address{User: s[:i], Domain: strings.ToLower(strings.TrimSuffix(s[i+1:], "."))}
+	if a.User == "" || a.Domain == "" {
+		return Address{}, fmt.Errorf("lookup: invalid address %q", s)
+	}
+	return a, nil
+}
+
+func (a Address) String() string {
+	if a.Domain == "" {
+		return a.User
+	}
+	return a.User + "@" + a.Domain
+}
+
+// base returns the user without its +tag, and the tag.
+func (a Address) base() (user, tag string) {
+	u, t, _ := strings.Cut(a.User, SubAddressDelimiter)
+	return u, t
+}
+
+// rejection is a permanent refusal with its SMTP reply.
+type rejection struct{ reply proto.Reply }
+
+func (r *rejection) Error() string { return fmt.Sprintf("%d %s %s", r.reply.Code, r.reply.Enhanced, r.reply.Text) }
+
+func reject(code uint32, enhanced, format string, args ...any) error {
+	return &rejection{proto.Reply{Code: code, Enhanced: enhanced, Text: fmt.Sprintf(format, args...)}}
+}
+
+// Expand matches rcpt for a session and expands it. The result says
+// StatusOK with destinations, StatusPermfail with the reply for the
+// client, or StatusTempfail when a table or the password database could
+// not be read.
+func (r *Resolver) Expand(sess proto.Session, rcpt string) proto.LookupExpandResult {
+	x := &expansion{r: r, sess: sess, seen: map[string]bool{}}
+	err := x.address(rcpt, 0)
+	var rej *rejection
+	switch {
+	case err == nil && len(x.out) == 0:
+		return proto.LookupExpandResult{Status: proto.StatusPermfail, Reply: proto.Reply{Code: 550, Enhanced: "5.1.1", Text: "Recipient expands to nothing"}}
+	case err == nil:
+		return proto.LookupExpandResult{Status: proto.StatusOK, Destinations: x.out}
+	case errors.As(err, &rej):
+		return proto.LookupExpandResult{Status: proto.StatusPermfail, Reply: rej.reply}
+	default:
+		return proto.LookupExpandResult{Status: proto.StatusTempfail, Reply: proto.Reply{Code: 451, Enhanced: "4.3.0", Text: "Temporary lookup failure"}}
+	}
+}
+
+type expansion struct {
+	r    *Resolver
+	sess proto.Session
+	seen map[string]bool
+	out  []proto.Destination
+}
+
+// address matches an address against the rules and expands it.
+func (x *expansion) address(s string, depth int) error {
+	if depth > MaxDepth {
+		return reject(550, "5.4.6", "Expansion too deep for <%s>", s)
+	}
+	a, err := ParseAddress(s)
+	if err != nil {
+		return reject(553, "5.1.3", "Invalid recipient address")
+	}
+	if a.Domain == "" {
+		// RCPT TO:<postmaster> without a domain is for this host
+		// (RFC 5321 §4.1.1.3)
+		a.Domain = x.r.LocalDomains[0]
+	}
+	key := strings.ToLower(a.String())
+	if x.seen[key] {
+		return nil // a loop: this address is expanded already
+	}
+	x.seen[key] = true
+	idx, m := x.r.match(x.sess, a)
+	switch {
+	case m == nil && x.r.ours(a.Domain):
+		return reject(550, "5.1.1", "Invalid recipient: <%s>", s)
+	case m == nil:
+		return reject(550, "5.7.1", "Relay denied for <%s>", s)
+	case m.Reject:
+		return reject(550, "5.7.1", "Delivery not authorized for <%s>", s)
+	}
+	act := m.Action
+	if act.Method == config.Relay {
+		x.out = append(x.out, proto.Destination{Kind: string(envelope.MTA), Rule: uint32(idx), Action: act.Name, Dest: a.String()})
+		return nil
+	}
+	if act.Virtual != nil {
+		return x.virtual(idx, act, a, depth)
+	}
+	if act.Alias != nil {
+		user, _ := a.base()
+		if v, ok := act.Alias.Data.Lookup(strings.ToLower(user)); ok {
+			return x.targets(idx, act, a, v, depth)
+		}
+	}
+	return x.local(idx, act, a)
+}
+
+// virtual expands through the virtual table in the order user+tag@dom,
+// user@dom, user+tag, user, @dom, @.
+func (x *expansion) virtual(idx int, act *config.Action, a Address, depth int) error {
+	user, tag := a.base()
+	user = strings.ToLower(user)
+	var keys []string
+	if tag != "" {
+		keys = append(keys, strings.ToLower(a.User)+"@"+a.Domain)
+	}
+	keys = append(keys, user+"@"+a.Domain)
+	if tag != "" {
+		keys = append(keys, strings.ToLower(a.User))
+	}
+	keys = append(keys, user, "@"+a.Domain, "@")
+	for _, k := range keys {
+		if v, ok := act.Virtual.Data.Lookup(k); ok {
+			return x.targets(idx, act, a, v, depth)
+		}
+	}
+	return reject(550, "5.1.1", "Invalid recipient: <%s>", a)
+}
+
+// targets expands a table value: comma-separated users, addresses and
+// error:CODE text entries.
+func (x *expansion) targets(idx int, act *config.Action, orig Address, value string, depth int) error {
+	for _, t := range strings.Split(value, ",") {
+		t = strings.TrimSpace(t)
+		switch {
+		case t == "":
+		case strings.HasPrefix(t, "error:"):
+			return aliasError(strings.TrimPrefix(t, "error:"))
+		case strings.Contains(t, "@"):
+			if err := x.address(t, depth+1); err != nil {
+				return err
+			}
+		default:
+			if err := x.local(idx, act, Address{User: t, Domain: orig.Domain}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// aliasError turns "550 text" from an alias into a rejection; only 4xx
+// and 5xx codes are allowed.
+func aliasError(s string) error {
+	code, text, _ := strings.Cut(strings.TrimSpace(s), " ")
+	n, err := strconv.Atoi(code)
+	if err != nil || n < 400 || n > 599 {
+		return reject(550, "5.1.1", "Invalid recipient")
+	}
+	if n < 500 {
+		return &rejection{proto.Reply{Code: uint32(n), Enhanced: "4.3.0", Text: text}}
+	}
+	return &rejection{proto.Reply{Code: uint32(n), Enhanced: "5.1.1", Text: text}}
+}
+
+// local makes a local delivery to the user of a, who must exist in the
+// userbase unless the action delivers as a fixed user.
+func (x *expansion) local(idx int, act *config.Action, a Address) error {
+	user, _ := a.base()
+	user = strings.ToLower(user)
+	key := "user:" + act.Name + ":" + user + "@" + a.Domain
+	if x.seen[key] {
+		return nil
+	}
+	x.seen[key] = true
+	account := user
+	if act.User != "" {
+		account = act.User
+	}
+	if _, err := x.r.account(act, account); err != nil {
+		if errors.Is(err, ErrNoAccount) {
+			return reject(550, "5.1.1", "Invalid recipient: <%s>", a)
+		}
+		return err
+	}
+	x.out = append(x.out, proto.Destination{
+		Kind: string(envelope.MDA), Rule: uint32(idx), Action: act.Name,
+		Dest: Address{User: user, Domain: a.Domain}.String(), User: account,
+	})
+	return nil
+}
+
+// Account resolves a user through the action's userbase table, whose
+// values are "uid:gid:directory", or else the password database.
+func (r *Resolver) account(act *config.Action, name string) (Account, error) {
+	if act == nil || act.Userbase == nil {
+		return r.Passwd(name)
+	}
+	v, ok := act.Userbase.Data.Lookup(name)
+	if !ok {
+		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+	}
+	f := strings.SplitN(v, ":", 3)
+	if len(f) != 3 {
+		return Account{}, fmt.Errorf("lookup: userbase entry of %q is not uid:gid:directory", name)
+	}
+	uid, err1 := strconv.Atoi(f[0])
+	gid, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		return Account{}, fmt.Errorf("lookup: userbase entry of %q is not uid:gid:directory", name)
+	}
+	return Account{Name: name, UID: uid, GID: gid, Directory: f[2]}, nil
+}
+
+// Account resolves the local account name of an envelope of action.
+func (r *Resolver) Account(action, name string) (Account, error) {
+	return r.account(r.Config.Action(action), name)
+}
+
+// ours reports whether a domain is one we deliver for under some rule.
+func (r *Resolver) ours(domain string) bool {
+	if r.isLocal(domain) {
+		return true
+	}
+	for _, m := range r.Config.Matches {
+		if m.For != nil && m.For.Kind == config.CondTable {
+			if _, ok := m.For.Table.Data.Lookup(domain); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (r *Resolver) isLocal(domain string) bool {
+	if domain == "" {
+		return true
+	}
+	for _, d := range r.LocalDomains {
+		if domain == d {
+			return true
+		}
+	}
+	return false
+}
+
+// match returns the first rule whose conditions hold, and its index.
+func (r *Resolver) match(sess proto.Session, a Address) (int, *config.Match) {
+	for i, m := range r.Config.Matches {
+		if r.fromOK(m.From, sess) && r.forOK(m.For, a.Domain) &&
+			tableHasAddress(m.Sender, sess.Sender) && tableHasAddress(m.Rcpt, a.String()) &&
+			tableHas(m.Helo, strings.ToLower(sess.Helo)) && tableHas(m.Auth, sess.Auth) {
+			return i, m
+		}
+	}
+	return -1, nil
+}
+
+func (r *Resolver) fromOK(c *config.Cond, sess proto.Session) bool {
+	switch c.Kind {
+	case config.CondAny:
+		return true
+	case config.CondLocal:
+		return sess.Local
+	case config.CondAuth:
+		return sess.Auth != ""
+	case config.CondSocket:
+		return sess.Remote == ""
+	}
+	ip, err := netip.ParseAddr(sess.Remote)
+	if err != nil {
+		return false
+	}
+	for _, k := range c.Table.Data.Keys() {
+		if p, err := netip.ParsePrefix(k); err == nil && p.Contains(ip.Unmap()) {
+			return true
+		}
+		if a, err := netip.ParseAddr(k); err == nil && a == ip.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Resolver) forOK(c *config.Cond, domain string) bool {
+	switch c.Kind {
+	case config.CondAny:
+		return true
+	case config.CondLocal:
+		return r.isLocal(domain)
+	}
+	return tableHas(c, domain)
+}
+
+// tableHas reports whether a condition's table holds key; no condition
+// always holds.
+func tableHas(c *config.Cond, key string) bool {
+	if c == nil {
+		return true
+	}
+	_, ok := c.Table.Data.Lookup(key)
+	return ok
+}
+
+// tableHasAddress matches an address by itself or by "@domain".
+func tableHasAddress(c *config.Cond, addr string) bool {
+	if c == nil {
+		return true
+	}
+	addr = strings.ToLower(addr)
+	if _, ok := c.Table.Data.Lookup(addr); ok {
+		return true
+	}
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		_, ok := c.Table.Data.Lookup(addr[i:])
+		return ok
+	}
+	return false
+}

@@ -1,0 +1,168 @@
+package lookup
+
+import (
+	"fmt"
+	"testing"
+
+	"smtpd/internal/config"
+	"smtpd/proto"
+)
+
+func resolver(t *testing.T, conf string) *Resolver {
+	t.Helper()
+	cfg, err := config.Parse([]byte(conf), "/etc/mail/smtpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(cfg)
+	r.Passwd = func(name string) (Account, error) {
+		switch name {
+		case "a", "b", "c", "sink", "alice", "root":
+			return Account{Name: name, Directory: "/home/" + name, UID: 1000, GID: 1000}, nil
+		case "broken":
+			return Account{}, fmt.Errorf("passwd unreadable")
+		}
+		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+	}
+	return r
+}
+
+var remote = proto.Session{Remote: "192.0.2.1", Helo: "client.example.net", Sender: "x@example.net"}
+
+// TestVirtualOrder walks every step of the virtual lookup order: each
+// case removes the key that matched before.
+func TestVirtualOrder(t *testing.T) {
+	keys := []struct{ key, user string }{
+		{"b+tag@example.org", "a"},
+		{"b@example.org", "b"},
+		{"b+tag", "c"},
+		{"b", "alice"},
+		{"@example.org", "root"},
+		{"@", "sink"},
+	}
+	for i := range keys {
+		conf := "action \"v\" {\n  maildir = \"/m/${dest.user}\"\n  virtual = {\n"
+		for _, k := range keys[i:] {
+			conf += fmt.Sprintf("    %q = %q\n", k.key, k.user)
+		}
+		conf += "  }\n}\nmatch {\n  from = \"any\"\n  for = \"any\"\n  action = action.v\n}\n"
+		r := resolver(t, conf)
+		res := r.Expand(remote, "B+Tag@Example.ORG")
+		if res.Status != proto.StatusOK || len(res.Destinations) != 1 || res.Destinations[0].User != keys[i].user {
+			t.Errorf("with %q first: %+v", keys[i].key, res)
+		}
+	}
+}
+
+func TestVirtualExamples(t *testing.T) {
+	r := resolver(t, `
+action "v" {
+  maildir = "/m/${dest.user}"
+  virtual = { "@example.org" = "a", "b@example.org" = "b" }
+}
+action "sink" {
+  maildir = "/var/mail/sink"
+  virtual = { "@" = "sink" }
+}
+match {
+  from   = "any"
+  for    = "example.org"
+  action = action.v
+}
+match {
+  from   = "any"
+  for    = "any"
+  action = action.sink
+}
+`)
+	for rcpt, want := range map[string]string{
+		"b@example.org":     "b",
+		"B+list@example.org": "b",
+		"c@example.org":     "a",
+		"anyone@other.test": "sink",
+		"z@sub.example.org": "sink",
+	} {
+		res := r.Expand(remote, rcpt)
+		if res.Status != proto.StatusOK || len(res.Destinations) != 1 || res.Destinations[0].User != want {
+			t.Errorf("%s: %+v, want %s", rcpt, res, want)
+		}
+	}
+}
+
+func TestRulesAndAliases(t *testing.T) {
+	r := resolver(t, `
+hostname = "mx.example.org"
+table "aliases" {
+  map = {
+    postmaster = "root"
+    team       = "a, b, team-ext@example.org"
+    team-ext   = "c"
+    loop1      = "loop2@example.org"
+    loop2      = "loop1@example.org, a"
+    gone       = "error:550 This user left"
+    later      = "error:451 Mailbox moving"
+    ghost      = "nobody-here"
+  }
+}
+action "local" {
+  mbox  = true
+  alias = table.aliases
+}
+action "out" { relay = "mx" }
+match {
+  from   = "any"
+  for    = ["example.org", "mx.example.org"]
+  action = action.local
+}
+match {
+  from   = "10.0.0.0/8"
+  for    = "any"
+  action = action.out
+}
+match {
+  from   = "any"
+  sender = "@spam.test"
+  for    = "any"
+  reject = true
+}
+`)
+	tests := []struct {
+		sess   proto.Session
+		rcpt   string
+		status proto.Status
+		code   uint32
+		users  []string
+	}{
+		{remote, "a@example.org", proto.StatusOK, 0, []string{"a"}},
+		{remote, "postmaster@example.org", proto.StatusOK, 0, []string{"root"}},
+		{remote, "postmaster", proto.StatusOK, 0, []string{"root"}},
+		{remote, "team@example.org", proto.StatusOK, 0, []string{"a", "b", "c"}},
+		{remote, "loop1@example.org", proto.StatusOK, 0, []string{"a"}},
+		{remote, "gone@example.org", proto.StatusPermfail, 550, nil},
+		{remote, "later@example.org", proto.StatusPermfail, 451, nil},
+		{remote, "ghost@example.org", proto.StatusPermfail, 550, nil},
+		{remote, "nobody@example.org", proto.StatusPermfail, 550, nil},
+		{remote, "broken@example.org", proto.StatusTempfail, 451, nil},
+		{remote, "x@elsewhere.test", proto.StatusPermfail, 550, nil},
+		{proto.Session{Remote: "10.1.2.3"}, "x@elsewhere.test", proto.StatusOK, 0, []string{""}},
+		{proto.Session{Remote: "192.0.2.9", Sender: "eve@spam.test"}, "x@elsewhere.test", proto.StatusPermfail, 550, nil},
+		{remote, "bad address@example.org", proto.StatusPermfail, 553, nil},
+	}
+	for _, tt := range tests {
+		res := r.Expand(tt.sess, tt.rcpt)
+		if res.Status != tt.status || res.Reply.Code != tt.code {
+			t.Errorf("%s: %+v", tt.rcpt, res)
+			continue
+		}
+		var users []string
+		for _, d := range res.Destinations {
+			users = append(users, d.User)
+		}
+		if fmt.Sprint(users) != fmt.Sprint(tt.users) {
+			t.Errorf("%s: users %v, want %v", tt.rcpt, users, tt.users)
+		}
+	}
+	if res := r.Expand(remote, "x@elsewhere.test"); res.Reply.Text != "Relay denied for <x@elsewhere.test>" {
+		t.Errorf("relay: %+v", res.Reply)
+	}
+}
