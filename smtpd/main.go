@@ -15,8 +15,13 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/control"
 	"smtpd/internal/logging"
+	"smtpd/internal/lookup"
+	"smtpd/internal/mda"
+	"smtpd/internal/mfa"
 	"smtpd/internal/parent"
 	"smtpd/internal/privsep"
+	"smtpd/internal/queue"
+	"smtpd/internal/smtp"
 	"smtpd/proto"
 )
 
@@ -110,6 +115,18 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 	if err != nil {
 		logging.New(name, foreground, verbose).Fatalf("%v", err)
 	}
+	if proc == proto.ProcMDA {
+		// started as the recipient by the parent: nothing to drop
+		mda.Run(c)
+		return
+	}
+	var srv *smtp.Server
+	if proc == proto.ProcSMTP {
+		// certificates and keys are readable by root only
+		if srv, err = smtp.New(c); err != nil {
+			c.Log.Fatalf("%v", err)
+		}
+	}
 	if err := c.Drop(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -119,6 +136,14 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 	switch proc {
 	case proto.ProcControl:
 		control.Run(c)
+	case proto.ProcSMTP:
+		srv.Run()
+	case proto.ProcQueue:
+		queue.Run(c)
+	case proto.ProcLookup:
+		lookup.Run(c)
+	case proto.ProcMFA:
+		mfa.Run(c)
 	default:
 		if err := c.Ready(); err != nil {
 			c.Log.Fatalf("%v", err)

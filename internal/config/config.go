@@ -72,6 +72,9 @@ type Limits struct {
 	QueueExpire time.Duration
 	// BounceWarn is the delay after which the sender is told of a delay.
 	BounceWarn time.Duration
+	// RetryBase is the unit of the retry backoff: the n-th retry comes
+	// RetryBase x n² after the failure before it.
+	RetryBase time.Duration
 }
 
 // DefaultLimits are the limits of an empty limits block.
@@ -86,6 +89,7 @@ func DefaultLimits() Limits {
 		SessionTimeout:  30 * time.Minute,
 		QueueExpire:     4 * 24 * time.Hour,
 		BounceWarn:      4 * time.Hour,
+		RetryBase:       time.Minute,
 	}
 }
 

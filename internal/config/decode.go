@@ -188,7 +188,7 @@ var limitsSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "message_size"}, {Name: "recipients"}, {Name: "mails_per_session"},
 	{Name: "sessions"}, {Name: "sessions_per_ip"}, {Name: "line_length"},
 	{Name: "command_timeout"}, {Name: "session_timeout"},
-	{Name: "queue_expire"}, {Name: "bounce_warn"},
+	{Name: "queue_expire"}, {Name: "bounce_warn"}, {Name: "retry_base"},
 }}
 
 func (d *decoder) limits(b *hcl.Block) {
@@ -227,6 +227,7 @@ func (d *decoder) limits(b *hcl.Block) {
 		{"session_timeout", &l.SessionTimeout},
 		{"queue_expire", &l.QueueExpire},
 		{"bounce_warn", &l.BounceWarn},
+		{"retry_base", &l.RetryBase},
 	}
 	for _, dur := range durs {
 		var s string

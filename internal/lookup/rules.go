@@ -104,7 +104,9 @@ func (a Address) base() (user, tag string) {
 // rejection is a permanent refusal with its SMTP reply.
 type rejection struct{ reply proto.Reply }
 
-func (r *rejection) Error() string { return fmt.Sprintf("%d %s %s", r.reply.Code, r.reply.Enhanced, r.reply.Text) }
+func (r *rejection) Error() string {
+	return fmt.Sprintf("%d %s %s", r.reply.Code, r.reply.Enhanced, r.reply.Text)
+}
 
 func reject(code uint32, enhanced, format string, args ...any) error {
 	return &rejection{proto.Reply{Code: code, Enhanced: enhanced, Text: fmt.Sprintf(format, args...)}}

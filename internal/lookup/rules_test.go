@@ -76,11 +76,11 @@ match {
 }
 `)
 	for rcpt, want := range map[string]string{
-		"b@example.org":     "b",
+		"b@example.org":      "b",
 		"B+list@example.org": "b",
-		"c@example.org":     "a",
-		"anyone@other.test": "sink",
-		"z@sub.example.org": "sink",
+		"c@example.org":      "a",
+		"anyone@other.test":  "sink",
+		"z@sub.example.org":  "sink",
 	} {
 		res := r.Expand(remote, rcpt)
 		if res.Status != proto.StatusOK || len(res.Destinations) != 1 || res.Destinations[0].User != want {

@@ -18,8 +18,10 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/logging"
+	"smtpd/internal/lookup"
 	"smtpd/internal/privsep"
 	"smtpd/internal/queue"
+	"smtpd/internal/stats"
 	"smtpd/proto"
 )
 
@@ -45,6 +47,9 @@ type child struct {
 
 // Parent is the running parent process.
 type Parent struct {
+	resolver *lookup.Resolver
+	stats    *stats.Sender
+	fatal    chan error
 	cfg      *config.Config
 	opts     Options
 	log      *logging.Logger
@@ -63,7 +68,13 @@ type event struct {
 // Run starts the daemon under cfg and returns its exit status: 0 after
 // SIGTERM or SIGINT, 1 when a child was lost or setup failed.
 func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
-	p := &Parent{cfg: cfg, opts: opts, log: log, children: map[proto.Proc]*child{}, events: make(chan event, 16)}
+	p := &Parent{
+		cfg: cfg, opts: opts, log: log,
+		resolver: lookup.NewResolver(cfg),
+		children: map[proto.Proc]*child{},
+		events:   make(chan event, 16),
+		fatal:    make(chan error, 1),
+	}
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	signal.Ignore(syscall.SIGPIPE)
@@ -72,6 +83,12 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 		p.stop()
 		return 1
 	}
+	p.stats = stats.NewSender(func(u *proto.StatUpdate) error {
+		return p.children[proto.ProcControl].ch.Send(u, 0)
+	})
+	stopStats := make(chan struct{})
+	defer close(stopStats)
+	go p.stats.Run(stopStats)
 	log.Infof("ready: %d children, %d listeners, control socket %s", len(p.children), len(cfg.Listeners), cfg.ControlSocket)
 	for {
 		select {
@@ -83,7 +100,17 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 			log.Infof("received %v, stopping", sig)
 			p.stop()
 			return 0
+		case err := <-p.fatal:
+			log.Warnf("%v", err)
+			p.stop()
+			return 1
 		case ev := <-p.events:
+			if ev.env != nil && ev.proc == proto.ProcQueue {
+				if m, ok := ev.env.Msg.(*proto.QueueDeliverLocal); ok {
+					go p.deliverLocal(m)
+					continue
+				}
+			}
 			switch {
 			case ev.exit:
 				log.Warnf("lost child: %s (%v)", ev.proc, p.children[ev.proc].cmd.ProcessState)

@@ -42,6 +42,8 @@ type Child struct {
 	ControlSocket *os.File
 	// Stats sends counters to control; nil in control itself.
 	Stats *stats.Sender
+	// Chrooted is set once Drop locked the process into its directory.
+	Chrooted bool
 
 	// received and sent count frames until Stats exists; Serve hands
 	// the totals over to it.
@@ -91,6 +93,7 @@ func (c *Child) Drop() error {
 	if err := Drop(spec); err != nil {
 		return err
 	}
+	c.Chrooted = spec.Chroot != ""
 	c.Log.Debugf("dropped privileges to %s, chroot %q", spec.User, spec.Chroot)
 	return nil
 }

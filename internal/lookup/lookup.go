@@ -1,0 +1,62 @@
+package lookup
+
+import (
+	"fmt"
+
+	"smtpd/internal/privsep"
+	"smtpd/proto"
+)
+
+// destinationsPerFrame keeps a LookupExpandResult inside proto.MaxPayload
+// with addresses of up to 256 bytes.
+const destinationsPerFrame = 25
+
+// Run runs the lookup process on c.
+func Run(c *privsep.Child) {
+	r := NewResolver(c.Config)
+	if err := c.Ready(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+		switch m := env.Msg.(type) {
+		case *proto.SMTPExpandRcpt:
+			// the password database may be slow: answer out of order
+			go func() {
+				res := r.Expand(m.Session, m.Rcpt)
+				c.Stats.Increment(fmt.Sprintf("lookup.expand.%s", statusKey(res.Status)), 1)
+				if err := sendExpansion(c, ch, res, env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
+		}
+		return fmt.Errorf("unexpected %s", env.Type)
+	})
+}
+
+func statusKey(s proto.Status) string {
+	switch s {
+	case proto.StatusOK:
+		return "ok"
+	case proto.StatusTempfail:
+		return "tempfail"
+	}
+	return "permfail"
+}
+
+// sendExpansion sends a result in as many frames as its destinations need.
+func sendExpansion(c *privsep.Child, ch *proto.Channel, res proto.LookupExpandResult, id uint32) error {
+	all := res.Destinations
+	for {
+		n := min(len(all), destinationsPerFrame)
+		part := res
+		part.Destinations, part.More = all[:n], n < len(all)
+		if err := c.Send(ch, &part, id); err != nil {
+			return err
+		}
+		all = all[n:]
+		if len(all) == 0 {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,59 @@
+package mda
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"smtpd/internal/envelope"
+)
+
+func TestCopyUnixLines(t *testing.T) {
+	long := strings.Repeat("x", 64*1024-1)
+	for in, want := range map[string]string{
+		"a\r\nb\r\n":          "a\nb\n",
+		"bare\nlf\r\n":        "bare\nlf\n",
+		"cr\ralone\r\n":       "cr\ralone\n",
+		"\xff\xfe 8bit\r\n":   "\xff\xfe 8bit\n",
+		"..dot\r\n":           "..dot\n",
+		"no newline":          "no newline",
+		"end cr\r":            "end cr\r",
+		long + "\r\nnext\r\n": long + "\nnext\n",
+		long + "\rX\r\n":      long + "\rX\n",
+	} {
+		var b bytes.Buffer
+		w := bufio.NewWriter(&b)
+		if err := copyUnixLines(w, strings.NewReader(in)); err != nil {
+			t.Fatal(err)
+		}
+		w.Flush()
+		if b.String() != want {
+			t.Errorf("%.20q: got %.30q", in, b.String())
+		}
+	}
+}
+
+func TestDeliverMaildir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "Maildir")
+	body := filepath.Join(t.TempDir(), "body")
+	os.WriteFile(body, []byte("Subject: hi\r\n\r\nhello\r\n"), 0o600)
+	f, _ := os.Open(body)
+	defer f.Close()
+	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
+	if err := deliverMaildir(dir, "mx.example.org", e, f); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
+	tmps, _ := filepath.Glob(filepath.Join(dir, "tmp", "*"))
+	if len(files) != 1 || len(tmps) != 0 {
+		t.Fatalf("new %v tmp %v", files, tmps)
+	}
+	got, _ := os.ReadFile(files[0])
+	want := "Return-Path: <a@example.net>\nDelivered-To: b@example.org\nSubject: hi\n\nhello\n"
+	if string(got) != want {
+		t.Errorf("got %q", got)
+	}
+}

@@ -1,0 +1,100 @@
+// Package mda is the local delivery process: the parent starts it as
+// the recipient's user (`smtpd -x mda`) and hands it deliveries with
+// the message's descriptor; it writes maildirs and answers with the
+// outcome of each.
+package mda
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"smtpd/internal/config"
+	"smtpd/internal/envelope"
+	"smtpd/internal/lookup"
+	"smtpd/internal/privsep"
+	"smtpd/proto"
+)
+
+// Run serves deliveries from the parent until it closes the channel.
+func Run(c *privsep.Child) {
+	r := lookup.NewResolver(c.Config)
+	for {
+		env, err := c.Parent.Recv()
+		if err == io.EOF {
+			os.Exit(0)
+		}
+		if err != nil {
+			c.Log.Fatalf("%v", err)
+		}
+		m, ok := env.Msg.(*proto.ParentMDADeliver)
+		if !ok {
+			c.Log.Fatalf("unexpected %s", env.Type)
+		}
+		res := deliver(c.Config, r, m.Envelope, m.File())
+		m.File().Close()
+		if err := c.Parent.Send(&proto.MDADeliveryResult{DeliveryResult: res}, env.PeerID); err != nil {
+			c.Log.Fatalf("%v", err)
+		}
+	}
+}
+
+// tempError is a failure worth retrying: I/O, missing directories.
+type tempError struct{ err error }
+
+func (t tempError) Error() string { return t.err.Error() }
+func (t tempError) Unwrap() error { return t.err }
+
+func deliver(cfg *config.Config, r *lookup.Resolver, data []byte, body *os.File) proto.DeliveryResult {
+	e, err := envelope.Unmarshal(data)
+	if err != nil {
+		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
+	}
+	res := proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusOK}
+	if err := deliverEnvelope(cfg, r, e, body); err != nil {
+		res.Status, res.Text = proto.StatusPermfail, err.Error()
+		var t tempError
+		if errors.As(err, &t) {
+			res.Status = proto.StatusTempfail
+		}
+	}
+	return res
+}
+
+func deliverEnvelope(cfg *config.Config, r *lookup.Resolver, e *envelope.Envelope, body *os.File) error {
+	act := cfg.Action(e.Action)
+	if act == nil {
+		return tempError{fmt.Errorf("mda: no action %q in the configuration", e.Action)}
+	}
+	acct, err := r.Account(e.Action, e.User)
+	if err != nil {
+		if errors.Is(err, lookup.ErrNoAccount) {
+			return fmt.Errorf("mda: %w", err)
+		}
+		return tempError{err}
+	}
+	vars := config.TemplateVars{
+		Dest:   splitAddress(e.Dest),
+		Rcpt:   splitAddress(e.Rcpt),
+		Sender: splitAddress(e.Sender),
+		User:   config.UserInfo{Name: acct.Name, Directory: acct.Directory, UID: acct.UID, GID: acct.GID},
+	}
+	target, err := act.Target.Eval(vars)
+	if err != nil {
+		return tempError{err}
+	}
+	switch act.Method {
+	case config.Maildir:
+		return deliverMaildir(target, cfg.Hostname, e, body)
+	}
+	return tempError{fmt.Errorf("mda: %s delivery is not available", act.Method)}
+}
+
+func splitAddress(s string) config.Address {
+	if i := strings.LastIndexByte(s, '@'); i >= 0 {
+		return config.Address{User: s[:i], Domain: s[i+1:]}
+	}
+	return config.Address{User: s}
+}

@@ -1,0 +1,216 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"smtpd/internal/envelope"
+	"smtpd/internal/privsep"
+	"smtpd/internal/stats"
+	"smtpd/proto"
+)
+
+// pending is a message being received: its body file and envelopes.
+type pending struct {
+	body *os.File
+	envs []*envelope.Envelope
+}
+
+// commit is a commit request waiting for the next batch.
+type commit struct {
+	id  uint32
+	msg *pending
+	ch  *proto.Channel
+	req uint32
+}
+
+// Queue is the state of the queue process.
+type Queue struct {
+	store *Store
+	sched *Scheduler
+	stats *stats.Sender
+	logf  func(string, ...any)
+	warnf func(string, ...any)
+
+	mu      sync.Mutex
+	pending map[uint32]*pending
+	commits chan commit
+	send    func(ch *proto.Channel, m proto.Message, id uint32) error
+}
+
+// Run runs the queue process on c. The spool is "/" when chrooted.
+func Run(c *privsep.Child) {
+	root := c.Config.SpoolDir
+	if c.Chrooted {
+		root = "/"
+	}
+	store, err := NewStore(root)
+	if err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	q := &Queue{
+		store:   store,
+		stats:   c.Stats,
+		logf:    c.Log.Infof,
+		warnf:   c.Log.Warnf,
+		pending: map[uint32]*pending{},
+		commits: make(chan commit, 1024),
+		send:    c.Send,
+	}
+	rec, err := store.Load()
+	if err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	for _, p := range rec.Problems {
+		c.Log.Warnf("spool: %s", p)
+	}
+	if rec.Corrupt > 0 {
+		c.Stats.Increment("queue.corrupt", int64(rec.Corrupt))
+	}
+	if rec.Purged > 0 {
+		c.Log.Infof("spool: purged %d uncommitted messages", rec.Purged)
+	}
+	q.sched = NewScheduler(store, c.Config.Limits, c.Stats, func(e *envelope.Envelope, body *os.File) error {
+		data, err := e.Marshal()
+		if err != nil {
+			return err
+		}
+		return c.Send(c.Parent, proto.NewQueueDeliverLocal(data, body), 0)
+	}, c.Log)
+	for _, e := range rec.Envelopes {
+		q.sched.Add(e)
+	}
+	c.Log.Infof("spool: %d envelopes queued", len(rec.Envelopes))
+	go q.committer()
+	go q.sched.Run()
+	if err := c.Ready(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	c.Serve(q.handle)
+}
+
+func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
+	switch m := env.Msg.(type) {
+	case *proto.SMTPMessageCreate:
+		id, f, err := q.store.Create()
+		if err != nil {
+			q.warnf("create: %v", err)
+			return q.send(ch, &proto.QueueFailure{Reply: failureReply(err)}, env.PeerID)
+		}
+		q.mu.Lock()
+		q.pending[id] = &pending{body: f}
+		q.mu.Unlock()
+		return q.send(ch, proto.NewQueueMessageCreated(id, f), env.PeerID)
+	case *proto.SMTPEnvelopeSubmit:
+		e, err := envelope.Unmarshal(m.Envelope)
+		if err != nil {
+			return fmt.Errorf("submit: %w", err)
+		}
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		p := q.pending[m.MsgID]
+		if p == nil || e.MsgID() != m.MsgID {
+			return fmt.Errorf("submit for unknown message %08x", m.MsgID)
+		}
+		p.envs = append(p.envs, e)
+		return nil
+	case *proto.SMTPMessageCommit:
+		q.mu.Lock()
+		p := q.pending[m.MsgID]
+		delete(q.pending, m.MsgID)
+		q.mu.Unlock()
+		if p == nil || len(p.envs) == 0 {
+			return fmt.Errorf("commit of unknown or empty message %08x", m.MsgID)
+		}
+		q.commits <- commit{id: m.MsgID, msg: p, ch: ch, req: env.PeerID}
+		return nil
+	case *proto.SMTPMessageRollback:
+		q.mu.Lock()
+		p := q.pending[m.MsgID]
+		delete(q.pending, m.MsgID)
+		q.mu.Unlock()
+		if p != nil {
+			p.body.Close()
+			q.store.Discard(m.MsgID)
+		}
+		return nil
+	case *proto.ParentDeliveryResult:
+		q.sched.Result(m.DeliveryResult)
+		return nil
+	}
+	return fmt.Errorf("unexpected %s", env.Type)
+}
+
+// failureReply is what a client is told when the queue fails: always a
+// temporary failure, since nothing about the message is wrong.
+func failureReply(err error) proto.Reply {
+	if errors.Is(err, ErrNoSpace) {
+		return proto.Reply{Code: 452, Enhanced: "4.3.1", Text: "Insufficient system storage"}
+	}
+	return proto.Reply{Code: 451, Enhanced: "4.3.0", Text: "Temporary queue failure"}
+}
+
+// committer makes messages durable in batches: every commit request
+// that arrives while a batch is being written joins the next one, so
+// concurrent sessions share their syncs (group commit). No answer goes
+// out before its message is durable.
+func (q *Queue) committer() {
+	for first := range q.commits {
+		batch := []commit{first}
+	more:
+		for len(batch) < 256 {
+			select {
+			case c := <-q.commits:
+				batch = append(batch, c)
+			default:
+				break more
+			}
+		}
+		q.commitBatch(batch)
+	}
+}
+
+func (q *Queue) commitBatch(batch []commit) {
+	failed := make([]error, len(batch))
+	for i, c := range batch {
+		c.msg.body.Close()
+		failed[i] = q.store.Stage(c.id, c.msg.envs)
+	}
+	syncErr := q.store.Sync()
+	for i, c := range batch {
+		if failed[i] == nil && syncErr == nil {
+			failed[i] = q.store.Publish(c.id)
+		}
+	}
+	if syncErr == nil {
+		syncErr = q.store.Sync()
+	}
+	for i, c := range batch {
+		err := failed[i]
+		if err == nil {
+			err = syncErr
+		}
+		if err != nil {
+			q.warnf("commit %08x: %v", c.id, err)
+			q.store.Discard(c.id)
+			os.RemoveAll(q.store.messageDir(c.id))
+			q.fatalSend(c.ch, &proto.QueueFailure{MsgID: c.id, Reply: failureReply(err)}, c.req)
+			continue
+		}
+		q.fatalSend(c.ch, &proto.QueueMessageCommitted{MsgID: c.id}, c.req)
+		q.stats.Increment("queue.message", 1)
+		for _, e := range c.msg.envs {
+			q.sched.Add(e)
+		}
+	}
+	q.stats.Increment("queue.commit.batch", 1)
+}
+
+func (q *Queue) fatalSend(ch *proto.Channel, m proto.Message, id uint32) {
+	if err := q.send(ch, m, id); err != nil {
+		q.warnf("fatal: %v", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,178 @@
+package queue
+
+import (
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"smtpd/internal/config"
+	"smtpd/internal/envelope"
+	"smtpd/internal/logging"
+	"smtpd/internal/stats"
+	"smtpd/proto"
+)
+
+// Scheduler decides when each envelope is tried: at once when it is new,
+// then after retry_base x retries² until it expires.
+type Scheduler struct {
+	store   *Store
+	limits  config.Limits
+	stats   *stats.Sender
+	deliver func(*envelope.Envelope, *os.File) error
+	log     *logging.Logger
+
+	mu       sync.Mutex
+	envs     map[uint64]*entry
+	wake     chan struct{}
+	inflight int
+}
+
+type entry struct {
+	env      *envelope.Envelope
+	next     time.Time
+	inflight bool
+}
+
+// MaxInflight bounds the local deliveries running at once.
+const MaxInflight = 32
+
+// NewScheduler returns a scheduler that hands due local envelopes to
+// deliver, with the message body open for reading.
+func NewScheduler(store *Store, limits config.Limits, st *stats.Sender, deliver func(*envelope.Envelope, *os.File) error, log *logging.Logger) *Scheduler {
+	return &Scheduler{store: store, limits: limits, stats: st, deliver: deliver, log: log, envs: map[uint64]*entry{}, wake: make(chan struct{}, 1)}
+}
+
+// Add schedules an envelope for an attempt now, or after its backoff if
+// it failed before.
+func (s *Scheduler) Add(e *envelope.Envelope) {
+	next := time.Now()
+	if e.Retries > 0 {
+		next = e.LastTry.Add(s.backoff(e.Retries))
+	}
+	s.mu.Lock()
+	s.envs[e.ID] = &entry{env: e, next: next}
+	s.mu.Unlock()
+	s.stats.Increment("scheduler.envelope", 1)
+	s.poke()
+}
+
+func (s *Scheduler) backoff(retries int) time.Duration {
+	return s.limits.RetryBase * time.Duration(retries*retries)
+}
+
+func (s *Scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run dispatches due envelopes forever.
+func (s *Scheduler) Run() {
+	for {
+		wait := s.dispatch()
+		select {
+		case <-s.wake:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// dispatch starts every due envelope it may and returns how long to wait
+// for the next one.
+func (s *Scheduler) dispatch() time.Duration {
+	now := time.Now()
+	s.mu.Lock()
+	var due []*entry
+	wait := time.Minute
+	for _, en := range s.envs {
+		if en.inflight || en.env.Kind != envelope.MDA {
+			continue
+		}
+		if d := en.next.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		due = append(due, en)
+	}
+	sort.Slice(due, func(i, j int) bool { return due[i].next.Before(due[j].next) })
+	var start []*entry
+	for _, en := range due {
+		if s.inflight >= MaxInflight {
+			break
+		}
+		en.inflight = true
+		s.inflight++
+		start = append(start, en)
+	}
+	s.mu.Unlock()
+	for _, en := range start {
+		if now.After(en.env.Expire) && !en.env.Expire.IsZero() {
+			s.finish(en, proto.StatusPermfail, "message expired after "+s.limits.QueueExpire.String())
+			continue
+		}
+		body, err := os.Open(s.store.BodyPath(en.env.MsgID()))
+		if err == nil {
+			err = s.deliver(en.env, body)
+			body.Close()
+		}
+		if err != nil {
+			s.log.Warnf("deliver %016x: %v", en.env.ID, err)
+			s.finish(en, proto.StatusTempfail, "queue: "+err.Error())
+		}
+	}
+	return wait
+}
+
+// Result records the outcome of a delivery.
+func (s *Scheduler) Result(r proto.DeliveryResult) {
+	s.mu.Lock()
+	en := s.envs[r.EvpID]
+	s.mu.Unlock()
+	if en == nil || !en.inflight {
+		s.log.Warnf("result for envelope %016x that is not being delivered", r.EvpID)
+		return
+	}
+	s.finish(en, r.Status, r.Text)
+}
+
+func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
+	e := en.env
+	switch status {
+	case proto.StatusOK:
+		s.log.Infof("%016x: delivered to <%s>", e.ID, e.Dest)
+		s.stats.Increment("scheduler.delivery.ok", 1)
+		s.drop(en)
+	case proto.StatusPermfail:
+		s.log.Infof("%016x: permanent failure for <%s>: %s", e.ID, e.Dest, text)
+		s.stats.Increment("scheduler.delivery.permfail", 1)
+		s.drop(en)
+	default:
+		s.stats.Increment("scheduler.delivery.tempfail", 1)
+		e.Retries++
+		e.LastTry = time.Now()
+		e.LastError = text
+		if err := s.store.Update(e); err != nil {
+			s.log.Warnf("%016x: %v", e.ID, err)
+		}
+		s.log.Infof("%016x: temporary failure for <%s>: %s (retry %d)", e.ID, e.Dest, text, e.Retries)
+		s.mu.Lock()
+		en.inflight = false
+		en.next = e.LastTry.Add(s.backoff(e.Retries))
+		s.inflight--
+		s.mu.Unlock()
+	}
+	s.poke()
+}
+
+func (s *Scheduler) drop(en *entry) {
+	if err := s.store.Remove(en.env); err != nil {
+		s.log.Warnf("%016x: %v", en.env.ID, err)
+	}
+	s.mu.Lock()
+	delete(s.envs, en.env.ID)
+	s.inflight--
+	s.mu.Unlock()
+	s.stats.Decrement("scheduler.envelope", 1)
+}

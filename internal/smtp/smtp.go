@@ -1,0 +1,270 @@
+// Package smtp is the smtp process: it serves SMTP sessions on the
+// listeners the parent bound, asks mfa whether each step may proceed,
+// lookup what each recipient expands to, and queue to keep each message,
+// and answers 250 only once queue says the message is durable.
+package smtp
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+	"golang.org/x/sys/unix"
+
+	"smtpd/internal/config"
+	"smtpd/internal/logging"
+	"smtpd/internal/privsep"
+	"smtpd/internal/stats"
+	"smtpd/proto"
+)
+
+// Server is the smtp process.
+type Server struct {
+	cfg   *config.Config
+	child *privsep.Child
+	log   *logging.Logger
+	stats *stats.Sender
+	tls   map[string]*tls.Config // by listener name
+
+	mfa, lookup, queue *proto.Channel
+	reqs               *requests
+
+	sessions sync.WaitGroup
+	active   *connLimiter
+	nextID   func() uint64
+}
+
+// New prepares the smtp process: it loads the listeners' certificates,
+// which must happen before the process drops its privileges.
+func New(c *privsep.Child) (*Server, error) {
+	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: newRequests(), tls: map[string]*tls.Config{}}
+	for _, l := range c.Config.Listeners {
+		if l.TLS == config.TLSNone {
+			continue
+		}
+		cert, err := tls.LoadX509KeyPair(l.Cert, l.Key)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		s.tls[l.Name] = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			MinVersion:   tls.VersionTLS12,
+			// some large providers fail to resume sessions with Go's
+			// tickets; full handshakes always work
+			SessionTicketsDisabled: true,
+		}
+	}
+	var counter uint64
+	var mu sync.Mutex
+	seed := uint64(time.Now().UnixNano()) << 16
+	s.nextID = func() uint64 {
+		mu.Lock()
+		defer mu.Unlock()
+		counter++
+		return seed | counter
+	}
+	return s, nil
+}
+
+// Run serves until the process is told to stop.
+func (s *Server) Run() {
+	c := s.child
+	s.stats = c.Stats
+	s.mfa, s.lookup, s.queue = c.Peers[proto.ProcMFA], c.Peers[proto.ProcLookup], c.Peers[proto.ProcQueue]
+	if s.mfa == nil || s.lookup == nil || s.queue == nil {
+		c.Log.Fatalf("missing peer channels")
+	}
+	s.active = newConnLimiter(sessionCap(s.cfg.Limits.Sessions), s.cfg.Limits.SessionsPerIP)
+	byName := map[string]*config.Listener{}
+	for _, l := range s.cfg.Listeners {
+		byName[l.Name] = l
+	}
+	for _, l := range c.Listeners {
+		lc := byName[l.Name]
+		if lc == nil {
+			c.Log.Fatalf("listener %q is not in the configuration", l.Name)
+		}
+		ln, err := net.FileListener(l.File)
+		l.File.Close()
+		if err != nil {
+			c.Log.Fatalf("listener %s: %v", l.Name, err)
+		}
+		go s.serve(lc, ln)
+	}
+	if err := c.Ready(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+		if ch.Remote == proto.ProcControl || ch.Remote == proto.ProcParent {
+			return fmt.Errorf("unexpected %s", env.Type)
+		}
+		if !s.reqs.deliver(env) {
+			return fmt.Errorf("answer %s to request %d that nobody asked", env.Type, env.PeerID)
+		}
+		return nil
+	})
+}
+
+// sessionCap is the number of concurrent sessions: the configured one,
+// or one derived from the descriptor limit as OpenSMTPD does, leaving
+// room for the body file of each session and some spare.
+func sessionCap(configured int) int {
+	if configured > 0 {
+		return configured
+	}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<20 {
+		return 1000
+	}
+	return max(int(rl.Cur)/2-20, 10)
+}
+
+func (s *Server) serve(lc *config.Listener, ln net.Listener) {
+	srv := gosmtp.NewServer(&backend{s: s, listener: lc})
+	srv.Domain = lc.Hostname
+	srv.MaxMessageBytes = s.cfg.Limits.MessageSize
+	srv.MaxRecipients = s.cfg.Limits.Recipients
+	srv.MaxLineLength = s.cfg.Limits.LineLength
+	srv.ReadTimeout = s.cfg.Limits.CommandTimeout
+	srv.WriteTimeout = s.cfg.Limits.CommandTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ErrorLog = errorLog{s.log}
+	if lc.TLS != config.TLSNone {
+		srv.TLSConfig = s.tls[lc.Name]
+	}
+	ln = &limitListener{Listener: ln, s: s, deadline: s.cfg.Limits.SessionTimeout}
+	if lc.TLS == config.TLSImplicit {
+		ln = tls.NewListener(ln, s.tls[lc.Name])
+	}
+	if err := srv.Serve(ln); err != nil {
+		s.log.Fatalf("listener %s: %v", lc.Name, err)
+	}
+}
+
+type errorLog struct{ log *logging.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.log.Debugf(format, v...) }
+func (e errorLog) Println(v ...any)               { e.log.Debugf("%s", fmt.Sprintln(v...)) }
+
+// ask sends a request to a peer and waits for its first answer.
+func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Envelope, error) {
+	id, answers := s.reqs.open()
+	defer s.reqs.close(id)
+	if err := s.child.Send(ch, m, id); err != nil {
+		return nil, err
+	}
+	select {
+	case env := <-answers:
+		return env, nil
+	case <-time.After(5 * time.Minute):
+		return nil, errors.New("smtp: no answer from " + ch.Remote.String())
+	}
+}
+
+// connLimiter counts sessions, in all and per client address.
+type connLimiter struct {
+	mu           sync.Mutex
+	total, limit int
+	perIP        map[string]int
+	ipLimit      int
+}
+
+func newConnLimiter(limit, ipLimit int) *connLimiter {
+	return &connLimiter{limit: limit, ipLimit: ipLimit, perIP: map[string]int{}}
+}
+
+func (l *connLimiter) acquire(ip string) (ok bool, why string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= l.limit {
+		return false, "Too many sessions, try again later"
+	}
+	if l.perIP[ip] >= l.ipLimit {
+		return false, "Too many sessions from your address, try again later"
+	}
+	l.total++
+	l.perIP[ip]++
+	return true, ""
+}
+
+func (l *connLimiter) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.perIP[ip]--; l.perIP[ip] <= 0 {
+		delete(l.perIP, ip)
+	}
+}
+
+// limitListener refuses sessions over the limits with a 421 before
+// go-smtp greets them, and bounds every session's life.
+type limitListener struct {
+	net.Listener
+	s        *Server
+	deadline time.Duration
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return nil, err
+		}
+		ip := remoteIP(c)
+		if ok, why := l.s.active.acquire(ip); !ok {
+			l.s.stats.Increment("smtp.session.refused", 1)
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "421 4.7.0 "+why+"\r\n")
+			c.Close()
+			continue
+		}
+		lc := &limitedConn{Conn: c, ip: ip, release: l.s.active.release, end: time.Now().Add(l.deadline)}
+		c.SetDeadline(lc.end)
+		return lc, nil
+	}
+}
+
+// limitedConn clamps every deadline go-smtp sets to the end of the
+// session, so that a slow client cannot hold a session forever by
+// sending one byte per command timeout.
+type limitedConn struct {
+	net.Conn
+	ip      string
+	end     time.Time
+	once    sync.Once
+	release func(string)
+}
+
+func (c *limitedConn) clamp(t time.Time) time.Time {
+	if t.IsZero() || t.After(c.end) {
+		return c.end
+	}
+	return t
+}
+
+func (c *limitedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.clamp(t)) }
+func (c *limitedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.clamp(t)) }
+func (c *limitedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.clamp(t)) }
+
+func (c *limitedConn) Close() error {
+	c.once.Do(func() { c.release(c.ip) })
+	return c.Conn.Close()
+}
+
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return ""
+}
