@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"smtpd/internal/privsep"
+	"smtpd/internal/queue"
 	"smtpd/proto"
 )
 
@@ -27,7 +29,15 @@ func startChild(t *testing.T, name string) *childUnderTest {
 spool          = "spool"
 control_socket = "run/smtpd.sock"
 `)
-	if err := os.MkdirAll(filepath.Join(dir, "spool"), 0o711); err != nil {
+	uid, gid := -1, -1
+	if os.Geteuid() == 0 {
+		acct, err := privsep.LookupAccount("_smtpq")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, gid = acct.UID, acct.GID
+	}
+	if err := queue.PrepareSpool(filepath.Join(dir, "spool"), uid, gid); err != nil {
 		t.Fatal(err)
 	}
 	mine, theirs, err := proto.Socketpair()
@@ -62,10 +72,32 @@ control_socket = "run/smtpd.sock"
 	return c
 }
 
-// setup plays the parent's setup: what the process needs, SetupDone,
-// then waits for SetupReady.
+// setup plays the parent's setup: the channels to its peers (whose
+// other ends the test keeps), what the process needs, SetupDone, then
+// waits for SetupReady.
 func (c *childUnderTest) setup(t *testing.T, name string) {
 	t.Helper()
+	for _, pair := range proto.Peers {
+		var peer proto.Proc
+		switch c.ch.Remote {
+		case pair[0]:
+			peer = pair[1]
+		case pair[1]:
+			peer = pair[0]
+		default:
+			continue
+		}
+		mine, theirs, err := proto.Socketpair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mine.Close() })
+		err = c.ch.Send(proto.NewSetupPeer(peer, theirs), 0)
+		theirs.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	if name == "control" {
 		dir := t.TempDir()
 		l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: filepath.Join(dir, "s"), Net: "unixpacket"})

@@ -51,7 +51,7 @@ const MaxHeaderBytes = 256 * 1024
 
 // headerInfo is what the daemon needs to know of a message's header.
 type headerInfo struct {
-	received             int
+	received              int
 	hasMessageID, hasDate bool
 }
 
@@ -112,4 +112,3 @@ func fieldName(line []byte) string {
 	}
 	return string(bytes.ToLower(line[:i]))
 }
-
