@@ -84,20 +84,26 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// DefaultConfig is a configuration that accepts mail for example.test on
-// the address in %s.
+// DefaultConfig is a configuration that accepts mail for example.test
+// and delivers every address of it to the maildir mail/ below the test
+// directory, as the user running the test ({{...}} are filled by Start).
 const DefaultConfig = `
 hostname       = "mx.example.test"
 spool          = "spool"
 control_socket = "run/smtpd.sock"
 
+limits {
+  retry_base = "1s"
+}
+
 table "domains" { list = ["example.test"] }
 
-listen "mx" { address = "%s" }
+listen "mx" { address = "{{ADDR}}" }
 
 action "local" {
-  maildir = "mail/${dest.user}"
-  virtual = { "@" = "sink" }
+  maildir  = "mail"
+  virtual  = { "@" = "sink" }
+  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
 }
 
 match {
@@ -126,6 +132,12 @@ func WriteConfig(t testing.TB, text string) (dir, path string) {
 
 // Options change how Start runs the daemon.
 type Options struct {
+	// Config is the configuration template; DefaultConfig if empty.
+	// {{ADDR}} is a free loopback address, {{DIR}} the test directory,
+	// {{UID}} and {{GID}} the user deliveries run as.
+	Config string
+	// Dir reuses the directory of an earlier daemon, and its spool.
+	Dir string
 	// Credential, if set, runs the daemon as another user; the test
 	// directory is handed to that user.
 	Credential *syscall.Credential
@@ -142,9 +154,24 @@ func Start(t testing.TB, bin Binaries) *Daemon {
 func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	dir, path := WriteConfig(t, fmt.Sprintf(DefaultConfig, addr))
+	uid, gid := os.Getuid(), os.Getgid()
 	if c := opts.Credential; c != nil {
-		if err := os.Chown(dir, int(c.Uid), int(c.Gid)); err != nil {
+		uid, gid = int(c.Uid), int(c.Gid)
+	}
+	text := opts.Config
+	if text == "" {
+		text = DefaultConfig
+	}
+	dir, path := opts.Dir, filepath.Join(opts.Dir, "smtpd.conf")
+	if dir == "" {
+		dir, path = WriteConfig(t, "")
+	}
+	text = strings.NewReplacer("{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", fmt.Sprint(uid), "{{GID}}", fmt.Sprint(gid)).Replace(text)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if opts.Credential != nil {
+		if err := os.Chown(dir, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -290,4 +317,84 @@ func RunSmtpctl(bin Binaries, args ...string) (stdout, stderr string, code int) 
 		code = -1
 	}
 	return o.String(), e.String(), code
+}
+
+// Mail returns the messages delivered to the maildir mail/ of the
+// default configuration, by file name.
+func (d *Daemon) Mail() map[string]string {
+	out := map[string]string{}
+	files, _ := filepath.Glob(filepath.Join(d.Dir, "mail", "new", "*"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil {
+			out[filepath.Base(f)] = string(b)
+		}
+	}
+	return out
+}
+
+// WaitMail waits until at least n messages were delivered and returns
+// them; it fails the test after timeout.
+func (d *Daemon) WaitMail(n int, timeout time.Duration) map[string]string {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		m := d.Mail()
+		if len(m) >= n {
+			return m
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%d messages delivered after %v, want %d\n%s", len(m), timeout, n, d.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stats returns the counters of `smtpctl show stats`.
+func (d *Daemon) Stats() map[string]string {
+	out, _, _ := d.Smtpctl("show", "stats")
+	stats := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			stats[k] = v
+		}
+	}
+	return stats
+}
+
+// WaitStat waits until counter key has value want.
+func (d *Daemon) WaitStat(key, want string, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := d.Stats()[key]
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%s=%q after %v, want %q\n%s", key, got, timeout, want, d.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Kill kills the parent and every child at once with SIGKILL, as a
+// power cut would stop them, and waits for the parent.
+func (d *Daemon) Kill() {
+	pids := []int{d.Cmd.Process.Pid}
+	for _, pid := range d.Children() {
+		pids = append(pids, pid)
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	<-d.exited
+	// children not yet reaped by the dead parent are reparented; wait
+	// until none is left running
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range pids[1:] {
+		for Alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
