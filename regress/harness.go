@@ -6,12 +6,16 @@
 package regress
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -395,6 +399,95 @@ func (d *Daemon) Kill() {
 	for _, pid := range pids[1:] {
 		for Alive(pid) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// RunDialogue plays a scripted SMTP dialogue against addr. Each line of
+// script is a directive:
+//
+//	send TEXT          send TEXT and CRLF
+//	sendraw "QUOTED"   send a Go-quoted string as it is
+//	repeat N "QUOTED"  send a Go-quoted string N times
+//	expect CODE [RE]   read one reply (all its lines); its code must start
+//	                   with CODE and its text match the regular expression
+//	expect-close       the server closes the connection (after any reply)
+//
+// Empty lines and lines starting with # are skipped. It returns an error
+// naming the line that failed.
+func RunDialogue(addr, script string) error {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	for n, line := range strings.Split(script, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		conn.SetDeadline(time.Now().Add(20 * time.Second))
+		verb, arg, _ := strings.Cut(line, " ")
+		var err error
+		switch verb {
+		case "send":
+			_, err = io.WriteString(conn, arg+"\r\n")
+		case "sendraw":
+			var s string
+			if s, err = strconv.Unquote(arg); err == nil {
+				_, err = io.WriteString(conn, s)
+			}
+		case "repeat":
+			count, q, _ := strings.Cut(arg, " ")
+			var k int
+			var s string
+			if k, err = strconv.Atoi(count); err == nil {
+				if s, err = strconv.Unquote(q); err == nil {
+					_, err = io.WriteString(conn, strings.Repeat(s, k))
+				}
+			}
+		case "expect":
+			code, re, _ := strings.Cut(arg, " ")
+			var reply string
+			if reply, err = readReply(r); err == nil {
+				if !strings.HasPrefix(reply, code) {
+					err = fmt.Errorf("got %q, want code %s", reply, code)
+				} else if re != "" && !regexp.MustCompile(re).MatchString(reply) {
+					err = fmt.Errorf("got %q, want /%s/", reply, re)
+				}
+			}
+		case "expect-close":
+			for err == nil {
+				_, err = readReply(r)
+			}
+			if err == io.EOF || errors.Is(err, syscall.ECONNRESET) {
+				err = nil
+			} else {
+				err = fmt.Errorf("connection still open: %v", err)
+			}
+		default:
+			err = fmt.Errorf("unknown directive %q", verb)
+		}
+		if err != nil {
+			return fmt.Errorf("line %d (%s): %w", n+1, line, err)
+		}
+	}
+	return nil
+}
+
+// readReply reads one SMTP reply, all its lines, joined by newlines.
+func readReply(r *bufio.Reader) (string, error) {
+	var lines []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return strings.Join(lines, "\n"), err
+		}
+		line = strings.TrimRight(line, "\r\n")
+		lines = append(lines, line)
+		if len(line) < 4 || line[3] != '-' {
+			return strings.Join(lines, "\n"), nil
 		}
 	}
 }

@@ -326,11 +326,20 @@ func sanitize(s string) string {
 	return b.String()
 }
 
-// submit sends queue one envelope per destination.
+// submit sends queue one envelope per destination. Recipients that
+// expand to the same destination (aliases, a catch-all) get one copy, as
+// Postfix's duplicate filter does.
 func (sess *session) submit(msgid uint32) error {
 	now := time.Now()
+	seen := map[proto.Destination]bool{}
 	for _, r := range sess.rcpts {
 		for _, d := range r.dests {
+			key := d
+			key.Rule = 0
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
 			e := &envelope.Envelope{
 				ID:   uint64(msgid)<<32 | uint64(rand.Uint32()|1),
 				Kind: envelope.Kind(d.Kind), Rule: int(d.Rule), Action: d.Action,
