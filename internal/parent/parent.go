@@ -83,9 +83,6 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 		p.stop()
 		return 1
 	}
-	p.stats = stats.NewSender(func(u *proto.StatUpdate) error {
-		return p.children[proto.ProcControl].ch.Send(u, 0)
-	})
 	stopStats := make(chan struct{})
 	defer close(stopStats)
 	go p.stats.Run(stopStats)
@@ -150,6 +147,9 @@ func (p *Parent) start() error {
 			return err
 		}
 	}
+	p.stats = stats.NewSender(func(u *proto.StatUpdate) error {
+		return p.children[proto.ProcControl].ch.Send(u, 0)
+	})
 	for _, pair := range proto.Peers {
 		if err := p.connect(pair[0], pair[1]); err != nil {
 			return err
@@ -171,16 +171,27 @@ func (p *Parent) start() error {
 	return p.awaitReady()
 }
 
-// awaitReady waits for SetupReady from every child, then watches their
-// channels, on which nothing is expected yet.
+// awaitReady waits for SetupReady from every child. Deliveries that
+// queue asks for meanwhile (of mail recovered from the spool) start once
+// all are ready.
 func (p *Parent) awaitReady() error {
 	ready := map[proto.Proc]bool{}
+	var deferred []*proto.QueueDeliverLocal
+	defer func() {
+		for _, m := range deferred {
+			go p.deliverLocal(m)
+		}
+	}()
 	timeout := time.After(p.opts.SetupTimeout)
 	for len(ready) < len(p.children) {
 		select {
 		case ev := <-p.events:
 			if ev.exit || ev.err != nil {
 				return fmt.Errorf("lost child: %s during setup", ev.proc)
+			}
+			if m, ok := ev.env.Msg.(*proto.QueueDeliverLocal); ok && ev.proc == proto.ProcQueue {
+				deferred = append(deferred, m)
+				continue
 			}
 			if ready[ev.proc] {
 				return fmt.Errorf("lost child: %s: unexpected %s", ev.proc, ev.env.Type)
