@@ -32,7 +32,9 @@ func Accepts(sender, receiver Proc, t Type) bool {
 	case TypeSMTPExpandRcpt:
 		return sender == ProcSMTP && receiver == ProcLookup
 	case TypeLookupExpandResult:
-		return sender == ProcLookup && receiver == ProcSMTP
+		return sender == ProcLookup && (receiver == ProcSMTP || receiver == ProcQueue)
+	case TypeQueueExpandRcpt:
+		return sender == ProcQueue && receiver == ProcLookup
 	case TypeSMTPMessageCreate, TypeSMTPEnvelopeSubmit, TypeSMTPMessageCommit, TypeSMTPMessageRollback:
 		return sender == ProcSMTP && receiver == ProcQueue
 	case TypeQueueMessageCreated, TypeQueueMessageCommitted, TypeQueueFailure:

@@ -132,6 +132,12 @@ func (m *SMTPExpandRcpt) Decode(r *Reader) {
 	m.Rcpt = r.String()
 }
 
+// QueueExpandRcpt asks lookup where a notification to rcpt goes; it is
+// matched as mail from this host.
+type QueueExpandRcpt struct{ SMTPExpandRcpt }
+
+func (*QueueExpandRcpt) Type() Type { return TypeQueueExpandRcpt }
+
 // Status is the outcome of a lookup or a delivery.
 type Status uint8
 

@@ -34,6 +34,7 @@ const (
 	TypeParentDeliveryResult
 	TypeParentMDADeliver
 	TypeMDADeliveryResult
+	TypeQueueExpandRcpt
 	typeEnd
 )
 
@@ -63,6 +64,7 @@ var typeNames = [...]string{
 	TypeParentDeliveryResult:  "ParentDeliveryResult",
 	TypeParentMDADeliver:      "ParentMDADeliver",
 	TypeMDADeliveryResult:     "MDADeliveryResult",
+	TypeQueueExpandRcpt:       "QueueExpandRcpt",
 }
 
 func (t Type) String() string {
@@ -138,6 +140,8 @@ func New(t Type) (Message, bool) {
 		return &ParentMDADeliver{}, true
 	case TypeMDADeliveryResult:
 		return &MDADeliveryResult{}, true
+	case TypeQueueExpandRcpt:
+		return &QueueExpandRcpt{}, true
 	}
 	return nil, false
 }

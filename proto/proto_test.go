@@ -47,6 +47,7 @@ func samples(t *testing.T) []struct {
 		{ProcQueue, ProcParent, NewQueueDeliverLocal([]byte("evp"), f)},
 		{ProcParent, ProcQueue, &ParentDeliveryResult{DeliveryResult{1<<32 | 1, StatusTempfail, "mda exited 75"}}},
 		{ProcParent, ProcMDA, NewParentMDADeliver([]byte("evp"), f)},
+		{ProcQueue, ProcLookup, &QueueExpandRcpt{SMTPExpandRcpt{Session: Session{Local: true}, Rcpt: "a@example.net"}}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

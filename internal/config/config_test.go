@@ -231,3 +231,24 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func TestArgv(t *testing.T) {
+	c, err := Parse([]byte(`action "m" { mda = "/usr/bin/deliver -f '${sender.address}' --to ${dest.user} \"a b\" x\\ y" }`), "/etc/smtpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := TemplateVars{Dest: Address{"bob", "example.org"}, Sender: Address{"<;sleep 66;>", "evil example"}}
+	argv, err := c.Action("m").Target.Argv(vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/usr/bin/deliver", "-f", "<;sleep 66;>@evil example", "--to", "bob", "a b", "x y"}
+	if strings.Join(argv, "|") != strings.Join(want, "|") {
+		t.Errorf("got %q, want %q", argv, want)
+	}
+	for _, bad := range []string{`"unterminated`, `trailing\`} {
+		if _, err := splitWords(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}

@@ -1,8 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -137,4 +140,92 @@ func (t *Template) Eval(vars TemplateVars) (string, error) {
 		return "", fmt.Errorf("config: template %s: %s", t.Source, diags.Error())
 	}
 	return s, nil
+}
+
+// Argv evaluates a command template into its arguments without a shell:
+// the template is split into words at white space (single and double
+// quotes group, a backslash escapes), and each interpolated value stays
+// inside the word it is written in, whatever it contains. An address
+// such as "<;sleep 66;>" can so never become a command (CVE-2020-7247).
+func (t *Template) Argv(vars TemplateVars) ([]string, error) {
+	var values []string
+	mark := func(s string) string {
+		values = append(values, s)
+		return fmt.Sprintf("\x00%d\x00", len(values)-1)
+	}
+	marked := TemplateVars{
+		Dest:   Address{mark(vars.Dest.User), mark(vars.Dest.Domain)},
+		Rcpt:   Address{mark(vars.Rcpt.User), mark(vars.Rcpt.Domain)},
+		Sender: Address{mark(vars.Sender.User), mark(vars.Sender.Domain)},
+		User:   UserInfo{Name: mark(vars.User.Name), Directory: mark(vars.User.Directory), UID: vars.User.UID, GID: vars.User.GID},
+	}
+	dir := t.dir
+	t.dir = ""
+	s, diags := t.eval(marked)
+	t.dir = dir
+	if diags.HasErrors() {
+		return nil, fmt.Errorf("config: template %s: %s", t.Source, diags.Error())
+	}
+	words, err := splitWords(s)
+	if err != nil {
+		return nil, fmt.Errorf("config: command %s: %w", t.Source, err)
+	}
+	for i, w := range words {
+		var b strings.Builder
+		for j, part := range strings.Split(w, "\x00") {
+			if j%2 == 1 {
+				n, _ := strconv.Atoi(part)
+				b.WriteString(values[n])
+			} else {
+				b.WriteString(part)
+			}
+		}
+		words[i] = b.String()
+	}
+	if len(words) == 0 {
+		return nil, fmt.Errorf("config: command %s is empty", t.Source)
+	}
+	return words, nil
+}
+
+// splitWords splits a command line into words as a shell would, with
+// quotes and backslashes but nothing else: no variables, globs or
+// redirections.
+func splitWords(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	var quote rune
+	escaped := false
+	for _, c := range s {
+		switch {
+		case escaped:
+			cur.WriteRune(c)
+			escaped = false
+		case c == '\\' && quote != '\'':
+			escaped, inWord = true, true
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote != 0:
+			cur.WriteRune(c)
+		case c == '\'' || c == '"':
+			quote, inWord = c, true
+		case c == ' ' || c == '\t' || c == '\n':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(c)
+			inWord = true
+		}
+	}
+	if quote != 0 || escaped {
+		return nil, errors.New("unterminated quote or escape")
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
 }

@@ -18,8 +18,14 @@ func Run(c *privsep.Child) {
 		c.Log.Fatalf("%v", err)
 	}
 	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
-		switch m := env.Msg.(type) {
+		var m *proto.SMTPExpandRcpt
+		switch q := env.Msg.(type) {
 		case *proto.SMTPExpandRcpt:
+			m = q
+		case *proto.QueueExpandRcpt:
+			m = &q.SMTPExpandRcpt
+		}
+		if m != nil {
 			// the password database may be slow: answer out of order
 			go func() {
 				res := r.Expand(m.Session, m.Rcpt)

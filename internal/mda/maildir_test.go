@@ -57,3 +57,38 @@ func TestDeliverMaildir(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestWriteMbox(t *testing.T) {
+	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
+	in := "Subject: x\r\n\r\nFrom here\r\n>From there\r\nnot From\r\nlast"
+	var b bytes.Buffer
+	if err := writeMbox(&b, e, strings.NewReader(in)); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	first, rest, _ := strings.Cut(out, "\n")
+	if !strings.HasPrefix(first, "From a@example.net ") {
+		t.Errorf("From_ line %q", first)
+	}
+	want := "Return-Path: <a@example.net>\nDelivered-To: b@example.org\nSubject: x\n\n>From here\n>>From there\nnot From\nlast\n\n"
+	if rest != want {
+		t.Errorf("got %q\nwant %q", rest, want)
+	}
+}
+
+func TestDeliverMboxAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mbox")
+	e := &envelope.Envelope{ID: 1<<32 | 2, Dest: "b@example.org"}
+	for i := 0; i < 2; i++ {
+		if err := deliverMbox(path, e, strings.NewReader("Subject: x\r\n\r\nhi\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, _ := os.ReadFile(path)
+	if n := strings.Count(string(got), "\nFrom MAILER-DAEMON ") + strings.Count(string(got)[:5], "From "); n != 2 {
+		t.Errorf("%d messages in\n%s", n, got)
+	}
+	if _, err := os.Stat(path + ".lock"); !os.IsNotExist(err) {
+		t.Errorf("lock left: %v", err)
+	}
+}

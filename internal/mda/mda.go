@@ -81,6 +81,13 @@ func deliverEnvelope(cfg *config.Config, r *lookup.Resolver, e *envelope.Envelop
 		Sender: splitAddress(e.Sender),
 		User:   config.UserInfo{Name: acct.Name, Directory: acct.Directory, UID: acct.UID, GID: acct.GID},
 	}
+	if act.Method == config.MDA {
+		argv, err := act.Target.Argv(vars)
+		if err != nil {
+			return tempError{err}
+		}
+		return deliverCommand(argv, commandEnv(e, acct), e, body)
+	}
 	target, err := act.Target.Eval(vars)
 	if err != nil {
 		return tempError{err}
@@ -88,8 +95,30 @@ func deliverEnvelope(cfg *config.Config, r *lookup.Resolver, e *envelope.Envelop
 	switch act.Method {
 	case config.Maildir:
 		return deliverMaildir(target, cfg.Hostname, e, body)
+	case config.Mbox:
+		return deliverMbox(target, e, body)
 	}
 	return tempError{fmt.Errorf("mda: %s delivery is not available", act.Method)}
+}
+
+// commandEnv is the environment of an mda command, as OpenSMTPD sets it.
+func commandEnv(e *envelope.Envelope, acct lookup.Account) []string {
+	dest := splitAddress(e.Dest)
+	local, _, _ := strings.Cut(dest.User, lookup.SubAddressDelimiter)
+	_, ext, _ := strings.Cut(splitAddress(e.Rcpt).User, lookup.SubAddressDelimiter)
+	return []string{
+		"PATH=/usr/local/bin:/usr/bin:/bin",
+		"SHELL=/bin/sh",
+		"USER=" + acct.Name,
+		"LOGNAME=" + acct.Name,
+		"HOME=" + acct.Directory,
+		"RECIPIENT=" + e.Dest,
+		"ORIGINAL_RECIPIENT=" + e.Rcpt,
+		"SENDER=" + e.Sender,
+		"LOCAL=" + local,
+		"EXTENSION=" + ext,
+		"DOMAIN=" + dest.Domain,
+	}
 }
 
 func splitAddress(s string) config.Address {

@@ -18,12 +18,12 @@ type pending struct {
 	envs []*envelope.Envelope
 }
 
-// commit is a commit request waiting for the next batch.
+// commit is a commit request waiting for the next batch; done is told
+// the outcome once the message is durable, or is not.
 type commit struct {
-	id  uint32
-	msg *pending
-	ch  *proto.Channel
-	req uint32
+	id   uint32
+	msg  *pending
+	done func(error)
 }
 
 // Queue is the state of the queue process.
@@ -33,6 +33,11 @@ type Queue struct {
 	stats *stats.Sender
 	logf  func(string, ...any)
 	warnf func(string, ...any)
+
+	hostname string
+	lookup   *proto.Channel
+	reqs     *proto.Requests
+	child    *privsep.Child
 
 	mu      sync.Mutex
 	pending map[uint32]*pending
@@ -58,6 +63,11 @@ func Run(c *privsep.Child) {
 		pending: map[uint32]*pending{},
 		commits: make(chan commit, 1024),
 		send:    c.Send,
+
+		hostname: c.Config.Hostname,
+		lookup:   c.Peers[proto.ProcLookup],
+		reqs:     proto.NewRequests(),
+		child:    c,
 	}
 	rec, err := store.Load()
 	if err != nil {
@@ -79,6 +89,7 @@ func Run(c *privsep.Child) {
 		}
 		return c.Send(c.Parent, proto.NewQueueDeliverLocal(data, body), 0)
 	}, c.Log)
+	q.sched.OnPermfail = q.bounce
 	for _, e := range rec.Envelopes {
 		q.sched.Add(e)
 	}
@@ -124,7 +135,13 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		if p == nil || len(p.envs) == 0 {
 			return fmt.Errorf("commit of unknown or empty message %08x", m.MsgID)
 		}
-		q.commits <- commit{id: m.MsgID, msg: p, ch: ch, req: env.PeerID}
+		q.commits <- commit{id: m.MsgID, msg: p, done: func(err error) {
+			var reply proto.Message = &proto.QueueMessageCommitted{MsgID: m.MsgID}
+			if err != nil {
+				reply = &proto.QueueFailure{MsgID: m.MsgID, Reply: failureReply(err)}
+			}
+			q.fatalSend(ch, reply, env.PeerID)
+		}}
 		return nil
 	case *proto.SMTPMessageRollback:
 		q.mu.Lock()
@@ -138,6 +155,11 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		return nil
 	case *proto.ParentDeliveryResult:
 		q.sched.Result(m.DeliveryResult)
+		return nil
+	case *proto.LookupExpandResult:
+		if !q.reqs.Deliver(env) {
+			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
+		}
 		return nil
 	}
 	return fmt.Errorf("unexpected %s", env.Type)
@@ -196,10 +218,10 @@ func (q *Queue) commitBatch(batch []commit) {
 			q.warnf("commit %08x: %v", c.id, err)
 			q.store.Discard(c.id)
 			os.RemoveAll(q.store.messageDir(c.id))
-			q.fatalSend(c.ch, &proto.QueueFailure{MsgID: c.id, Reply: failureReply(err)}, c.req)
+			c.done(err)
 			continue
 		}
-		q.fatalSend(c.ch, &proto.QueueMessageCommitted{MsgID: c.id}, c.req)
+		c.done(nil)
 		q.stats.Increment("queue.message", 1)
 		for _, e := range c.msg.envs {
 			q.sched.Add(e)

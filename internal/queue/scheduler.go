@@ -21,6 +21,9 @@ type Scheduler struct {
 	stats   *stats.Sender
 	deliver func(*envelope.Envelope, *os.File) error
 	log     *logging.Logger
+	// OnPermfail is told of every envelope that failed for good, before
+	// the envelope is removed: it sends the notification to the sender.
+	OnPermfail func(e *envelope.Envelope, reason string)
 
 	mu       sync.Mutex
 	envs     map[uint64]*entry
@@ -147,7 +150,16 @@ func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 	case proto.StatusPermfail:
 		s.log.Infof("%016x: permanent failure for <%s>: %s", e.ID, e.Dest, text)
 		s.stats.Increment("scheduler.delivery.permfail", 1)
-		s.drop(en)
+		// the notification is committed before the envelope goes, so
+		// that a crash in between sends it twice rather than never
+		go func() {
+			if s.OnPermfail != nil {
+				s.OnPermfail(e, text)
+			}
+			s.drop(en)
+			s.poke()
+		}()
+		return
 	default:
 		s.stats.Increment("scheduler.delivery.tempfail", 1)
 		e.Retries++

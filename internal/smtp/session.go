@@ -167,8 +167,8 @@ func (sess *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if err := sess.filter(proto.PhaseRcpt, to); err != nil {
 		return err
 	}
-	id, answers := sess.s.reqs.open()
-	defer sess.s.reqs.close(id)
+	id, answers := sess.s.reqs.Open()
+	defer sess.s.reqs.Close(id)
 	if err := sess.s.child.Send(sess.s.lookup, &proto.SMTPExpandRcpt{Session: sess.info, Rcpt: to}, id); err != nil {
 		return sess.internalErr(err)
 	}

@@ -33,7 +33,7 @@ type Server struct {
 	tls   map[string]*tls.Config // by listener name
 
 	mfa, lookup, queue *proto.Channel
-	reqs               *requests
+	reqs               *proto.Requests
 
 	sessions sync.WaitGroup
 	active   *connLimiter
@@ -43,7 +43,7 @@ type Server struct {
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: newRequests(), tls: map[string]*tls.Config{}}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}}
 	for _, l := range c.Config.Listeners {
 		if l.TLS == config.TLSNone {
 			continue
@@ -104,7 +104,7 @@ func (s *Server) Run() {
 		if ch.Remote == proto.ProcControl || ch.Remote == proto.ProcParent {
 			return fmt.Errorf("unexpected %s", env.Type)
 		}
-		if !s.reqs.deliver(env) {
+		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer %s to request %d that nobody asked", env.Type, env.PeerID)
 		}
 		return nil
@@ -155,8 +155,8 @@ func (e errorLog) Println(v ...any)               { e.log.Debugf("%s", fmt.Sprin
 
 // ask sends a request to a peer and waits for its first answer.
 func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Envelope, error) {
-	id, answers := s.reqs.open()
-	defer s.reqs.close(id)
+	id, answers := s.reqs.Open()
+	defer s.reqs.Close(id)
 	if err := s.child.Send(ch, m, id); err != nil {
 		return nil, err
 	}

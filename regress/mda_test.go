@@ -1,0 +1,162 @@
+package regress
+
+import (
+	"bufio"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mdaConfig adds a command action for cmd.example.test to the default
+// configuration: the script's first argument is the recipient's user.
+const mdaConfig = `
+action "cmd" {
+  mda      = "{{DIR}}/deliver.sh ${dest.user} {{DIR}}/out"
+  user     = "sink"
+  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
+}
+match {
+  from   = "any"
+  for    = "cmd.example.test"
+  action = action.cmd
+}
+`
+
+const deliverScript = `#!/bin/sh
+case "$1" in
+ok)    cat > "$2.ok"; env > "$2.env"; exit 0 ;;
+retry) if [ -e "$2.retried" ]; then cat > "$2.retry"; exit 0; fi
+       touch "$2.retried"; cat > /dev/null; exit 75 ;;
+fail)  cat > /dev/null; echo "mailbox disabled" >&2; exit 1 ;;
+esac
+exit 1
+`
+
+func startMDA(t *testing.T) *Daemon {
+	t.Helper()
+	dir, _ := WriteConfig(t, "")
+	if err := os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return StartWith(t, bin, Options{Config: DefaultConfig + mdaConfig, Dir: dir})
+}
+
+func waitFile(t *testing.T, d *Daemon, path string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if b, err := os.ReadFile(path); err == nil {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after %v\n%s", path, timeout, d.Log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestMDACommand: an mda command gets the message on its input and the
+// delivery in its environment, without a shell; exit 75 is retried.
+func TestMDACommand(t *testing.T) {
+	d := startMDA(t)
+	swaks(t, swaksArgs(d, "ok+ext@cmd.example.test")...)
+	got := waitFile(t, d, filepath.Join(d.Dir, "out.ok"), 10*time.Second)
+	if !strings.HasPrefix(got, "Return-Path: <sender@example.net>\nDelivered-To: ok@cmd.example.test\n") || !strings.HasSuffix(strings.TrimSuffix(got, "\n\n")+"\n", unixBody) {
+		t.Errorf("command got %q", got)
+	}
+	env := waitFile(t, d, filepath.Join(d.Dir, "out.env"), time.Second)
+	for _, want := range []string{"RECIPIENT=ok@cmd.example.test", "SENDER=sender@example.net", "EXTENSION=ext", "USER=sink", "HOME=" + d.Dir} {
+		if !strings.Contains(env, want+"\n") {
+			t.Errorf("environment lacks %s:\n%s", want, env)
+		}
+	}
+	swaks(t, swaksArgs(d, "retry@cmd.example.test")...)
+	waitFile(t, d, filepath.Join(d.Dir, "out.retry"), 15*time.Second)
+	d.WaitStat("scheduler.delivery.tempfail", "1", 5*time.Second)
+}
+
+// TestBounce: a delivery that fails for good sends exactly one
+// multipart/report notification to the sender; none when the sender is
+// the null sender <>.
+func TestBounce(t *testing.T) {
+	d := startMDA(t)
+	out := swaks(t, "--server", d.SMTPAddr, "--helo", "client.example.net", "--from", "author@example.test",
+		"--to", "fail@cmd.example.test", "--header", "Subject: doomed", "--body", "will fail")
+	if !strings.Contains(out, "Message accepted") {
+		t.Fatal(out)
+	}
+	swaks(t, "--server", d.SMTPAddr, "--helo", "client.example.net", "--from", "<>",
+		"--to", "fail@cmd.example.test", "--header", "Subject: doomed bounce", "--body", "will fail")
+	d.WaitStat("scheduler.delivery.permfail", "2", 10*time.Second)
+	msgs := d.WaitMail(1, 10*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if msgs = d.Mail(); len(msgs) != 1 {
+		t.Fatalf("%d notifications, want exactly 1", len(msgs))
+	}
+	for _, raw := range msgs {
+		checkDSN(t, raw)
+	}
+	if st := d.Stats(); st["queue.bounce"] != "1" {
+		t.Errorf("queue.bounce=%q", st["queue.bounce"])
+	}
+}
+
+func checkDSN(t *testing.T, raw string) {
+	t.Helper()
+	m, err := mail.ReadMessage(strings.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get("Return-Path") != "<>" || !strings.HasPrefix(m.Header.Get("From"), "Mail Delivery System <MAILER-DAEMON@") {
+		t.Errorf("header %v", m.Header)
+	}
+	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/report" || params["report-type"] != "delivery-status" {
+		t.Fatalf("content type %q %v %v", m.Header.Get("Content-Type"), params, err)
+	}
+	mr := multipart.NewReader(m.Body, params["boundary"])
+	var types []string
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ct := p.Header.Get("Content-Type")
+		types = append(types, strings.Split(ct, ";")[0])
+		body, _ := io.ReadAll(p)
+		switch {
+		case strings.HasPrefix(ct, "message/delivery-status"):
+			tp := textproto.NewReader(bufio.NewReader(strings.NewReader(string(body))))
+			perMsg, err := tp.ReadMIMEHeader()
+			if err != nil || !strings.HasPrefix(perMsg.Get("Reporting-MTA"), "dns; mx.example.test") {
+				t.Errorf("per-message fields %v %v", perMsg, err)
+			}
+			perRcpt, err := tp.ReadMIMEHeader()
+			if err != nil && err != io.EOF {
+				t.Fatal(err)
+			}
+			if perRcpt.Get("Action") != "failed" || !strings.HasPrefix(perRcpt.Get("Status"), "5.") ||
+				perRcpt.Get("Final-Recipient") != "rfc822; fail@cmd.example.test" ||
+				!strings.Contains(perRcpt.Get("Diagnostic-Code"), "mailbox disabled") {
+				t.Errorf("per-recipient fields %v", perRcpt)
+			}
+		case strings.HasPrefix(ct, "text/rfc822-headers"):
+			if !strings.Contains(string(body), "Subject: doomed") {
+				t.Errorf("original header missing: %q", body)
+			}
+		}
+	}
+	if strings.Join(types, ",") != "text/plain,message/delivery-status,text/rfc822-headers" {
+		t.Errorf("parts %v", types)
+	}
+}
