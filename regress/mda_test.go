@@ -31,8 +31,8 @@ match {
 
 const deliverScript = `#!/bin/sh
 case "$1" in
-ok)    cat > "$2.ok"; env > "$2.env"; exit 0 ;;
-retry) if [ -e "$2.retried" ]; then cat > "$2.retry"; exit 0; fi
+ok)    env > "$2.env"; cat > "$2.tmp"; mv "$2.tmp" "$2.ok"; exit 0 ;;
+retry) if [ -e "$2.retried" ]; then cat > "$2.tmp"; mv "$2.tmp" "$2.retry"; exit 0; fi
        touch "$2.retried"; cat > /dev/null; exit 75 ;;
 fail)  cat > /dev/null; echo "mailbox disabled" >&2; exit 1 ;;
 esac
