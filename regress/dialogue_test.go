@@ -1,6 +1,8 @@
 package regress
 
 import (
+	"bufio"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,7 +17,19 @@ import (
 var dialogueConfig = strings.Replace(DefaultConfig, `retry_base = "1s"`, `retry_base   = "1s"
   message_size = "64K"
   recipients   = 100
-  line_length  = 1000`, 1)
+  line_length  = 1000`, 1) + `
+filter {
+  sender = ["@blocked.example"]
+}
+filter {
+  helo   = ["evil.example"]
+  action = "disconnect"
+}
+filter {
+  rcpt_regex = "^later@"
+  action     = "tempfail"
+}
+`
 
 // TestDialogues plays every scripted dialogue of testdata/dialogues
 // against its own daemon, then checks how many messages were delivered
@@ -55,5 +69,28 @@ func TestDialogues(t *testing.T) {
 				t.Errorf("a process failed:\n%s", d.Log())
 			}
 		})
+	}
+}
+
+// TestConnectFilter: a client address a filter names is refused with
+// 554 instead of the greeting; others are greeted.
+func TestConnectFilter(t *testing.T) {
+	d := StartWith(t, bin, Options{Config: DefaultConfig + "filter {\n  from = \"127.0.0.2\"\n}\n"})
+	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+	conn, err := dialer.Dial("tcp", d.SMTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(conn)
+	if reply, err := readReply(r); err != nil || !strings.HasPrefix(reply, "554 5.7.1") {
+		t.Fatalf("greeting %q %v", reply, err)
+	}
+	if _, err := readReply(r); err == nil {
+		t.Error("connection left open")
+	}
+	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Error(err)
 	}
 }

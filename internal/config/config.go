@@ -46,6 +46,7 @@ type Config struct {
 	Listeners []*Listener
 	Actions   []*Action
 	Matches   []*Match
+	Filters   []*Filter
 }
 
 // Limits bounds what clients and the queue may do.

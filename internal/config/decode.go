@@ -45,6 +45,7 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "listen", LabelNames: []string{"name"}},
 		{Type: "action", LabelNames: []string{"name"}},
 		{Type: "match"},
+		{Type: "filter"},
 	},
 }
 
@@ -140,6 +141,9 @@ func (d *decoder) file(body hcl.Body) {
 	}
 	for _, b := range byType["match"] {
 		d.match(b)
+	}
+	for _, b := range byType["filter"] {
+		d.filter(b)
 	}
 }
 

@@ -347,18 +347,7 @@ func (r *Resolver) fromOK(c *config.Cond, sess proto.Session) bool {
 		return sess.Remote == ""
 	}
 	ip, err := netip.ParseAddr(sess.Remote)
-	if err != nil {
-		return false
-	}
-	for _, k := range c.Table.Data.Keys() {
-		if p, err := netip.ParsePrefix(k); err == nil && p.Contains(ip.Unmap()) {
-			return true
-		}
-		if a, err := netip.ParseAddr(k); err == nil && a == ip.Unmap() {
-			return true
-		}
-	}
-	return false
+	return err == nil && c.Table.Data.HasIP(ip)
 }
 
 func (r *Resolver) forOK(c *config.Cond, domain string) bool {
@@ -383,16 +372,5 @@ func tableHas(c *config.Cond, key string) bool {
 
 // tableHasAddress matches an address by itself or by "@domain".
 func tableHasAddress(c *config.Cond, addr string) bool {
-	if c == nil {
-		return true
-	}
-	addr = strings.ToLower(addr)
-	if _, ok := c.Table.Data.Lookup(addr); ok {
-		return true
-	}
-	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
-		_, ok := c.Table.Data.Lookup(addr[i:])
-		return ok
-	}
-	return false
+	return c == nil || c.Table.Data.HasAddress(addr)
 }

@@ -119,9 +119,9 @@ func (sess *session) filter(phase proto.Phase, rcpt string) error {
 	case proto.VerdictProceed:
 		return nil
 	case proto.VerdictDisconnect:
-		e := replyErr(v.Reply)
-		sess.conn.Close()
-		return e
+		// go-smtp writes the reply when we return; close just after it
+		time.AfterFunc(100*time.Millisecond, func() { sess.conn.Close() })
+		return replyErr(v.Reply)
 	}
 	return replyErr(v.Reply)
 }

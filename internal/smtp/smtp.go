@@ -168,6 +168,28 @@ func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Envelope, error
 	}
 }
 
+// connectCheck asks mfa whether a client may connect at all; if not, it
+// returns the reply to send instead of the greeting. Only a 554 may
+// refuse a session at connect (RFC 5321 §3.1); a temporary refusal is
+// 421.
+func (s *Server) connectCheck(ip string) (string, bool) {
+	parsed := net.ParseIP(ip)
+	env, err := s.ask(s.mfa, &proto.SMTPFilterQuery{Phase: proto.PhaseConnect, Session: proto.Session{Remote: ip, Local: parsed != nil && parsed.IsLoopback()}})
+	if err != nil {
+		s.log.Warnf("connect check: %v", err)
+		return "421 4.3.0 Temporary server failure, try again later", false
+	}
+	v, ok := env.Msg.(*proto.MFAFilterVerdict)
+	if !ok || v.Verdict == proto.VerdictProceed {
+		return "", true
+	}
+	s.stats.Increment("smtp.session.refused", 1)
+	if v.Verdict == proto.VerdictTempfail || v.Verdict == proto.VerdictDisconnect || v.Reply.Code < 500 {
+		return "421 4.7.0 " + v.Reply.Text, false
+	}
+	return "554 5.7.1 " + v.Reply.Text, false
+}
+
 // connLimiter counts sessions, in all and per client address.
 type connLimiter struct {
 	mu           sync.Mutex
@@ -231,6 +253,12 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		lc := &limitedConn{Conn: c, ip: ip, release: l.s.active.release, end: time.Now().Add(l.deadline)}
 		c.SetDeadline(lc.end)
+		if reply, ok := l.s.connectCheck(ip); !ok {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, reply+"\r\n")
+			lc.Close()
+			continue
+		}
 		return lc, nil
 	}
 }

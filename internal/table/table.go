@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 )
@@ -136,4 +137,33 @@ func Parse(data []byte) (*Static, error) {
 		s.Kind = List
 	}
 	return s, nil
+}
+
+// HasIP reports whether ip is a key of the table, or inside a network
+// (CIDR) that is.
+func (s *Static) HasIP(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for k := range s.values {
+		if p, err := netip.ParsePrefix(k); err == nil && p.Contains(ip) {
+			return true
+		}
+		if a, err := netip.ParseAddr(k); err == nil && a.Unmap() == ip {
+			return true
+		}
+	}
+	return false
+}
+
+// HasAddress reports whether a mail address is a key of the table,
+// itself or by its "@domain"; comparison is case-insensitive.
+func (s *Static) HasAddress(addr string) bool {
+	addr = strings.ToLower(addr)
+	if _, ok := s.values[addr]; ok {
+		return true
+	}
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		_, ok := s.values[addr[i:]]
+		return ok
+	}
+	return false
 }

@@ -1,0 +1,66 @@
+package mfa
+
+import (
+	"testing"
+
+	"smtpd/internal/config"
+	"smtpd/proto"
+)
+
+func TestDecide(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+filter {
+  from = ["192.0.2.0/24", "2001:db8::1"]
+}
+filter {
+  helo_regex = "^(localhost|\\[)"
+  action     = "disconnect"
+}
+filter {
+  sender  = ["@spam.example", "eve@example.net"]
+  action  = "tempfail"
+  message = "451 4.7.1 Slow down"
+}
+filter {
+  rcpt_regex = "^admin@"
+  message    = "550 5.7.1 No mail for admin"
+}
+filter {
+  sender_regex = "^bulk-"
+  phase        = "data"
+  message      = "554 5.7.1 No bulk mail"
+}
+`), "/etc/mail/smtpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := proto.Session{Remote: "198.51.100.7", Helo: "mail.example.org", Sender: "a@example.org"}
+	tests := []struct {
+		phase   proto.Phase
+		sess    proto.Session
+		rcpt    string
+		verdict proto.Verdict
+		code    uint32
+	}{
+		{proto.PhaseConnect, ok, "", proto.VerdictProceed, 0},
+		{proto.PhaseConnect, proto.Session{Remote: "192.0.2.44"}, "", proto.VerdictReject, 550},
+		{proto.PhaseConnect, proto.Session{Remote: "2001:db8::1"}, "", proto.VerdictReject, 550},
+		{proto.PhaseConnect, proto.Session{Remote: "::ffff:192.0.2.1"}, "", proto.VerdictReject, 550},
+		{proto.PhaseHelo, proto.Session{Remote: "198.51.100.7", Helo: "localhost"}, "", proto.VerdictDisconnect, 421},
+		{proto.PhaseHelo, proto.Session{Remote: "198.51.100.7", Helo: "[1.2.3.4]"}, "", proto.VerdictDisconnect, 421},
+		{proto.PhaseHelo, ok, "", proto.VerdictProceed, 0},
+		{proto.PhaseMail, proto.Session{Sender: "x@SPAM.example"}, "", proto.VerdictTempfail, 451},
+		{proto.PhaseMail, proto.Session{Sender: "eve@example.net"}, "", proto.VerdictTempfail, 451},
+		{proto.PhaseMail, ok, "", proto.VerdictProceed, 0},
+		{proto.PhaseRcpt, ok, "admin@example.org", proto.VerdictReject, 550},
+		{proto.PhaseRcpt, ok, "bob@example.org", proto.VerdictProceed, 0},
+		{proto.PhaseMail, proto.Session{Sender: "bulk-1@example.org"}, "", proto.VerdictProceed, 0},
+		{proto.PhaseData, proto.Session{Sender: "bulk-1@example.org"}, "", proto.VerdictReject, 554},
+	}
+	for i, tt := range tests {
+		v := Decide(cfg.Filters, &proto.SMTPFilterQuery{Phase: tt.phase, Session: tt.sess, Rcpt: tt.rcpt})
+		if v.Verdict != tt.verdict || v.Reply.Code != tt.code {
+			t.Errorf("%d: %+v", i, v)
+		}
+	}
+}
