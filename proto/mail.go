@@ -163,6 +163,9 @@ type Destination struct {
 	Action string
 	Dest   string
 	User   string
+	// Target is "|command" or "/file" for alias and .forward entries
+	// that deliver to a program or a file, "" otherwise.
+	Target string
 }
 
 // LookupExpandResult answers SMTPExpandRcpt, in several frames for a
@@ -187,6 +190,7 @@ func (m *LookupExpandResult) Encode(w *Writer) {
 		w.String(d.Action)
 		w.String(d.Dest)
 		w.String(d.User)
+		w.String(d.Target)
 	}
 }
 func (m *LookupExpandResult) Decode(r *Reader) {
@@ -201,7 +205,7 @@ func (m *LookupExpandResult) Decode(r *Reader) {
 	m.Destinations = make([]Destination, 0, n)
 	for range n {
 		m.Destinations = append(m.Destinations, Destination{
-			Kind: r.String(), Rule: r.U32(), Action: r.String(), Dest: r.String(), User: r.String(),
+			Kind: r.String(), Rule: r.U32(), Action: r.String(), Dest: r.String(), User: r.String(), Target: r.String(),
 		})
 	}
 }

@@ -36,7 +36,7 @@ func samples(t *testing.T) []struct {
 		{ProcSMTP, ProcMFA, &SMTPFilterQuery{Phase: PhaseRcpt, Session: sess, Rcpt: "b@example.org"}},
 		{ProcMFA, ProcSMTP, &MFAFilterVerdict{Verdict: VerdictReject, Reply: Reply{550, "5.7.1", "go away"}}},
 		{ProcSMTP, ProcLookup, &SMTPExpandRcpt{Session: sess, Rcpt: "b@example.org"}},
-		{ProcLookup, ProcSMTP, &LookupExpandResult{Status: StatusOK, Destinations: []Destination{{"mda", 1, "local", "b@example.org", "b"}}, More: true}},
+		{ProcLookup, ProcSMTP, &LookupExpandResult{Status: StatusOK, Destinations: []Destination{{"mda", 1, "local", "b@example.org", "b", "|/usr/bin/vacation b"}}, More: true}},
 		{ProcSMTP, ProcQueue, &SMTPMessageCreate{}},
 		{ProcQueue, ProcSMTP, NewQueueMessageCreated(0x1234, f)},
 		{ProcSMTP, ProcQueue, &SMTPEnvelopeSubmit{MsgID: 0x1234, Envelope: []byte("version: 1\n")}},

@@ -160,3 +160,52 @@ func checkDSN(t *testing.T, raw string) {
 		t.Errorf("parts %v", types)
 	}
 }
+
+const aliasConfig = `
+table "aliases" {
+  map = {
+    team    = "sink, |{{DIR}}/deliver.sh ok {{DIR}}/prog, {{DIR}}/archive.mbox, :include:{{DIR}}/list"
+    looper  = "looper2@alias.example.test"
+    looper2 = "looper@alias.example.test, sink"
+    gone    = "error:550 5.1.6 This address is gone"
+  }
+}
+action "aliased" {
+  maildir  = "mail"
+  alias    = table.aliases
+  user     = "sink"
+  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
+}
+match {
+  from   = "any"
+  for    = "alias.example.test"
+  action = action.aliased
+}
+`
+
+// TestAliases: an alias fans out to a user, a program, a file and an
+// :include: list; a loop of aliases delivers once; error: refuses.
+func TestAliases(t *testing.T) {
+	dir, _ := WriteConfig(t, "")
+	os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755)
+	os.WriteFile(filepath.Join(dir, "list"), []byte("# included\nsink\n"), 0o644)
+	d := StartWith(t, bin, Options{Config: DefaultConfig + aliasConfig, Dir: dir})
+	swaks(t, swaksArgs(d, "team@alias.example.test")...)
+	prog := waitFile(t, d, filepath.Join(dir, "prog.ok"), 10*time.Second)
+	if !strings.Contains(prog, "Delivered-To: team@alias.example.test\n") {
+		t.Errorf("program got %q", prog)
+	}
+	mbox := waitFile(t, d, filepath.Join(dir, "archive.mbox"), 10*time.Second)
+	if !strings.HasPrefix(mbox, "From sender@example.net ") || !strings.Contains(mbox, "\n>From") && !strings.Contains(mbox, "Subject: regress\n") {
+		t.Errorf("file got %q", mbox)
+	}
+	swaks(t, swaksArgs(d, "looper@alias.example.test")...)
+	d.WaitMail(2, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if n := len(d.Mail()); n != 2 {
+		t.Errorf("%d messages in the maildir, want 2 (team and the loop, once each)", n)
+	}
+	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO c.example\nexpect 250\nsend MAIL FROM:<s@example.net>\nexpect 250\nsend RCPT TO:<gone@alias.example.test>\nexpect 550 ^550 5.1.6 This address is gone$\n"); err != nil {
+		t.Error(err)
+	}
+}

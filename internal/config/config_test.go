@@ -247,7 +247,7 @@ func TestArgv(t *testing.T) {
 		t.Errorf("got %q, want %q", argv, want)
 	}
 	for _, bad := range []string{`"unterminated`, `trailing\`} {
-		if _, err := splitWords(bad); err == nil {
+		if _, err := SplitWords(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}

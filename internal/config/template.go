@@ -166,7 +166,7 @@ func (t *Template) Argv(vars TemplateVars) ([]string, error) {
 	if diags.HasErrors() {
 		return nil, fmt.Errorf("config: template %s: %s", t.Source, diags.Error())
 	}
-	words, err := splitWords(s)
+	words, err := SplitWords(s)
 	if err != nil {
 		return nil, fmt.Errorf("config: command %s: %w", t.Source, err)
 	}
@@ -188,10 +188,10 @@ func (t *Template) Argv(vars TemplateVars) ([]string, error) {
 	return words, nil
 }
 
-// splitWords splits a command line into words as a shell would, with
+// SplitWords splits a command line into words as a shell would, with
 // quotes and backslashes but nothing else: no variables, globs or
 // redirections.
-func splitWords(s string) ([]string, error) {
+func SplitWords(s string) ([]string, error) {
 	var words []string
 	var cur strings.Builder
 	inWord := false

@@ -40,6 +40,9 @@ type Envelope struct {
 	// Rcpt is the address as given at RCPT TO; Dest the address after
 	// alias and virtual expansion; User the local account (MDA only).
 	Rcpt, Dest, User string
+	// Target is "|command" or "/file" when an alias or .forward entry
+	// delivers to a program or a file.
+	Target string
 	// Helo, Remote and Hostname describe the session that brought it.
 	Helo, Remote string
 	Created      time.Time
@@ -87,6 +90,7 @@ func (e *Envelope) Marshal() ([]byte, error) {
 		{"rcpt", e.Rcpt},
 		{"dest", e.Dest},
 		{"user", e.User},
+		{"target", e.Target},
 		{"helo", e.Helo},
 		{"remote", e.Remote},
 		{"created", times(e.Created)},
@@ -143,6 +147,7 @@ func Unmarshal(data []byte) (*Envelope, error) {
 		Rcpt:      p.str("rcpt"),
 		Dest:      p.str("dest"),
 		User:      p.str("user"),
+		Target:    p.str("target"),
 		Helo:      p.str("helo"),
 		Remote:    p.str("remote"),
 		Created:   p.time("created"),

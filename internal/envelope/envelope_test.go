@@ -12,7 +12,7 @@ func sample() *Envelope {
 	now := time.Unix(1700000000, 0)
 	return &Envelope{
 		ID: 0x1234abcd00000042, Kind: MDA, Rule: 2, Action: "local",
-		Sender: "a@example.net", Rcpt: "B+tag@Example.org", Dest: "b@example.org", User: "b",
+		Sender: "a@example.net", Rcpt: "B+tag@Example.org", Dest: "b@example.org", User: "b", Target: "|/usr/bin/procmail -a x",
 		Helo: "client.example.net", Remote: "192.0.2.1",
 		Created: now, Expire: now.Add(96 * time.Hour), Retries: 3, LastError: "451 4.3.0 try later",
 		Notify: "FAILURE,DELAY", Ret: "HDRS", EnvID: "xyz", ORcpt: "rfc822;b@example.org",

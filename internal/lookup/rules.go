@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/user"
 	"strconv"
 	"strings"
@@ -206,15 +207,38 @@ func (x *expansion) virtual(idx int, act *config.Action, a Address, depth int) e
 	return reject(550, "5.1.1", "Invalid recipient: <%s>", a)
 }
 
-// targets expands a table value: comma-separated users, addresses and
+// AliasUser runs the program and file deliveries of aliases when the
+// action names no user, as Postfix's default_privs does.
+const AliasUser = "nobody"
+
+// targets expands a table value: comma-separated users, addresses,
+// "|command" and "/file" deliveries, ":include:/file" lists and
 // error:CODE text entries.
 func (x *expansion) targets(idx int, act *config.Action, orig Address, value string, depth int) error {
-	for _, t := range strings.Split(value, ",") {
-		t = strings.TrimSpace(t)
+	if depth > MaxDepth {
+		return reject(550, "5.4.6", "Expansion too deep for <%s>", orig)
+	}
+	for _, t := range splitTargets(value) {
 		switch {
 		case t == "":
 		case strings.HasPrefix(t, "error:"):
 			return aliasError(strings.TrimPrefix(t, "error:"))
+		case strings.HasPrefix(t, "|") || strings.HasPrefix(t, "/"):
+			if err := x.program(idx, act, orig, t); err != nil {
+				return err
+			}
+		case strings.HasPrefix(t, ":include:"):
+			if x.seen[t] {
+				continue // included already: a loop
+			}
+			x.seen[t] = true
+			data, err := os.ReadFile(strings.TrimPrefix(t, ":include:"))
+			if err != nil {
+				return fmt.Errorf("lookup: %s: %w", t, err)
+			}
+			if err := x.targets(idx, act, orig, includeList(data), depth+1); err != nil {
+				return err
+			}
 		case strings.Contains(t, "@"):
 			if err := x.address(t, depth+1); err != nil {
 				return err
@@ -228,18 +252,74 @@ func (x *expansion) targets(idx int, act *config.Action, orig Address, value str
 	return nil
 }
 
-// aliasError turns "550 text" from an alias into a rejection; only 4xx
-// and 5xx codes are allowed.
+// splitTargets splits an alias value at commas, except inside a quoted
+// "|command with, commas".
+func splitTargets(value string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted := false
+	for _, c := range value {
+		switch {
+		case c == '"':
+			quoted = !quoted
+		case c == ',' && !quoted:
+			out = append(out, strings.TrimSpace(cur.String()))
+			cur.Reset()
+		default:
+			cur.WriteRune(c)
+		}
+	}
+	return append(out, strings.TrimSpace(cur.String()))
+}
+
+// includeList joins the lines of an :include: file into one value,
+// leaving out comments.
+func includeList(data []byte) string {
+	var entries []string
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && line[0] != '#' {
+			entries = append(entries, line)
+		}
+	}
+	return strings.Join(entries, ",")
+}
+
+// program makes a delivery to a "|command" or a "/file", run as the
+// action's user or AliasUser.
+func (x *expansion) program(idx int, act *config.Action, orig Address, target string) error {
+	key := "target:" + act.Name + ":" + target
+	if x.seen[key] {
+		return nil
+	}
+	x.seen[key] = true
+	account := AliasUser
+	if act.User != "" {
+		account = act.User
+	}
+	if _, err := x.r.account(act, account); err != nil {
+		return err
+	}
+	x.out = append(x.out, proto.Destination{
+		Kind: string(envelope.MDA), Rule: uint32(idx), Action: act.Name,
+		Dest: orig.String(), User: account, Target: target,
+	})
+	return nil
+}
+
+// aliasError turns "550 [5.x.y] text" from an alias into a rejection;
+// only 4xx and 5xx codes are allowed.
 func aliasError(s string) error {
 	code, text, _ := strings.Cut(strings.TrimSpace(s), " ")
 	n, err := strconv.Atoi(code)
 	if err != nil || n < 400 || n > 599 {
 		return reject(550, "5.1.1", "Invalid recipient")
 	}
-	if n < 500 {
-		return &rejection{proto.Reply{Code: uint32(n), Enhanced: "4.3.0", Text: text}}
+	enhanced := fmt.Sprintf("%d.0.0", n/100)
+	if first, rest, _ := strings.Cut(text, " "); strings.Count(first, ".") == 2 && first[0] == code[0] {
+		enhanced, text = first, rest
 	}
-	return &rejection{proto.Reply{Code: uint32(n), Enhanced: "5.1.1", Text: text}}
+	return &rejection{proto.Reply{Code: uint32(n), Enhanced: enhanced, Text: text}}
 }
 
 // local makes a local delivery to the user of a, who must exist in the

@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"fmt"
+	"os"
 	"testing"
 
 	"smtpd/internal/config"
@@ -164,5 +165,57 @@ match {
 	}
 	if res := r.Expand(remote, "x@elsewhere.test"); res.Reply.Text != "Relay denied for <x@elsewhere.test>" {
 		t.Errorf("relay: %+v", res.Reply)
+	}
+}
+
+func TestAliasTargets(t *testing.T) {
+	dir := t.TempDir()
+	list := dir + "/list"
+	os.WriteFile(list, []byte("# staff\nb\n c@example.org, |/usr/bin/log staff\n:include:"+dir+"/nested\n"), 0o644)
+	os.WriteFile(dir+"/nested", []byte("a\n:include:"+list+"\n"), 0o644)
+	r := resolver(t, `
+table "aliases" {
+  map = {
+    prog    = "\"|/usr/bin/vacation -a x, y\", /var/spool/archive"
+    staff   = ":include:`+list+`"
+    missing = ":include:/nonexistent/list"
+  }
+}
+action "local" {
+  mbox  = true
+  alias = table.aliases
+}
+match {
+  from   = "any"
+  for    = "example.org"
+  action = action.local
+}
+`)
+	r.Passwd = func(name string) (Account, error) {
+		if name == "nobody" || len(name) == 1 {
+			return Account{Name: name}, nil
+		}
+		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+	}
+	res := r.Expand(remote, "prog@example.org")
+	if res.Status != proto.StatusOK || len(res.Destinations) != 2 {
+		t.Fatalf("%+v", res)
+	}
+	if d := res.Destinations[0]; d.Target != "|/usr/bin/vacation -a x, y" || d.User != "nobody" || d.Dest != "prog@example.org" {
+		t.Errorf("%+v", d)
+	}
+	if d := res.Destinations[1]; d.Target != "/var/spool/archive" {
+		t.Errorf("%+v", d)
+	}
+	res = r.Expand(remote, "staff@example.org")
+	var got []string
+	for _, d := range res.Destinations {
+		got = append(got, d.User+d.Target)
+	}
+	if res.Status != proto.StatusOK || fmt.Sprint(got) != "[b c nobody|/usr/bin/log staff a]" {
+		t.Errorf("%+v: %v", res, got)
+	}
+	if res := r.Expand(remote, "missing@example.org"); res.Status != proto.StatusTempfail {
+		t.Errorf("unreadable include: %+v", res)
 	}
 }

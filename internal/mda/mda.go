@@ -81,6 +81,18 @@ func deliverEnvelope(cfg *config.Config, r *lookup.Resolver, e *envelope.Envelop
 		Sender: splitAddress(e.Sender),
 		User:   config.UserInfo{Name: acct.Name, Directory: acct.Directory, UID: acct.UID, GID: acct.GID},
 	}
+	switch t := e.Target; {
+	case strings.HasPrefix(t, "|"):
+		argv, err := config.SplitWords(t[1:])
+		if err != nil || len(argv) == 0 {
+			return fmt.Errorf("mda: bad command %q", t)
+		}
+		return deliverCommand(argv, commandEnv(e, acct), e, body)
+	case strings.HasPrefix(t, "/"):
+		return deliverMbox(t, e, body)
+	case t != "":
+		return fmt.Errorf("mda: bad delivery target %q", t)
+	}
 	if act.Method == config.MDA {
 		argv, err := act.Target.Argv(vars)
 		if err != nil {

@@ -343,7 +343,7 @@ func (sess *session) submit(msgid uint32) error {
 			e := &envelope.Envelope{
 				ID:   uint64(msgid)<<32 | uint64(rand.Uint32()|1),
 				Kind: envelope.Kind(d.Kind), Rule: int(d.Rule), Action: d.Action,
-				Sender: sess.info.Sender, Rcpt: r.addr, Dest: d.Dest, User: d.User,
+				Sender: sess.info.Sender, Rcpt: r.addr, Dest: d.Dest, User: d.User, Target: d.Target,
 				Helo: sanitize(sess.info.Helo), Remote: sess.info.Remote,
 				Created: now, Expire: now.Add(sess.s.cfg.Limits.QueueExpire),
 			}
