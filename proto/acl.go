@@ -33,6 +33,10 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return sender == ProcSMTP && receiver == ProcLookup
 	case TypeLookupExpandResult:
 		return sender == ProcLookup && (receiver == ProcSMTP || receiver == ProcQueue)
+	case TypeLookupForwardOpen:
+		return sender == ProcLookup && receiver == ProcParent
+	case TypeParentForwardFile, TypeParentForwardNone:
+		return sender == ProcParent && receiver == ProcLookup
 	case TypeQueueExpandRcpt:
 		return sender == ProcQueue && receiver == ProcLookup
 	case TypeSMTPMessageCreate, TypeSMTPEnvelopeSubmit, TypeSMTPMessageCommit, TypeSMTPMessageRollback:

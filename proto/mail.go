@@ -349,3 +349,44 @@ type MDADeliveryResult struct{ DeliveryResult }
 func (*MDADeliveryResult) Type() Type         { return TypeMDADeliveryResult }
 func (m *MDADeliveryResult) Encode(w *Writer) { m.encode(w) }
 func (m *MDADeliveryResult) Decode(r *Reader) { m.decode(r) }
+
+// LookupForwardOpen asks the parent for a user's ~/.forward, which only
+// the parent may open.
+type LookupForwardOpen struct {
+	User string
+	UID  uint32
+	Dir  string
+}
+
+func (*LookupForwardOpen) Type() Type { return TypeLookupForwardOpen }
+func (m *LookupForwardOpen) Encode(w *Writer) {
+	w.String(m.User)
+	w.U32(m.UID)
+	w.String(m.Dir)
+}
+func (m *LookupForwardOpen) Decode(r *Reader) { m.User, m.UID, m.Dir = r.String(), r.U32(), r.String() }
+
+// ParentForwardFile answers LookupForwardOpen with the open file.
+type ParentForwardFile struct{ fileField }
+
+// NewParentForwardFile returns a ParentForwardFile carrying f.
+func NewParentForwardFile(f *os.File) *ParentForwardFile { return &ParentForwardFile{fileField{f}} }
+
+func (*ParentForwardFile) Type() Type     { return TypeParentForwardFile }
+func (*ParentForwardFile) Encode(*Writer) {}
+func (*ParentForwardFile) Decode(*Reader) {}
+
+// ParentForwardNone answers LookupForwardOpen when there is no file to
+// use: StatusOK means the user has none, StatusTempfail that it could
+// not be read now.
+type ParentForwardNone struct {
+	Status Status
+	Text   string
+}
+
+func (*ParentForwardNone) Type() Type { return TypeParentForwardNone }
+func (m *ParentForwardNone) Encode(w *Writer) {
+	w.U8(uint8(m.Status))
+	w.String(m.Text)
+}
+func (m *ParentForwardNone) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }

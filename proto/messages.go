@@ -35,6 +35,9 @@ const (
 	TypeParentMDADeliver
 	TypeMDADeliveryResult
 	TypeQueueExpandRcpt
+	TypeLookupForwardOpen
+	TypeParentForwardFile
+	TypeParentForwardNone
 	typeEnd
 )
 
@@ -65,6 +68,9 @@ var typeNames = [...]string{
 	TypeParentMDADeliver:      "ParentMDADeliver",
 	TypeMDADeliveryResult:     "MDADeliveryResult",
 	TypeQueueExpandRcpt:       "QueueExpandRcpt",
+	TypeLookupForwardOpen:     "LookupForwardOpen",
+	TypeParentForwardFile:     "ParentForwardFile",
+	TypeParentForwardNone:     "ParentForwardNone",
 }
 
 func (t Type) String() string {
@@ -142,6 +148,12 @@ func New(t Type) (Message, bool) {
 		return &MDADeliveryResult{}, true
 	case TypeQueueExpandRcpt:
 		return &QueueExpandRcpt{}, true
+	case TypeLookupForwardOpen:
+		return &LookupForwardOpen{}, true
+	case TypeParentForwardFile:
+		return &ParentForwardFile{}, true
+	case TypeParentForwardNone:
+		return &ParentForwardNone{}, true
 	}
 	return nil, false
 }

@@ -48,6 +48,9 @@ func samples(t *testing.T) []struct {
 		{ProcParent, ProcQueue, &ParentDeliveryResult{DeliveryResult{1<<32 | 1, StatusTempfail, "mda exited 75"}}},
 		{ProcParent, ProcMDA, NewParentMDADeliver([]byte("evp"), f)},
 		{ProcQueue, ProcLookup, &QueueExpandRcpt{SMTPExpandRcpt{Session: Session{Local: true}, Rcpt: "a@example.net"}}},
+		{ProcLookup, ProcParent, &LookupForwardOpen{User: "b", UID: 1000, Dir: "/home/b"}},
+		{ProcParent, ProcLookup, NewParentForwardFile(f)},
+		{ProcParent, ProcLookup, &ParentForwardNone{Status: StatusTempfail, Text: "permission denied"}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

@@ -2,14 +2,18 @@ package regress
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/mail"
 	"net/textproto"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -208,4 +212,82 @@ func TestAliases(t *testing.T) {
 	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO c.example\nexpect 250\nsend MAIL FROM:<s@example.net>\nexpect 250\nsend RCPT TO:<gone@alias.example.test>\nexpect 550 ^550 5.1.6 This address is gone$\n"); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestDotForward: a system user's ~/.forward, opened by the parent,
+// sends mail to the user's mailbox (\user) and to a program that runs
+// as the user; a .forward others can write is ignored.
+func TestDotForward(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a user and deliver as that user")
+	}
+	dir, _ := WriteConfig(t, "")
+	home := filepath.Join(dir, "home")
+	os.Mkdir(home, 0o755)
+	const user = "smtpdfwdtest"
+	exec.Command("userdel", user).Run()
+	if out, err := exec.Command("useradd", "-M", "-d", home, "-s", "/usr/sbin/nologin", user).CombinedOutput(); err != nil {
+		t.Fatalf("useradd: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("userdel", user).Run() })
+	acct, err := privsepAccount(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(home, acct[0], acct[1])
+	out := filepath.Join(dir, "out")
+	os.Mkdir(out, 0o777)
+	os.Chmod(out, 0o777)
+	os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755)
+	fwd := filepath.Join(home, ".forward")
+	os.WriteFile(fwd, []byte("\\"+user+"\n\"|"+dir+"/deliver.sh ok "+out+"/prog\"\n"), 0o644)
+	os.Chown(fwd, acct[0], acct[1])
+	conf := DefaultConfig + `
+action "sys" { mbox = "{{DIR}}/out/mbox-${user.name}" }
+match {
+  from   = "any"
+  for    = "fwd.example.test"
+  action = action.sys
+}
+`
+	d := StartWith(t, bin, Options{Config: conf, Dir: dir})
+	swaks(t, swaksArgs(d, user+"@fwd.example.test")...)
+	waitFile(t, d, filepath.Join(out, "prog.ok"), 10*time.Second)
+	var st syscall.Stat_t
+	syscall.Stat(filepath.Join(out, "prog.ok"), &st)
+	if int(st.Uid) != acct[0] {
+		t.Errorf("program ran as uid %d, want %d", st.Uid, acct[0])
+	}
+	mbox := waitFile(t, d, filepath.Join(out, "mbox-"+user), 10*time.Second)
+	if !strings.Contains(mbox, "Delivered-To: "+user+"@fwd.example.test") {
+		t.Errorf("mbox %q", mbox)
+	}
+
+	os.Chmod(fwd, 0o666)
+	os.Remove(filepath.Join(out, "prog.ok"))
+	swaks(t, swaksArgs(d, user+"@fwd.example.test")...)
+	d.WaitStat("scheduler.delivery.ok", "3", 10*time.Second)
+	if _, err := os.Stat(filepath.Join(out, "prog.ok")); err == nil {
+		t.Error("a .forward writable by others was used")
+	}
+	if !strings.Contains(d.Log(), "ignoring "+fwd+": writable by others") {
+		t.Errorf("not logged:\n%s", d.Log())
+	}
+}
+
+// privsepAccount returns the uid and gid of a user from /etc/passwd.
+func privsepAccount(name string) ([2]int, error) {
+	data, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return [2]int{}, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) > 3 && f[0] == name {
+			uid, _ := strconv.Atoi(f[2])
+			gid, _ := strconv.Atoi(f[3])
+			return [2]int{uid, gid}, nil
+		}
+	}
+	return [2]int{}, fmt.Errorf("no user %s", name)
 }

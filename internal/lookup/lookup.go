@@ -2,6 +2,7 @@ package lookup
 
 import (
 	"fmt"
+	"io"
 
 	"smtpd/internal/privsep"
 	"smtpd/proto"
@@ -14,10 +15,19 @@ const destinationsPerFrame = 25
 // Run runs the lookup process on c.
 func Run(c *privsep.Child) {
 	r := NewResolver(c.Config)
+	reqs := proto.NewRequests()
+	r.Forward = func(acct Account) ([]string, error) { return askForward(c, reqs, acct) }
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
 	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+		switch env.Msg.(type) {
+		case *proto.ParentForwardFile, *proto.ParentForwardNone:
+			if !reqs.Deliver(env) {
+				return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
+			}
+			return nil
+		}
 		var m *proto.SMTPExpandRcpt
 		switch q := env.Msg.(type) {
 		case *proto.SMTPExpandRcpt:
@@ -65,4 +75,32 @@ func sendExpansion(c *privsep.Child, ch *proto.Channel, res proto.LookupExpandRe
 			return nil
 		}
 	}
+}
+
+// MaxForward bounds the .forward file read.
+const MaxForward = 64 * 1024
+
+// askForward has the parent open a user's ~/.forward and reads it.
+func askForward(c *privsep.Child, reqs *proto.Requests, acct Account) ([]string, error) {
+	id, answers := reqs.Open()
+	defer reqs.Close(id)
+	if err := c.Send(c.Parent, &proto.LookupForwardOpen{User: acct.Name, UID: uint32(acct.UID), Dir: acct.Directory}, id); err != nil {
+		return nil, err
+	}
+	env := <-answers
+	switch m := env.Msg.(type) {
+	case *proto.ParentForwardNone:
+		if m.Status != proto.StatusOK {
+			return nil, fmt.Errorf("lookup: .forward of %s: %s", acct.Name, m.Text)
+		}
+		return nil, nil
+	case *proto.ParentForwardFile:
+		defer m.File().Close()
+		data, err := io.ReadAll(io.LimitReader(m.File(), MaxForward))
+		if err != nil {
+			return nil, fmt.Errorf("lookup: .forward of %s: %w", acct.Name, err)
+		}
+		return ParseForward(data), nil
+	}
+	return nil, fmt.Errorf("lookup: unexpected %s", env.Type)
 }

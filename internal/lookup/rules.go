@@ -41,6 +41,9 @@ type Resolver struct {
 	// Passwd looks up a user in the system password database; a test
 	// may replace it.
 	Passwd func(name string) (Account, error)
+	// Forward returns the entries of a user's ~/.forward, none if the
+	// user has no usable one; nil means .forward files are not read.
+	Forward func(Account) ([]string, error)
 }
 
 // NewResolver returns a resolver for cfg using the system password
@@ -182,7 +185,7 @@ func (x *expansion) address(s string, depth int) error {
 			return x.targets(idx, act, a, v, depth)
 		}
 	}
-	return x.local(idx, act, a)
+	return x.local(idx, act, a, depth, true)
 }
 
 // virtual expands through the virtual table in the order user+tag@dom,
@@ -224,7 +227,7 @@ func (x *expansion) targets(idx int, act *config.Action, orig Address, value str
 		case strings.HasPrefix(t, "error:"):
 			return aliasError(strings.TrimPrefix(t, "error:"))
 		case strings.HasPrefix(t, "|") || strings.HasPrefix(t, "/"):
-			if err := x.program(idx, act, orig, t); err != nil {
+			if err := x.program(idx, act, orig, t, ""); err != nil {
 				return err
 			}
 		case strings.HasPrefix(t, ":include:"):
@@ -244,7 +247,7 @@ func (x *expansion) targets(idx int, act *config.Action, orig Address, value str
 				return err
 			}
 		default:
-			if err := x.local(idx, act, Address{User: t, Domain: orig.Domain}); err != nil {
+			if err := x.local(idx, act, Address{User: t, Domain: orig.Domain}, depth+1, true); err != nil {
 				return err
 			}
 		}
@@ -286,16 +289,20 @@ func includeList(data []byte) string {
 }
 
 // program makes a delivery to a "|command" or a "/file", run as the
-// action's user or AliasUser.
-func (x *expansion) program(idx int, act *config.Action, orig Address, target string) error {
-	key := "target:" + act.Name + ":" + target
+// user whose .forward names it, else as the action's user or AliasUser.
+func (x *expansion) program(idx int, act *config.Action, orig Address, target, owner string) error {
+	key := "target:" + act.Name + ":" + owner + ":" + target
 	if x.seen[key] {
 		return nil
 	}
 	x.seen[key] = true
-	account := AliasUser
-	if act.User != "" {
+	account := owner
+	switch {
+	case account != "":
+	case act.User != "":
 		account = act.User
+	default:
+		account = AliasUser
 	}
 	if _, err := x.r.account(act, account); err != nil {
 		return err
@@ -323,8 +330,12 @@ func aliasError(s string) error {
 }
 
 // local makes a local delivery to the user of a, who must exist in the
-// userbase unless the action delivers as a fixed user.
-func (x *expansion) local(idx int, act *config.Action, a Address) error {
+// userbase unless the action delivers as a fixed user. A system user's
+// ~/.forward, if the action allows it, replaces the delivery.
+func (x *expansion) local(idx int, act *config.Action, a Address, depth int, forward bool) error {
+	if depth > MaxDepth {
+		return reject(550, "5.4.6", "Expansion too deep for <%s>", a)
+	}
 	user, _ := a.base()
 	user = strings.ToLower(user)
 	key := "user:" + act.Name + ":" + user + "@" + a.Domain
@@ -336,17 +347,63 @@ func (x *expansion) local(idx int, act *config.Action, a Address) error {
 	if act.User != "" {
 		account = act.User
 	}
-	if _, err := x.r.account(act, account); err != nil {
+	acct, err := x.r.account(act, account)
+	if err != nil {
 		if errors.Is(err, ErrNoAccount) {
 			return reject(550, "5.1.1", "Invalid recipient: <%s>", a)
 		}
 		return err
+	}
+	if forward && act.User == "" && act.Userbase == nil && x.r.Forward != nil {
+		entries, err := x.r.Forward(acct)
+		if err != nil {
+			return err
+		}
+		if len(entries) > 0 {
+			return x.forward(idx, act, a, acct, entries, depth)
+		}
 	}
 	x.out = append(x.out, proto.Destination{
 		Kind: string(envelope.MDA), Rule: uint32(idx), Action: act.Name,
 		Dest: Address{User: user, Domain: a.Domain}.String(), User: account,
 	})
 	return nil
+}
+
+// forward expands the entries of a user's .forward: addresses, other
+// users, "|command" and "/file" deliveries run as the user, and
+// "\user", a delivery to the user's own mailbox.
+func (x *expansion) forward(idx int, act *config.Action, a Address, acct Account, entries []string, depth int) error {
+	for _, t := range entries {
+		var err error
+		switch {
+		case strings.HasPrefix(t, "\\"):
+			delete(x.seen, "user:"+act.Name+":"+strings.ToLower(strings.TrimPrefix(t, "\\"))+"@"+a.Domain)
+			err = x.local(idx, act, Address{User: strings.TrimPrefix(t, "\\"), Domain: a.Domain}, depth+1, false)
+		case strings.HasPrefix(t, "|") || strings.HasPrefix(t, "/"):
+			err = x.program(idx, act, a, t, acct.Name)
+		case strings.Contains(t, "@"):
+			err = x.address(t, depth+1)
+		default:
+			err = x.local(idx, act, Address{User: t, Domain: a.Domain}, depth+1, true)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ParseForward splits the content of a .forward file into entries:
+// separated by commas or lines, comments and quotes removed.
+func ParseForward(data []byte) []string {
+	var out []string
+	for _, t := range splitTargets(includeList(data)) {
+		if t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // Account resolves a user through the action's userbase table, whose

@@ -219,3 +219,42 @@ match {
 		t.Errorf("unreadable include: %+v", res)
 	}
 }
+
+func TestForward(t *testing.T) {
+	r := resolver(t, `
+action "local" { mbox = true }
+match {
+  from   = "any"
+  for    = "example.org"
+  action = action.local
+}
+`)
+	forwards := map[string]string{
+		"a": "\\a, b, x@example.org, \"|/usr/bin/procmail -t\"\n# comment\n/home/a/archive\n",
+		"b": "c\n",
+		"c": "b\n", // a loop back to b
+	}
+	r.Forward = func(acct Account) ([]string, error) {
+		if acct.Name == "broken" {
+			return nil, fmt.Errorf("unreadable")
+		}
+		return ParseForward([]byte(forwards[acct.Name])), nil
+	}
+	r.Passwd = func(name string) (Account, error) {
+		if name == "x" || name == "broken" || len(name) == 1 {
+			return Account{Name: name, Directory: "/home/" + name}, nil
+		}
+		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+	}
+	res := r.Expand(remote, "a@example.org")
+	var got []string
+	for _, d := range res.Destinations {
+		got = append(got, d.User+":"+d.Target)
+	}
+	if res.Status != proto.StatusOK || fmt.Sprint(got) != "[a: x: a:|/usr/bin/procmail -t a:/home/a/archive]" {
+		t.Errorf("%+v\n%v", res, got)
+	}
+	if res := r.Expand(remote, "broken@example.org"); res.Status != proto.StatusTempfail {
+		t.Errorf("unreadable .forward: %+v", res)
+	}
+}

@@ -102,9 +102,13 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 			p.stop()
 			return 1
 		case ev := <-p.events:
-			if ev.env != nil && ev.proc == proto.ProcQueue {
-				if m, ok := ev.env.Msg.(*proto.QueueDeliverLocal); ok {
+			if ev.env != nil {
+				switch m := ev.env.Msg.(type) {
+				case *proto.QueueDeliverLocal:
 					go p.deliverLocal(m)
+					continue
+				case *proto.LookupForwardOpen:
+					go p.openForward(m, ev.env.PeerID)
 					continue
 				}
 			}
