@@ -291,3 +291,29 @@ func privsepAccount(name string) ([2]int, error) {
 	}
 	return [2]int{}, fmt.Errorf("no user %s", name)
 }
+
+// TestLMTP: one smtpd delivers with `lmtp` to a second smtpd that
+// listens with `protocol = "lmtp"` and keeps the mail in its maildir.
+func TestLMTP(t *testing.T) {
+	farConf := strings.Replace(DefaultConfig, `listen "mx" { address = "{{ADDR}}" }`, "listen \"mx\" {\n  address  = \"{{ADDR}}\"\n  protocol = \"lmtp\"\n}", 1)
+	far := StartWith(t, bin, Options{Config: strings.Replace(farConf, "for    = table.domains", `for    = "any"`, 1)})
+	near := StartWith(t, bin, Options{Config: DefaultConfig + `
+action "lmtp" {
+  lmtp     = "` + far.SMTPAddr + `"
+  virtual  = { "@" = "sink" }
+  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
+}
+match {
+  from   = "any"
+  for    = "lmtp.example.test"
+  action = action.lmtp
+}
+`})
+	swaks(t, swaksArgs(near, "anyone@lmtp.example.test")...)
+	for _, m := range far.WaitMail(1, 10*time.Second) {
+		if !strings.Contains(m, "Delivered-To: sink@lmtp.example.test") || strings.Count(m, "Received: ") != 2 || !strings.Contains(m, "with LMTP") || !strings.Contains(m, unixBody) {
+			t.Errorf("delivered over LMTP:\n%s", m)
+		}
+	}
+	near.WaitStat("scheduler.delivery.ok", "1", 5*time.Second)
+}

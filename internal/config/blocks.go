@@ -45,16 +45,19 @@ type Listener struct {
 	Hostname  string
 	Auth      AuthMode
 	AuthTable *Table
-	Range     hcl.Range
+	// Protocol is "smtp", or "lmtp" to accept final deliveries from
+	// other mail systems (RFC 2033).
+	Protocol string
+	Range    hcl.Range
 }
 
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
-	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"},
+	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {
-	l := &Listener{Name: b.Labels[0], TLS: TLSNone, Hostname: d.cfg.Hostname, Range: b.DefRange}
+	l := &Listener{Name: b.Labels[0], TLS: TLSNone, Hostname: d.cfg.Hostname, Protocol: "smtp", Range: b.DefRange}
 	d.cfg.Listeners = append(d.cfg.Listeners, l)
 	content, diags := b.Body.Content(listenSchema)
 	d.diags = append(d.diags, diags...)
@@ -65,6 +68,9 @@ func (d *decoder) listener(b *hcl.Block) {
 		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 			d.errorf(attrs["address"].Expr.Range(), "Invalid port", "%q is not a port number.", port)
 		}
+	}
+	if d.decode(attrs, "protocol", &l.Protocol) && l.Protocol != "smtp" && l.Protocol != "lmtp" {
+		d.errorf(attrs["protocol"].Expr.Range(), "Invalid protocol", "protocol must be \"smtp\" or \"lmtp\", not %q.", l.Protocol)
 	}
 	var mode string
 	if d.decode(attrs, "tls", &mode) {

@@ -109,6 +109,8 @@ func deliverEnvelope(cfg *config.Config, r *lookup.Resolver, e *envelope.Envelop
 		return deliverMaildir(target, cfg.Hostname, e, body)
 	case config.Mbox:
 		return deliverMbox(target, e, body)
+	case config.LMTP:
+		return deliverLMTP(target, cfg.Hostname, e, body)
 	}
 	return tempError{fmt.Errorf("mda: %s delivery is not available", act.Method)}
 }

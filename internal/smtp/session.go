@@ -291,6 +291,9 @@ func (sess *session) receive(msgid uint32, body *os.File, r io.Reader) error {
 func (sess *session) writeTrace(w *bufio.Writer, msgid uint32, info headerInfo) {
 	host := sess.s.cfg.Hostname
 	proto := "ESMTP"
+	if sess.listener.Protocol == "lmtp" {
+		proto = "LMTP"
+	}
 	tlsInfo := ""
 	if st, ok := sess.conn.TLSConnectionState(); ok {
 		proto += "S"

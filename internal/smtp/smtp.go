@@ -128,6 +128,7 @@ func sessionCap(configured int) int {
 func (s *Server) serve(lc *config.Listener, ln net.Listener) {
 	srv := gosmtp.NewServer(&backend{s: s, listener: lc})
 	srv.Domain = lc.Hostname
+	srv.LMTP = lc.Protocol == "lmtp"
 	srv.MaxMessageBytes = s.cfg.Limits.MessageSize
 	srv.MaxRecipients = s.cfg.Limits.Recipients
 	srv.MaxLineLength = s.cfg.Limits.LineLength
