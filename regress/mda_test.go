@@ -39,17 +39,19 @@ ok)    env > "$2.env"; cat > "$2.tmp"; mv "$2.tmp" "$2.ok"; exit 0 ;;
 retry) if [ -e "$2.retried" ]; then cat > "$2.tmp"; mv "$2.tmp" "$2.retry"; exit 0; fi
        touch "$2.retried"; cat > /dev/null; exit 75 ;;
 fail)  cat > /dev/null; echo "mailbox disabled" >&2; exit 1 ;;
+stuck) cat > /dev/null; echo "mailbox busy" >&2; exit 75 ;;
 esac
 exit 1
 `
 
-func startMDA(t *testing.T) *Daemon {
+func startMDA(t *testing.T, limits ...string) *Daemon {
 	t.Helper()
 	dir, _ := WriteConfig(t, "")
 	if err := os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return StartWith(t, bin, Options{Config: DefaultConfig + mdaConfig, Dir: dir})
+	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, `retry_base = "1s"`+"\n"+strings.Join(limits, "\n"), 1)
+	return StartWith(t, bin, Options{Config: conf + mdaConfig, Dir: dir})
 }
 
 func waitFile(t *testing.T, d *Daemon, path string, timeout time.Duration) string {
@@ -109,6 +111,24 @@ func TestBounce(t *testing.T) {
 	}
 	if st := d.Stats(); st["queue.bounce"] != "1" {
 		t.Errorf("queue.bounce=%q", st["queue.bounce"])
+	}
+}
+
+// TestDelayWarning: a message still undelivered after bounce_warn gets
+// its sender one delay notice, not one per retry.
+func TestDelayWarning(t *testing.T) {
+	d := startMDA(t, `bounce_warn = "1s"`)
+	swaks(t, "--server", d.SMTPAddr, "--helo", "client.example.net", "--from", "author@example.test",
+		"--to", "stuck@cmd.example.test", "--header", "Subject: doomed", "--body", "stuck")
+	d.WaitStat("scheduler.delivery.tempfail", "3", 20*time.Second)
+	msgs := d.Mail()
+	if len(msgs) != 1 {
+		t.Fatalf("%d notices, want 1", len(msgs))
+	}
+	for _, m := range msgs {
+		if !strings.Contains(m, "Action: delayed") || !strings.Contains(m, "Status: 4.0.0") || !strings.Contains(m, "mailbox busy") || !strings.Contains(m, "Will-Retry-Until: ") {
+			t.Errorf("delay notice:\n%s", m)
+		}
 	}
 }
 

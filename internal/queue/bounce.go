@@ -13,32 +13,55 @@ import (
 	"smtpd/proto"
 )
 
-// notify reports whether the sender asked to hear of this failure: by
-// default yes; with NOTIFY (RFC 3461 §4.1) only if it lists FAILURE.
-func notify(e *envelope.Envelope) bool {
+// notice is the kind of a delivery status notification.
+type notice string
+
+// The notices this queue sends (RFC 3464 §2.3.3 Action values).
+const (
+	noticeFailed  notice = "failed"
+	noticeDelayed notice = "delayed"
+)
+
+// notify reports whether the sender asked to hear of this event: by
+// default yes; with NOTIFY (RFC 3461 §4.1) only if it lists FAILURE,
+// or DELAY for a delay.
+func notify(e *envelope.Envelope, kind notice) bool {
 	if e.Sender == "" {
 		return false // never bounce a bounce (RFC 5321 §6.1)
 	}
 	if e.Notify == "" {
 		return true
 	}
-	return strings.Contains(strings.ToUpper(e.Notify), "FAILURE")
+	want := "FAILURE"
+	if kind == noticeDelayed {
+		want = "DELAY"
+	}
+	return strings.Contains(strings.ToUpper(e.Notify), want)
 }
 
 // bounce sends the sender of e a delivery status notification (RFC
 // 3464) saying that delivery to e's recipient failed for reason.
 func (q *Queue) bounce(e *envelope.Envelope, reason string) {
-	if !notify(e) {
+	q.sendNotice(e, noticeFailed, reason)
+}
+
+// warn tells the sender that delivery to e's recipient is delayed.
+func (q *Queue) warn(e *envelope.Envelope, reason string) {
+	q.sendNotice(e, noticeDelayed, reason)
+}
+
+func (q *Queue) sendNotice(e *envelope.Envelope, kind notice, reason string) {
+	if !notify(e, kind) {
 		return
 	}
-	if err := q.sendBounce(e, reason); err != nil {
-		q.warnf("%016x: no failure notice to <%s>: %v", e.ID, e.Sender, err)
+	if err := q.commitNotice(e, kind, reason); err != nil {
+		q.warnf("%016x: no %s notice to <%s>: %v", e.ID, kind, e.Sender, err)
 		return
 	}
 	q.stats.Increment("queue.bounce", 1)
 }
 
-func (q *Queue) sendBounce(e *envelope.Envelope, reason string) error {
+func (q *Queue) commitNotice(e *envelope.Envelope, kind notice, reason string) error {
 	dests, err := q.expand(e.Sender)
 	if err != nil {
 		return err
@@ -47,7 +70,7 @@ func (q *Queue) sendBounce(e *envelope.Envelope, reason string) error {
 	if err != nil {
 		return err
 	}
-	if err := q.writeDSN(f, id, e, reason); err != nil {
+	if err := q.writeDSN(f, id, e, kind, reason); err != nil {
 		f.Close()
 		q.store.Discard(id)
 		return err
@@ -100,15 +123,20 @@ func (q *Queue) expand(addr string) ([]proto.Destination, error) {
 // writeDSN writes the notification: a multipart/report with a human
 // part, the machine-readable delivery-status, and the original header
 // (RET=HDRS, the default) or the whole message (RET=FULL).
-func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, reason string) error {
+func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, kind notice, reason string) error {
 	w := bufio.NewWriter(f)
 	now := time.Now()
 	boundary := fmt.Sprintf("%08x.%x/%s", id, rand.Uint64(), q.hostname)
-	status, diag := dsnStatus(reason)
+	status, diag := dsnStatus(reason, kind)
+	subject, human := "Delivery failure: returned mail", "The delivery will not be tried again."
+	if kind == noticeDelayed {
+		subject = "Delivery delayed: still trying"
+		human = fmt.Sprintf("This is only a warning: delivery will be tried again until %s.", e.Expire.Format(time.RFC1123Z))
+	}
 	fmt.Fprintf(w, "Received: from localhost (smtpd) by %s id %08x;\r\n\t%s\r\n", q.hostname, id, now.Format(time.RFC1123Z))
 	fmt.Fprintf(w, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", q.hostname)
 	fmt.Fprintf(w, "To: <%s>\r\n", e.Sender)
-	fmt.Fprintf(w, "Subject: Delivery failure: returned mail\r\n")
+	fmt.Fprintf(w, "Subject: %s\r\n", subject)
 	fmt.Fprintf(w, "Date: %s\r\n", now.Format(time.RFC1123Z))
 	fmt.Fprintf(w, "Message-Id: <%d.%08x.bounce@%s>\r\n", now.Unix(), id, q.hostname)
 	fmt.Fprintf(w, "Auto-Submitted: auto-replied\r\n")
@@ -118,7 +146,7 @@ func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, reason str
 	fmt.Fprintf(w, "Content-Type: text/plain; charset=utf-8\r\n\r\n")
 	fmt.Fprintf(w, "This is the mail system at %s.\r\n\r\n", q.hostname)
 	fmt.Fprintf(w, "Your message could not be delivered to <%s>:\r\n\r\n    %s\r\n\r\n", e.Rcpt, reason)
-	fmt.Fprintf(w, "The delivery will not be tried again. The header of your message\r\nfollows.\r\n\r\n")
+	fmt.Fprintf(w, "%s The header of your message follows.\r\n\r\n", human)
 	fmt.Fprintf(w, "--%s\r\nContent-Type: message/delivery-status\r\n\r\n", boundary)
 	fmt.Fprintf(w, "Reporting-MTA: dns; %s\r\n", q.hostname)
 	if e.EnvID != "" {
@@ -129,10 +157,14 @@ func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, reason str
 		fmt.Fprintf(w, "Original-Recipient: %s\r\n", e.ORcpt)
 	}
 	fmt.Fprintf(w, "Final-Recipient: rfc822; %s\r\n", e.Rcpt)
-	fmt.Fprintf(w, "Action: failed\r\nStatus: %s\r\n", status)
+	fmt.Fprintf(w, "Action: %s\r\nStatus: %s\r\n", kind, status)
 	fmt.Fprintf(w, "Diagnostic-Code: %s\r\n", diag)
-	fmt.Fprintf(w, "Last-Attempt-Date: %s\r\n\r\n", now.Format(time.RFC1123Z))
-	full := strings.EqualFold(e.Ret, "FULL")
+	fmt.Fprintf(w, "Last-Attempt-Date: %s\r\n", now.Format(time.RFC1123Z))
+	if kind == noticeDelayed {
+		fmt.Fprintf(w, "Will-Retry-Until: %s\r\n", e.Expire.Format(time.RFC1123Z))
+	}
+	fmt.Fprintf(w, "\r\n")
+	full := strings.EqualFold(e.Ret, "FULL") && kind == noticeFailed
 	part := "text/rfc822-headers"
 	if full {
 		part = "message/rfc822"
@@ -147,12 +179,16 @@ func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, reason str
 
 // dsnStatus derives the Status and Diagnostic-Code fields from a
 // failure text that may start with an SMTP reply ("550 5.1.1 ...").
-func dsnStatus(reason string) (status, diag string) {
+func dsnStatus(reason string, kind notice) (status, diag string) {
+	class := byte('5')
+	if kind == noticeDelayed {
+		class = '4'
+	}
 	f := strings.Fields(reason)
-	if len(f) >= 2 && len(f[0]) == 3 && f[0][0] == '5' && strings.Count(f[1], ".") == 2 && f[1][0] == '5' {
+	if len(f) >= 2 && len(f[0]) == 3 && f[0][0] == class && strings.Count(f[1], ".") == 2 && f[1][0] == class {
 		return f[1], "smtp; " + reason
 	}
-	return "5.0.0", "x-local; " + reason
+	return string(class) + ".0.0", "x-local; " + reason
 }
 
 // copyOriginal copies the original message's header, or all of it.

@@ -90,6 +90,7 @@ func Run(c *privsep.Child) {
 		return c.Send(c.Parent, proto.NewQueueDeliverLocal(data, body), 0)
 	}, c.Log)
 	q.sched.OnPermfail = q.bounce
+	q.sched.OnDelay = q.warn
 	for _, e := range rec.Envelopes {
 		q.sched.Add(e)
 	}

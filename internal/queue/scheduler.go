@@ -24,6 +24,9 @@ type Scheduler struct {
 	// OnPermfail is told of every envelope that failed for good, before
 	// the envelope is removed: it sends the notification to the sender.
 	OnPermfail func(e *envelope.Envelope, reason string)
+	// OnDelay is told once of an envelope still undelivered after
+	// limits.BounceWarn, to warn the sender.
+	OnDelay func(e *envelope.Envelope, reason string)
 
 	mu       sync.Mutex
 	envs     map[uint64]*entry
@@ -165,10 +168,19 @@ func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 		e.Retries++
 		e.LastTry = time.Now()
 		e.LastError = text
+		warn := !e.Warned && e.LastTry.Sub(e.Created) >= s.limits.BounceWarn && s.OnDelay != nil
+		if warn {
+			e.Warned = true
+		}
 		if err := s.store.Update(e); err != nil {
 			s.log.Warnf("%016x: %v", e.ID, err)
 		}
 		s.log.Infof("%016x: temporary failure for <%s>: %s (retry %d)", e.ID, e.Dest, text, e.Retries)
+		if warn {
+			// a copy: the envelope itself may change while the warning goes out
+			ec := *e
+			go s.OnDelay(&ec, text)
+		}
 		s.mu.Lock()
 		en.inflight = false
 		en.next = e.LastTry.Add(s.backoff(e.Retries))
