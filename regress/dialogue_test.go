@@ -2,6 +2,7 @@ package regress
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -93,4 +94,52 @@ func TestConnectFilter(t *testing.T) {
 	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend QUIT\nexpect 221\n"); err != nil {
 		t.Error(err)
 	}
+}
+
+// TestSessionLimits: past sessions_per_ip (and past sessions), a client
+// gets 421 instead of the greeting, and the sessions it holds still work.
+func TestSessionLimits(t *testing.T) {
+	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, "retry_base = \"1s\"\n  sessions = 3\n  sessions_per_ip = 2", 1)
+	d := StartWith(t, bin, Options{Config: conf})
+	dial := func(src string) (net.Conn, string) {
+		dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		c, err := dialer.Dial("tcp", d.SMTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		reply, _ := readReply(bufio.NewReader(c))
+		return c, reply
+	}
+	var held []net.Conn
+	for _, src := range []string{"127.0.0.1", "127.0.0.1"} {
+		c, reply := dial(src)
+		held = append(held, c)
+		if !strings.HasPrefix(reply, "220 ") {
+			t.Fatalf("greeting %q", reply)
+		}
+	}
+	c, reply := dial("127.0.0.1")
+	c.Close()
+	if !strings.HasPrefix(reply, "421 4.7.0 Too many sessions from your address") {
+		t.Errorf("third session from one address: %q", reply)
+	}
+	c, reply = dial("127.0.0.3")
+	held = append(held, c)
+	if !strings.HasPrefix(reply, "220 ") {
+		t.Errorf("other address: %q", reply)
+	}
+	c, reply = dial("127.0.0.4")
+	c.Close()
+	if !strings.HasPrefix(reply, "421 4.7.0 Too many sessions") {
+		t.Errorf("fourth session: %q", reply)
+	}
+	io.WriteString(held[0], "NOOP\r\n")
+	if reply, err := readReply(bufio.NewReader(held[0])); err != nil || !strings.HasPrefix(reply, "250") {
+		t.Errorf("held session: %q %v", reply, err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	d.WaitStat("smtp.session.refused", "2", 5*time.Second)
 }
