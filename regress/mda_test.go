@@ -337,3 +337,33 @@ match {
 	}
 	near.WaitStat("scheduler.delivery.ok", "1", 5*time.Second)
 }
+
+// TestDSNParameters: NOTIFY=NEVER suppresses the failure notice; RET=FULL
+// returns the whole message; ENVID and ORCPT are reported back.
+func TestDSNParameters(t *testing.T) {
+	d := startMDA(t)
+	script := "expect 220\nsend EHLO c.example\nexpect 250\n" +
+		"send MAIL FROM:<author@example.test> RET=FULL ENVID=env-42\nexpect 250\n" +
+		"send RCPT TO:<fail@cmd.example.test> NOTIFY=FAILURE ORCPT=rfc822;orig@example.test\nexpect 250\n" +
+		"send DATA\nexpect 354\nsend Subject: full return\nsend\nsend the whole body\nsend .\nexpect 250\n" +
+		"send MAIL FROM:<author@example.test>\nexpect 250\n" +
+		"send RCPT TO:<fail@cmd.example.test> NOTIFY=NEVER\nexpect 250\n" +
+		"send DATA\nexpect 354\nsend Subject: silent\nsend\nsend .\nexpect 250\nsend QUIT\nexpect 221\n"
+	if err := RunDialogue(d.SMTPAddr, script); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitStat("scheduler.delivery.permfail", "2", 10*time.Second)
+	msgs := d.WaitMail(1, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if msgs = d.Mail(); len(msgs) != 1 {
+		t.Fatalf("%d notices, want 1", len(msgs))
+	}
+	for _, m := range msgs {
+		for _, want := range []string{"Original-Envelope-Id: env-42", "Original-Recipient: rfc822;orig@example.test",
+			"Content-Type: message/rfc822", "Subject: full return", "the whole body"} {
+			if !strings.Contains(m, want) {
+				t.Errorf("notice lacks %q:\n%s", want, m)
+			}
+		}
+	}
+}

@@ -108,3 +108,41 @@ func TestSpoolFull(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestCorruptEnvelope: at start, an envelope that cannot be read moves
+// to corrupt/ with a copy of its message, is counted and logged, and
+// the readable envelopes of the same message are still delivered.
+func TestCorruptEnvelope(t *testing.T) {
+	d := startMDA(t)
+	// two recipients whose deliveries stay queued (exit 75)
+	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO c.example\nexpect 250\nsend MAIL FROM:<>\nexpect 250\n"+
+		"send RCPT TO:<stuck@cmd.example.test>\nexpect 250\nsend RCPT TO:<retry@cmd.example.test>\nexpect 250\n"+
+		"send DATA\nexpect 354\nsend Subject: two\nsend\nsend .\nexpect 250\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Fatal(err)
+	}
+	d.WaitStat("scheduler.delivery.tempfail", "2", 10*time.Second)
+	d.Kill()
+	envs, _ := filepath.Glob(filepath.Join(d.Dir, "spool", "queue", "*", "*", "[0-9a-f]*"))
+	var victim string
+	for _, e := range envs {
+		if b, _ := os.ReadFile(e); strings.Contains(string(b), "dest: stuck@") {
+			victim = e
+		}
+	}
+	if len(envs) != 2 || victim == "" {
+		t.Fatalf("envelopes %v", envs)
+	}
+	os.WriteFile(victim, []byte("version: 1\ngarbage\n"), 0o600)
+	d2 := StartWith(t, bin, Options{Config: DefaultConfig + mdaConfig, Dir: d.Dir})
+	waitFile(t, d2, filepath.Join(d.Dir, "out.retry"), 15*time.Second)
+	d2.WaitStat("queue.corrupt", "1", 5*time.Second)
+	msg := filepath.Base(filepath.Dir(victim))
+	for _, f := range []string{filepath.Base(victim), "message"} {
+		if _, err := os.Stat(filepath.Join(d.Dir, "spool", "corrupt", msg, f)); err != nil {
+			t.Errorf("corrupt/%s/%s: %v", msg, f, err)
+		}
+	}
+	if !strings.Contains(d2.Log(), "line 2 is not key: value") {
+		t.Errorf("not reported:\n%s", d2.Log())
+	}
+}

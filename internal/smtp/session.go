@@ -363,7 +363,7 @@ func (sess *session) submit(msgid uint32) error {
 				}
 				e.Notify = strings.Join(notify, ",")
 				if r.opts.OriginalRecipient != "" {
-					e.ORcpt = string(r.opts.OriginalRecipientType) + ";" + sanitize(r.opts.OriginalRecipient)
+					e.ORcpt = strings.ToLower(string(r.opts.OriginalRecipientType)) + ";" + sanitize(r.opts.OriginalRecipient)
 				}
 			}
 			data, err := e.Marshal()
