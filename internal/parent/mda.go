@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"time"
 
@@ -46,17 +47,31 @@ func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.D
 		}
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
 	}
+	w, err := p.mdas.get(acct, p.startMDA)
+	if err != nil {
+		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: %v", err)}
+	}
+	res := w.deliver(evp, body)
+	if res.Status == 0 {
+		werr := w.kill()
+		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: no result (%v)", werr)}
+	}
+	p.mdas.put(w)
+	return res
+}
+
+// startMDA starts an mda process as acct.
+func (p *Parent) startMDA(acct lookup.Account) (*mdaWorker, error) {
 	mine, theirs, err := proto.Socketpair()
 	if err != nil {
-		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
+		return nil, err
 	}
+	defer theirs.Close()
 	ch, err := proto.NewChannel(mine, proto.ProcParent, proto.ProcMDA)
 	mine.Close()
 	if err != nil {
-		theirs.Close()
-		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
+		return nil, err
 	}
-	defer ch.Close()
 	args := []string{p.opts.Argv0, "-x", "mda", "-f", p.cfg.Path}
 	if p.opts.Foreground {
 		args = append(args, "-d")
@@ -81,32 +96,42 @@ func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.D
 	if fi, err := os.Stat(acct.Directory); err == nil && fi.IsDir() {
 		cmd.Dir = acct.Directory
 	}
-	err = cmd.Start()
-	theirs.Close()
-	if err != nil {
-		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: %v", err)}
+	if err := cmd.Start(); err != nil {
+		ch.Close()
+		return nil, err
 	}
-	res := p.talkMDA(ch, evp, body)
-	if res.Status == 0 {
-		cmd.Process.Kill()
-	}
-	werr := cmd.Wait()
-	if res.Status == 0 {
-		res = proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: no result (%v)", werr)}
-	}
-	return res
+	w := &mdaWorker{key: mdaKey(acct), cmd: cmd, ch: ch, exited: make(chan error, 1)}
+	go func() { w.exited <- cmd.Wait() }()
+	p.stats.Increment("mda.process", 1)
+	return w, nil
 }
 
-// talkMDA hands the delivery to the mda process and waits for its
-// result; a zero Status means none came.
-func (p *Parent) talkMDA(ch *proto.Channel, evp []byte, body *os.File) proto.DeliveryResult {
-	defer ch.Close()
-	if err := ch.Send(proto.NewParentMDADeliver(evp, body), 1); err != nil {
+// MDAIdle is how long an idle mda process waits for another delivery
+// to the same user before it is stopped.
+const MDAIdle = 10 * time.Second
+
+// mdaWorker is an mda process running as one user; it takes deliveries
+// one at a time for as long as it is busy, so that a burst of mail for a
+// user costs one process start, not one per message.
+type mdaWorker struct {
+	key    string
+	cmd    *exec.Cmd
+	ch     *proto.Channel
+	exited chan error
+	idle   *time.Timer
+}
+
+func mdaKey(a lookup.Account) string { return fmt.Sprintf("%d:%d:%s", a.UID, a.GID, a.Directory) }
+
+// deliver hands one delivery to the worker and waits for its result; a
+// zero Status means none came and the worker is broken.
+func (w *mdaWorker) deliver(evp []byte, body *os.File) proto.DeliveryResult {
+	if err := w.ch.Send(proto.NewParentMDADeliver(evp, body), 1); err != nil {
 		return proto.DeliveryResult{}
 	}
 	done := make(chan proto.DeliveryResult, 1)
 	go func() {
-		env, err := ch.Recv()
+		env, err := w.ch.Recv()
 		if err != nil {
 			done <- proto.DeliveryResult{}
 			return
@@ -121,6 +146,82 @@ func (p *Parent) talkMDA(ch *proto.Channel, evp []byte, body *os.File) proto.Del
 	case res := <-done:
 		return res
 	case <-time.After(MDATimeout):
-		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: "mda: timed out"}
+		return proto.DeliveryResult{}
+	}
+}
+
+// stop ends an idle worker: it exits when its channel closes.
+func (w *mdaWorker) stop() {
+	w.ch.Close()
+	go func() {
+		select {
+		case <-w.exited:
+		case <-time.After(5 * time.Second):
+			w.cmd.Process.Kill()
+		}
+	}()
+}
+
+// kill ends a broken worker and returns how it exited.
+func (w *mdaWorker) kill() error {
+	w.ch.Close()
+	w.cmd.Process.Kill()
+	return <-w.exited
+}
+
+// mdaPool keeps idle mda processes by user.
+type mdaPool struct {
+	mu   sync.Mutex
+	idle map[string][]*mdaWorker
+}
+
+func newMDAPool() *mdaPool { return &mdaPool{idle: map[string][]*mdaWorker{}} }
+
+// get returns an idle worker for acct, or starts one.
+func (pool *mdaPool) get(acct lookup.Account, start func(lookup.Account) (*mdaWorker, error)) (*mdaWorker, error) {
+	key := mdaKey(acct)
+	pool.mu.Lock()
+	for n := len(pool.idle[key]); n > 0; n = len(pool.idle[key]) {
+		w := pool.idle[key][n-1]
+		pool.idle[key] = pool.idle[key][:n-1]
+		if w.idle.Stop() {
+			pool.mu.Unlock()
+			return w, nil
+		}
+	}
+	pool.mu.Unlock()
+	return start(acct)
+}
+
+// put makes a worker idle; it stops after MDAIdle without work.
+func (pool *mdaPool) put(w *mdaWorker) {
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	w.idle = time.AfterFunc(MDAIdle, func() {
+		pool.mu.Lock()
+		list := pool.idle[w.key]
+		for i, x := range list {
+			if x == w {
+				pool.idle[w.key] = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		pool.mu.Unlock()
+		w.stop()
+	})
+	pool.idle[w.key] = append(pool.idle[w.key], w)
+}
+
+// close stops every idle worker.
+func (pool *mdaPool) close() {
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	for key, list := range pool.idle {
+		for _, w := range list {
+			if w.idle.Stop() {
+				w.stop()
+			}
+		}
+		delete(pool.idle, key)
 	}
 }

@@ -49,6 +49,7 @@ type child struct {
 type Parent struct {
 	resolver *lookup.Resolver
 	stats    *stats.Sender
+	mdas     *mdaPool
 	fatal    chan error
 	cfg      *config.Config
 	opts     Options
@@ -71,6 +72,7 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	p := &Parent{
 		cfg: cfg, opts: opts, log: log,
 		resolver: lookup.NewResolver(cfg),
+		mdas:     newMDAPool(),
 		children: map[proto.Proc]*child{},
 		events:   make(chan event, 16),
 		fatal:    make(chan error, 1),
@@ -359,6 +361,7 @@ func (p *Parent) connect(a, b proto.Proc) error {
 // stop sends SIGTERM to every child, waits for them, and kills those that
 // do not exit in time.
 func (p *Parent) stop() {
+	p.mdas.close()
 	for _, c := range p.children {
 		c.cmd.Process.Signal(syscall.SIGTERM)
 	}

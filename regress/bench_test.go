@@ -1,0 +1,99 @@
+package regress
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchSend sends n messages of body over sessions concurrent
+// connections, many messages per session as a busy relay does.
+func benchSend(b *testing.B, addr string, n, sessions int, body string) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions)
+	for range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close()
+			r := bufio.NewReader(conn)
+			expect := func(code string) error {
+				reply, err := readReply(r)
+				if err == nil && !strings.HasPrefix(reply, code) {
+					err = fmt.Errorf("got %q, want %s", reply, code)
+				}
+				return err
+			}
+			if err := expect("220"); err != nil {
+				errs <- err
+				return
+			}
+			fmt.Fprintf(conn, "EHLO bench.example\r\n")
+			if err := expect("250"); err != nil {
+				errs <- err
+				return
+			}
+			for sent := 0; next.Add(1) <= int64(n); sent++ {
+				if sent > 0 && sent%90 == 0 {
+					// stay under mails_per_session
+					fmt.Fprintf(conn, "RSET\r\n")
+					expect("250")
+				}
+				fmt.Fprintf(conn, "MAIL FROM:<s@example.net>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n")
+				for _, c := range []string{"250", "250", "354"} {
+					if err := expect(c); err != nil {
+						errs <- err
+						return
+					}
+				}
+				fmt.Fprintf(conn, "%s.\r\n", body)
+				if err := expect("250"); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkAccept measures messages accepted per second: each one
+// received, committed durably to the spool (fsync'd, shared between
+// concurrent sessions), and acknowledged with 250.
+func BenchmarkAccept(b *testing.B) {
+	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, "retry_base = \"1s\"\n  mails_per_session = 100000", 1)
+	d := StartWith(b, bin, Options{Config: conf})
+	body := "Subject: bench\r\n\r\n" + strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n", 40)
+	b.ResetTimer()
+	start := time.Now()
+	benchSend(b, d.SMTPAddr, b.N, 8, body)
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
+
+// BenchmarkDeliver measures messages accepted and delivered to a
+// maildir per second, end to end.
+func BenchmarkDeliver(b *testing.B) {
+	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, "retry_base = \"1s\"\n  mails_per_session = 100000", 1)
+	d := StartWith(b, bin, Options{Config: conf})
+	body := "Subject: bench\r\n\r\n" + strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n", 40)
+	b.ResetTimer()
+	start := time.Now()
+	benchSend(b, d.SMTPAddr, b.N, 8, body)
+	d.WaitMail(b.N, 5*time.Minute)
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
