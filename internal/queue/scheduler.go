@@ -1,8 +1,8 @@
 package queue
 
 import (
+	"container/heap"
 	"os"
-	"sort"
 	"sync"
 	"time"
 
@@ -30,6 +30,7 @@ type Scheduler struct {
 
 	mu       sync.Mutex
 	envs     map[uint64]*entry
+	waiting  waitHeap // entries not in flight, by next attempt
 	wake     chan struct{}
 	inflight int
 }
@@ -38,6 +39,30 @@ type entry struct {
 	env      *envelope.Envelope
 	next     time.Time
 	inflight bool
+	index    int // in waiting, -1 when not there
+}
+
+// waitHeap orders waiting envelopes by their next attempt, so that
+// finding the due ones does not walk the whole queue.
+type waitHeap []*entry
+
+func (h waitHeap) Len() int           { return len(h) }
+func (h waitHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h waitHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *waitHeap) Push(x any) {
+	en := x.(*entry)
+	en.index = len(*h)
+	*h = append(*h, en)
+}
+func (h *waitHeap) Pop() any {
+	old := *h
+	en := old[len(old)-1]
+	*h = old[:len(old)-1]
+	en.index = -1
+	return en
 }
 
 // MaxInflight bounds the local deliveries running at once.
@@ -56,8 +81,14 @@ func (s *Scheduler) Add(e *envelope.Envelope) {
 	if e.Retries > 0 {
 		next = e.LastTry.Add(s.backoff(e.Retries))
 	}
+	en := &entry{env: e, next: next, index: -1}
 	s.mu.Lock()
-	s.envs[e.ID] = &entry{env: e, next: next}
+	s.envs[e.ID] = en
+	// relayed envelopes wait for the mta process, which does not take
+	// them yet
+	if e.Kind == envelope.MDA {
+		heap.Push(&s.waiting, en)
+	}
 	s.mu.Unlock()
 	s.stats.Increment("scheduler.envelope", 1)
 	s.poke()
@@ -90,24 +121,15 @@ func (s *Scheduler) Run() {
 func (s *Scheduler) dispatch() time.Duration {
 	now := time.Now()
 	s.mu.Lock()
-	var due []*entry
 	wait := time.Minute
-	for _, en := range s.envs {
-		if en.inflight || en.env.Kind != envelope.MDA {
-			continue
-		}
-		if d := en.next.Sub(now); d > 0 {
-			wait = min(wait, d)
-			continue
-		}
-		due = append(due, en)
-	}
-	sort.Slice(due, func(i, j int) bool { return due[i].next.Before(due[j].next) })
 	var start []*entry
-	for _, en := range due {
-		if s.inflight >= MaxInflight {
+	for s.waiting.Len() > 0 && s.inflight < MaxInflight {
+		en := s.waiting[0]
+		if d := en.next.Sub(now); d > 0 {
+			wait = d
 			break
 		}
+		heap.Pop(&s.waiting)
 		en.inflight = true
 		s.inflight++
 		start = append(start, en)
@@ -185,6 +207,7 @@ func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 		en.inflight = false
 		en.next = e.LastTry.Add(s.backoff(e.Retries))
 		s.inflight--
+		heap.Push(&s.waiting, en)
 		s.mu.Unlock()
 	}
 	s.poke()
