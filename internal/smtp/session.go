@@ -105,8 +105,11 @@ func (sess *session) internalErr(err error) *gosmtp.SMTPError {
 	return smtpErr(451, gosmtp.EnhancedCode{4, 3, 0}, "Temporary server failure, try again later")
 }
 
-// filter asks mfa about a phase.
+// filter asks mfa about a phase, if a filter is configured for it.
 func (sess *session) filter(phase proto.Phase, rcpt string) error {
+	if !sess.s.filtered[phase] {
+		return nil
+	}
 	env, err := sess.s.ask(sess.s.mfa, &proto.SMTPFilterQuery{Phase: phase, Session: sess.info, Rcpt: rcpt})
 	if err != nil {
 		return sess.internalErr(err)

@@ -35,15 +35,24 @@ type Server struct {
 	mfa, lookup, queue *proto.Channel
 	reqs               *proto.Requests
 
-	sessions sync.WaitGroup
 	active   *connLimiter
+	// filtered lists the phases some filter block checks; the others
+	// need no question to mfa
+	filtered map[proto.Phase]bool
 	nextID   func() uint64
 }
 
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}}
+	phases := map[string]proto.Phase{
+		"connect": proto.PhaseConnect, "helo": proto.PhaseHelo, "mail": proto.PhaseMail,
+		"rcpt": proto.PhaseRcpt, "data": proto.PhaseData, "commit": proto.PhaseCommit,
+	}
+	for _, f := range c.Config.Filters {
+		s.filtered[phases[f.Phase]] = true
+	}
 	for _, l := range c.Config.Listeners {
 		if l.TLS == config.TLSNone {
 			continue
@@ -174,6 +183,9 @@ func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Envelope, error
 // refuse a session at connect (RFC 5321 §3.1); a temporary refusal is
 // 421.
 func (s *Server) connectCheck(ip string) (string, bool) {
+	if !s.filtered[proto.PhaseConnect] {
+		return "", true
+	}
 	parsed := net.ParseIP(ip)
 	env, err := s.ask(s.mfa, &proto.SMTPFilterQuery{Phase: proto.PhaseConnect, Session: proto.Session{Remote: ip, Local: parsed != nil && parsed.IsLoopback()}})
 	if err != nil {
