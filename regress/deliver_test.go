@@ -138,6 +138,12 @@ listen "mx" {
 		}
 	}
 
+	required := strings.Replace(conf, `tls     = "starttls"`, `tls     = "starttls-require"`, 1)
+	d3 := StartWith(t, bin, Options{Config: required})
+	if err := RunDialogue(d3.SMTPAddr, "expect 220\nsend EHLO c.example\nexpect 250 STARTTLS\nsend MAIL FROM:<s@example.net>\nexpect 530 5.7.0\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Errorf("starttls-require: %v", err)
+	}
+
 	implicit := strings.Replace(conf, `tls     = "starttls"`, `tls     = "smtps"`, 1)
 	d2 := StartWith(t, bin, Options{Config: implicit})
 	out = swaks(t, append(swaksArgs(d2, "smtps@example.test"), "--tlsc")...)

@@ -367,3 +367,18 @@ func TestDSNParameters(t *testing.T) {
 		}
 	}
 }
+
+// TestExpiry: a message still undeliverable after queue_expire is
+// returned to its sender as failed.
+func TestExpiry(t *testing.T) {
+	d := startMDA(t, `queue_expire = "3s"`)
+	swaks(t, "--server", d.SMTPAddr, "--helo", "client.example.net", "--from", "author@example.test",
+		"--to", "stuck@cmd.example.test", "--header", "Subject: doomed", "--body", "stuck")
+	d.WaitStat("scheduler.delivery.permfail", "1", 30*time.Second)
+	for _, m := range d.WaitMail(1, 10*time.Second) {
+		if !strings.Contains(m, "Action: failed") || !strings.Contains(m, "expired") {
+			t.Errorf("notice:\n%s", m)
+		}
+	}
+	d.WaitStat("scheduler.envelope", "0", 10*time.Second)
+}
