@@ -72,23 +72,9 @@ func (p *Parent) startMDA(acct lookup.Account) (*mdaWorker, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{p.opts.Argv0, "-x", "mda", "-f", p.cfg.Path}
-	if p.opts.Foreground {
-		args = append(args, "-d")
-	}
-	if p.opts.Verbose {
-		args = append(args, "-v")
-	}
-	cmd := &exec.Cmd{
-		Path:        p.opts.Executable,
-		Args:        args,
-		Stdout:      os.Stderr,
-		Stderr:      os.Stderr,
-		ExtraFiles:  []*os.File{theirs},
-		Dir:         "/",
-		Env:         []string{"PATH=/usr/bin:/bin", "USER=" + acct.Name, "HOME=" + acct.Directory},
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
-	}
+	cmd := p.selfCommand("mda", theirs)
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "USER=" + acct.Name, "HOME=" + acct.Directory}
 	if privsep.Privileged() {
 		// the delivery runs as the recipient, with no other groups
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(acct.UID), Gid: uint32(acct.GID), Groups: []uint32{}}

@@ -295,23 +295,7 @@ func (p *Parent) startChild(proc proto.Proc) error {
 		return err
 	}
 	defer theirs.Close()
-	args := []string{p.opts.Argv0, "-x", proc.String(), "-f", p.cfg.Path}
-	if p.opts.Foreground {
-		args = append(args, "-d")
-	}
-	if p.opts.Verbose {
-		args = append(args, "-v")
-	}
-	cmd := &exec.Cmd{
-		Path:       p.opts.Executable,
-		Args:       args,
-		Stdout:     os.Stderr,
-		Stderr:     os.Stderr,
-		ExtraFiles: []*os.File{theirs}, // fd 3: privsep.ParentFD
-		// a process group of their own: the terminal's ^C reaches the
-		// parent only, which stops the children in order
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
-	}
+	cmd := p.selfCommand(proc.String(), theirs)
 	if err := cmd.Start(); err != nil {
 		mine.Close()
 		return fmt.Errorf("start %s: %w", proc, err)
@@ -339,6 +323,27 @@ func (p *Parent) startChild(proc proto.Proc) error {
 	}()
 	p.log.Debugf("started %s as pid %d", proc, cmd.Process.Pid)
 	return nil
+}
+
+// selfCommand is `smtpd -x name` with the daemon's flags, its channel to
+// the parent on fd 3, in a process group of its own so that the
+// terminal's ^C reaches the parent only, which stops the rest in order.
+func (p *Parent) selfCommand(name string, channel *os.File) *exec.Cmd {
+	args := []string{p.opts.Argv0, "-x", name, "-f", p.cfg.Path}
+	if p.opts.Foreground {
+		args = append(args, "-d")
+	}
+	if p.opts.Verbose {
+		args = append(args, "-v")
+	}
+	return &exec.Cmd{
+		Path:        p.opts.Executable,
+		Args:        args,
+		Stdout:      os.Stderr,
+		Stderr:      os.Stderr,
+		ExtraFiles:  []*os.File{channel}, // fd 3: privsep.ParentFD
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
 }
 
 // connect gives a and b a channel to each other.

@@ -35,7 +35,7 @@ type Server struct {
 	mfa, lookup, queue *proto.Channel
 	reqs               *proto.Requests
 
-	active   *connLimiter
+	active *connLimiter
 	// filtered lists the phases some filter block checks; the others
 	// need no question to mfa
 	filtered map[proto.Phase]bool
