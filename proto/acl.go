@@ -35,7 +35,7 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return sender == ProcLookup && (receiver == ProcSMTP || receiver == ProcQueue)
 	case TypeLookupForwardOpen:
 		return sender == ProcLookup && receiver == ProcParent
-	case TypeParentForwardFile, TypeParentForwardNone:
+	case TypeParentForwardFile, TypeParentForwardNone, TypeParentTablesReload:
 		return sender == ProcParent && receiver == ProcLookup
 	case TypeQueueExpandRcpt:
 		return sender == ProcQueue && receiver == ProcLookup

@@ -390,3 +390,11 @@ func (m *ParentForwardNone) Encode(w *Writer) {
 	w.String(m.Text)
 }
 func (m *ParentForwardNone) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }
+
+// ParentTablesReload asks lookup to read its file tables again; Name
+// names one table, or is empty for all.
+type ParentTablesReload struct{ Name string }
+
+func (*ParentTablesReload) Type() Type         { return TypeParentTablesReload }
+func (m *ParentTablesReload) Encode(w *Writer) { w.String(m.Name) }
+func (m *ParentTablesReload) Decode(r *Reader) { m.Name = r.String() }

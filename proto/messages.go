@@ -38,6 +38,7 @@ const (
 	TypeLookupForwardOpen
 	TypeParentForwardFile
 	TypeParentForwardNone
+	TypeParentTablesReload
 	typeEnd
 )
 
@@ -71,6 +72,7 @@ var typeNames = [...]string{
 	TypeLookupForwardOpen:     "LookupForwardOpen",
 	TypeParentForwardFile:     "ParentForwardFile",
 	TypeParentForwardNone:     "ParentForwardNone",
+	TypeParentTablesReload:    "ParentTablesReload",
 }
 
 func (t Type) String() string {
@@ -154,6 +156,8 @@ func New(t Type) (Message, bool) {
 		return &ParentForwardFile{}, true
 	case TypeParentForwardNone:
 		return &ParentForwardNone{}, true
+	case TypeParentTablesReload:
+		return &ParentTablesReload{}, true
 	}
 	return nil, false
 }

@@ -51,6 +51,7 @@ func samples(t *testing.T) []struct {
 		{ProcLookup, ProcParent, &LookupForwardOpen{User: "b", UID: 1000, Dir: "/home/b"}},
 		{ProcParent, ProcLookup, NewParentForwardFile(f)},
 		{ProcParent, ProcLookup, &ParentForwardNone{Status: StatusTempfail, Text: "permission denied"}},
+		{ProcParent, ProcLookup, &ParentTablesReload{Name: "aliases"}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

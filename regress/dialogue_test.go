@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -142,4 +143,34 @@ func TestSessionLimits(t *testing.T) {
 		c.Close()
 	}
 	d.WaitStat("smtp.session.refused", "2", 5*time.Second)
+}
+
+// TestTableReload: SIGHUP makes lookup read its file tables again; a
+// broken file keeps the old contents.
+func TestTableReload(t *testing.T) {
+	dir, _ := WriteConfig(t, "")
+	virtuals := filepath.Join(dir, "virtuals")
+	os.WriteFile(virtuals, []byte("old@example.test sink\n"), 0o644)
+	conf := strings.Replace(DefaultConfig, `virtual  = { "@" = "sink" }`, `virtual  = table.virtuals`, 1) +
+		"table \"virtuals\" { file = \"virtuals\" }\n"
+	d := StartWith(t, bin, Options{Config: conf, Dir: dir})
+	rcpt := func(addr, code string) {
+		t.Helper()
+		if err := RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO c.example\nexpect 250\nsend MAIL FROM:<s@example.net>\nexpect 250\nsend RCPT TO:<"+addr+">\nexpect "+code+"\n"); err != nil {
+			t.Error(err)
+		}
+	}
+	rcpt("old@example.test", "250")
+	rcpt("new@example.test", "550")
+	os.WriteFile(virtuals, []byte("old@example.test sink\nnew@example.test sink\n"), 0o644)
+	d.Signal(syscall.SIGHUP)
+	d.WaitStat("lookup.table.reload", "1", 5*time.Second)
+	rcpt("new@example.test", "250")
+	os.WriteFile(virtuals, []byte("broken\nnew@example.test sink\n"), 0o644)
+	d.Signal(syscall.SIGHUP)
+	d.WaitStat("lookup.table.reload", "2", 5*time.Second)
+	rcpt("new@example.test", "250")
+	if !strings.Contains(d.Log(), "reload: table virtuals") {
+		t.Errorf("broken table not reported:\n%s", d.Log())
+	}
 }

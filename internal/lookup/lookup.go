@@ -27,6 +27,15 @@ func Run(c *privsep.Child) {
 				return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 			}
 			return nil
+		case *proto.ParentTablesReload:
+			m := env.Msg.(*proto.ParentTablesReload)
+			if err := r.Reload(m.Name); err != nil {
+				c.Log.Warnf("reload: %v", err)
+			} else {
+				c.Log.Infof("tables reloaded")
+			}
+			c.Stats.Increment("lookup.table.reload", 1)
+			return nil
 		}
 		var m *proto.SMTPExpandRcpt
 		switch q := env.Msg.(type) {

@@ -11,9 +11,11 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
+	"smtpd/internal/table"
 	"smtpd/proto"
 )
 
@@ -44,6 +46,39 @@ type Resolver struct {
 	// Forward returns the entries of a user's ~/.forward, none if the
 	// user has no usable one; nil means .forward files are not read.
 	Forward func(Account) ([]string, error)
+
+	// mu lets Reload replace table contents while expansions run.
+	mu sync.RWMutex
+}
+
+// Reload reads the file tables again (the one named name, or all when
+// name is empty). A file that fails to parse keeps its old contents and
+// is reported; the others are replaced.
+func (r *Resolver) Reload(name string) error {
+	var errs []error
+	found := false
+	for _, t := range r.Config.Tables {
+		if t.File == "" || name != "" && t.Name != name {
+			continue
+		}
+		found = true
+		data, err := os.ReadFile(t.File)
+		var s *table.Static
+		if err == nil {
+			s, err = table.Parse(data)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("table %s: %s: %w", t.Name, t.File, err))
+			continue
+		}
+		r.mu.Lock()
+		t.Data = s
+		r.mu.Unlock()
+	}
+	if name != "" && !found {
+		errs = append(errs, fmt.Errorf("no file table %q", name))
+	}
+	return errors.Join(errs...)
 }
 
 // NewResolver returns a resolver for cfg using the system password
@@ -121,6 +156,8 @@ func reject(code uint32, enhanced, format string, args ...any) error {
 // client, or StatusTempfail when a table or the password database could
 // not be read.
 func (r *Resolver) Expand(sess proto.Session, rcpt string) proto.LookupExpandResult {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	x := &expansion{r: r, sess: sess, seen: map[string]bool{}}
 	err := x.address(rcpt, 0)
 	var rej *rejection
@@ -430,6 +467,8 @@ func (r *Resolver) account(act *config.Action, name string) (Account, error) {
 
 // Account resolves the local account name of an envelope of action.
 func (r *Resolver) Account(action, name string) (Account, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	return r.account(r.Config.Action(action), name)
 }
 

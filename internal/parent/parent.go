@@ -93,7 +93,14 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 		select {
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				log.Infof("SIGHUP: restart the daemon to load a new configuration")
+				// tables are re-read; the rest of the configuration needs
+				// a restart
+				log.Infof("SIGHUP: reloading table files")
+				if err := p.children[proto.ProcLookup].ch.Send(&proto.ParentTablesReload{}, 0); err != nil {
+					log.Warnf("lost child: lookup: %v", err)
+					p.stop()
+					return 1
+				}
 				continue
 			}
 			log.Infof("received %v, stopping", sig)
