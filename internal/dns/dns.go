@@ -1,0 +1,265 @@
+// Package dns resolves what mail routing needs, MX, A, AAAA and PTR
+// records, with github.com/miekg/dns against the configured servers,
+// and classifies failures: a name that does not exist or a null MX is
+// permanent, a server failure or a timeout temporary. Answers are cached
+// for their TTL, so everyone who asks shares them.
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// Error is a failed lookup. Permanent errors are not worth retrying.
+type Error struct {
+	Name      string
+	Permanent bool
+	Msg       string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("dns: %s: %s", e.Name, e.Msg) }
+
+// IsPermanent reports whether err is a permanent DNS failure.
+func IsPermanent(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Permanent
+}
+
+// ErrNullMX marks a domain that accepts no mail (RFC 7505).
+var ErrNullMX = errors.New("domain accepts no mail (null MX)")
+
+// MX is one mail exchanger with its addresses.
+type MX struct {
+	Preference uint16
+	Host       string
+	Addrs      []netip.Addr
+}
+
+// Resolver asks DNS servers. The zero value is not usable: use New.
+type Resolver struct {
+	// Servers are host:port addresses, tried in order.
+	Servers []string
+	// Timeout bounds one query to one server.
+	Timeout time.Duration
+
+	mu    sync.Mutex
+	cache map[cacheKey]cacheEntry
+}
+
+type cacheKey struct {
+	name  string
+	qtype uint16
+}
+
+type cacheEntry struct {
+	msg     *mdns.Msg
+	err     error
+	expires time.Time
+}
+
+// New returns a resolver using servers, or those of /etc/resolv.conf
+// when servers is empty.
+func New(servers []string) (*Resolver, error) {
+	if len(servers) == 0 {
+		cfg, err := mdns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("dns: %w", err)
+		}
+		for _, s := range cfg.Servers {
+			servers = append(servers, net.JoinHostPort(s, cfg.Port))
+		}
+	}
+	return &Resolver{Servers: servers, Timeout: 5 * time.Second, cache: map[cacheKey]cacheEntry{}}, nil
+}
+
+// NegativeTTL is how long a failure is remembered.
+const NegativeTTL = 30 * time.Second
+
+// query returns the answer for name and qtype, from the cache or the
+// servers: UDP first, TCP when the answer was truncated.
+func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*mdns.Msg, error) {
+	name = mdns.Fqdn(strings.ToLower(name))
+	key := cacheKey{name, qtype}
+	r.mu.Lock()
+	if e, ok := r.cache[key]; ok && time.Now().Before(e.expires) {
+		r.mu.Unlock()
+		return e.msg, e.err
+	}
+	r.mu.Unlock()
+	msg, err := r.exchange(ctx, name, qtype)
+	ttl := NegativeTTL
+	if err == nil {
+		ttl = minTTL(msg)
+	}
+	if err == nil || IsPermanent(err) {
+		r.mu.Lock()
+		r.cache[key] = cacheEntry{msg, err, time.Now().Add(ttl)}
+		r.mu.Unlock()
+	}
+	return msg, err
+}
+
+func minTTL(m *mdns.Msg) time.Duration {
+	ttl := uint32(3600)
+	for _, rr := range append(m.Answer, m.Ns...) {
+		ttl = min(ttl, rr.Header().Ttl)
+	}
+	return time.Duration(ttl) * time.Second
+}
+
+func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*mdns.Msg, error) {
+	q := new(mdns.Msg)
+	q.SetQuestion(name, qtype)
+	q.SetEdns0(1232, false)
+	var last error = &Error{Name: name, Msg: "no DNS server"}
+	for _, server := range r.Servers {
+		for _, network := range []string{"udp", "tcp"} {
+			c := &mdns.Client{Net: network, Timeout: r.Timeout}
+			resp, _, err := c.ExchangeContext(ctx, q, server)
+			if err != nil {
+				last = &Error{Name: name, Msg: err.Error()}
+				break
+			}
+			if resp.Truncated && network == "udp" {
+				continue
+			}
+			switch resp.Rcode {
+			case mdns.RcodeSuccess:
+				return resp, nil
+			case mdns.RcodeNameError:
+				return nil, &Error{Name: name, Permanent: true, Msg: "no such domain"}
+			default:
+				last = &Error{Name: name, Msg: mdns.RcodeToString[resp.Rcode]}
+			}
+			break
+		}
+	}
+	return nil, last
+}
+
+// records returns the records of qtype for name, following CNAMEs.
+func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, error) {
+	for range 8 {
+		msg, err := r.query(ctx, name, qtype)
+		if err != nil {
+			return nil, err
+		}
+		var out []mdns.RR
+		var cname string
+		for _, rr := range msg.Answer {
+			switch {
+			case rr.Header().Rrtype == qtype:
+				out = append(out, rr)
+			case rr.Header().Rrtype == mdns.TypeCNAME:
+				cname = rr.(*mdns.CNAME).Target
+			}
+		}
+		if len(out) > 0 || cname == "" {
+			return out, nil
+		}
+		name = cname
+	}
+	return nil, &Error{Name: name, Msg: "CNAME chain too long"}
+}
+
+// Addrs returns the IPv4 and IPv6 addresses of host.
+func (r *Resolver) Addrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{ip}, nil
+	}
+	var addrs []netip.Addr
+	var firstErr error
+	for _, qtype := range []uint16{mdns.TypeA, mdns.TypeAAAA} {
+		rrs, err := r.records(ctx, host, qtype)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		for _, rr := range rrs {
+			switch v := rr.(type) {
+			case *mdns.A:
+				if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
+					addrs = append(addrs, a)
+				}
+			case *mdns.AAAA:
+				if a, ok := netip.AddrFromSlice(v.AAAA); ok {
+					addrs = append(addrs, a)
+				}
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		if firstErr != nil {
+			return nil, firstErr
+		}
+		return nil, &Error{Name: host, Permanent: true, Msg: "no address"}
+	}
+	return addrs, nil
+}
+
+// MX returns the mail exchangers of domain sorted by preference, each
+// with its addresses. A domain without MX records is its own MX (RFC
+// 5321 §5.1); a null MX is ErrNullMX, permanent.
+func (r *Resolver) MX(ctx context.Context, domain string) ([]MX, error) {
+	rrs, err := r.records(ctx, domain, mdns.TypeMX)
+	if err != nil {
+		return nil, err
+	}
+	var mxs []MX
+	for _, rr := range rrs {
+		mx := rr.(*mdns.MX)
+		if mx.Mx == "." {
+			return nil, fmt.Errorf("%w: %w", &Error{Name: domain, Permanent: true, Msg: ErrNullMX.Error()}, ErrNullMX)
+		}
+		mxs = append(mxs, MX{Preference: mx.Preference, Host: strings.TrimSuffix(strings.ToLower(mx.Mx), ".")})
+	}
+	if len(mxs) == 0 {
+		mxs = []MX{{Host: strings.TrimSuffix(strings.ToLower(domain), ".")}}
+	}
+	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Preference < mxs[j].Preference })
+	var usable []MX
+	var lastErr error
+	for _, mx := range mxs {
+		addrs, err := r.Addrs(ctx, mx.Host)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		mx.Addrs = addrs
+		usable = append(usable, mx)
+	}
+	if len(usable) == 0 {
+		return nil, lastErr
+	}
+	return usable, nil
+}
+
+// PTR returns the name of ip, or "" if it has none.
+func (r *Resolver) PTR(ctx context.Context, ip netip.Addr) (string, error) {
+	rev, err := mdns.ReverseAddr(ip.String())
+	if err != nil {
+		return "", err
+	}
+	rrs, err := r.records(ctx, rev, mdns.TypePTR)
+	if err != nil {
+		if IsPermanent(err) {
+			return "", nil
+		}
+		return "", err
+	}
+	if len(rrs) == 0 {
+		return "", nil
+	}
+	return strings.TrimSuffix(rrs[0].(*mdns.PTR).Ptr, "."), nil
+}

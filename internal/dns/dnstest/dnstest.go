@@ -1,0 +1,117 @@
+// Package dnstest is a DNS server for tests: it serves records from a
+// map on loopback (UDP and TCP) with github.com/miekg/dns, can answer
+// SERVFAIL for chosen names, and counts the queries it gets.
+package dnstest
+
+import (
+	"net"
+	"strings"
+	"sync"
+
+	mdns "github.com/miekg/dns"
+)
+
+// Server is a running test DNS server.
+type Server struct {
+	// Addr is host:port of the server, UDP and TCP.
+	Addr string
+
+	mu       sync.Mutex
+	records  map[string][]mdns.RR // by lowercase FQDN
+	servfail map[string]bool
+	queries  map[string]int // "name TYPE"
+	udp, tcp *mdns.Server
+}
+
+// Start serves records (zone file lines, such as
+// "example.test. 300 IN MX 10 mx1.example.test.") on 127.0.0.1.
+func Start(records ...string) (*Server, error) {
+	s := &Server{records: map[string][]mdns.RR{}, servfail: map[string]bool{}, queries: map[string]int{}}
+	for _, r := range records {
+		if err := s.Add(r); err != nil {
+			return nil, err
+		}
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	s.Addr = pc.LocalAddr().String()
+	s.udp = &mdns.Server{PacketConn: pc, Handler: s}
+	s.tcp = &mdns.Server{Listener: l, Handler: s}
+	go s.udp.ActivateAndServe()
+	go s.tcp.ActivateAndServe()
+	return s, nil
+}
+
+// Add adds a record in zone file syntax.
+func (s *Server) Add(record string) error {
+	rr, err := mdns.NewRR(record)
+	if err != nil {
+		return err
+	}
+	name := strings.ToLower(rr.Header().Name)
+	s.mu.Lock()
+	s.records[name] = append(s.records[name], rr)
+	s.mu.Unlock()
+	return nil
+}
+
+// ServFail makes queries for name fail with SERVFAIL.
+func (s *Server) ServFail(name string) {
+	s.mu.Lock()
+	s.servfail[mdns.Fqdn(strings.ToLower(name))] = true
+	s.mu.Unlock()
+}
+
+// Queries returns how many queries of type qtype ("MX", "A", "PTR"...)
+// for name the server got.
+func (s *Server) Queries(name, qtype string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queries[mdns.Fqdn(strings.ToLower(name))+" "+qtype]
+}
+
+// Close stops the server.
+func (s *Server) Close() {
+	s.udp.Shutdown()
+	s.tcp.Shutdown()
+}
+
+// ServeDNS answers one query: the records of its name and type, the
+// CNAME of the name if it has one, NXDOMAIN for an unknown name.
+func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
+	resp := new(mdns.Msg)
+	resp.SetReply(req)
+	resp.Authoritative = true
+	if len(req.Question) != 1 {
+		resp.Rcode = mdns.RcodeFormatError
+		w.WriteMsg(resp)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	s.mu.Lock()
+	s.queries[name+" "+mdns.TypeToString[q.Qtype]]++
+	rrs, known := s.records[name]
+	fail := s.servfail[name]
+	s.mu.Unlock()
+	switch {
+	case fail:
+		resp.Rcode = mdns.RcodeServerFailure
+	case !known:
+		resp.Rcode = mdns.RcodeNameError
+	default:
+		for _, rr := range rrs {
+			if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == mdns.TypeCNAME {
+				resp.Answer = append(resp.Answer, rr)
+			}
+		}
+	}
+	w.WriteMsg(resp)
+}
