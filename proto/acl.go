@@ -37,6 +37,14 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return sender == ProcLookup && receiver == ProcParent
 	case TypeParentForwardFile, TypeParentForwardNone, TypeParentTablesReload:
 		return sender == ProcParent && receiver == ProcLookup
+	case TypeQueueTransfer:
+		return sender == ProcQueue && receiver == ProcMTA
+	case TypeMTADeliveryResult:
+		return sender == ProcMTA && receiver == ProcQueue
+	case TypeMTAResolveMX, TypeMTAResolvePTR:
+		return sender == ProcMTA && receiver == ProcLookup
+	case TypeLookupMXResult, TypeLookupPTRResult:
+		return sender == ProcLookup && receiver == ProcMTA
 	case TypeQueueExpandRcpt:
 		return sender == ProcQueue && receiver == ProcLookup
 	case TypeSMTPMessageCreate, TypeSMTPEnvelopeSubmit, TypeSMTPMessageCommit, TypeSMTPMessageRollback:

@@ -39,6 +39,12 @@ const (
 	TypeParentForwardFile
 	TypeParentForwardNone
 	TypeParentTablesReload
+	TypeQueueTransfer
+	TypeMTADeliveryResult
+	TypeMTAResolveMX
+	TypeLookupMXResult
+	TypeMTAResolvePTR
+	TypeLookupPTRResult
 	typeEnd
 )
 
@@ -73,6 +79,12 @@ var typeNames = [...]string{
 	TypeParentForwardFile:     "ParentForwardFile",
 	TypeParentForwardNone:     "ParentForwardNone",
 	TypeParentTablesReload:    "ParentTablesReload",
+	TypeQueueTransfer:         "QueueTransfer",
+	TypeMTADeliveryResult:     "MTADeliveryResult",
+	TypeMTAResolveMX:          "MTAResolveMX",
+	TypeLookupMXResult:        "LookupMXResult",
+	TypeMTAResolvePTR:         "MTAResolvePTR",
+	TypeLookupPTRResult:       "LookupPTRResult",
 }
 
 func (t Type) String() string {
@@ -158,6 +170,18 @@ func New(t Type) (Message, bool) {
 		return &ParentForwardNone{}, true
 	case TypeParentTablesReload:
 		return &ParentTablesReload{}, true
+	case TypeQueueTransfer:
+		return &QueueTransfer{}, true
+	case TypeMTADeliveryResult:
+		return &MTADeliveryResult{}, true
+	case TypeMTAResolveMX:
+		return &MTAResolveMX{}, true
+	case TypeLookupMXResult:
+		return &LookupMXResult{}, true
+	case TypeMTAResolvePTR:
+		return &MTAResolvePTR{}, true
+	case TypeLookupPTRResult:
+		return &LookupPTRResult{}, true
 	}
 	return nil, false
 }

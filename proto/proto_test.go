@@ -52,6 +52,12 @@ func samples(t *testing.T) []struct {
 		{ProcParent, ProcLookup, NewParentForwardFile(f)},
 		{ProcParent, ProcLookup, &ParentForwardNone{Status: StatusTempfail, Text: "permission denied"}},
 		{ProcParent, ProcLookup, &ParentTablesReload{Name: "aliases"}},
+		{ProcQueue, ProcMTA, NewQueueTransfer([]byte("evp"), f)},
+		{ProcMTA, ProcQueue, &MTADeliveryResult{DeliveryResult{1<<32 | 1, StatusPermfail, "550 no"}}},
+		{ProcMTA, ProcLookup, &MTAResolveMX{Domain: "example.test", HostOnly: true}},
+		{ProcLookup, ProcMTA, &LookupMXResult{Status: StatusOK, MXs: []MXHost{{10, "mx.example.test", []string{"127.0.0.2", "::1"}}}}},
+		{ProcMTA, ProcLookup, &MTAResolvePTR{Addr: "127.0.0.2"}},
+		{ProcLookup, ProcMTA, &LookupPTRResult{Name: "mx.example.test"}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

@@ -13,7 +13,13 @@ import (
 
 // benchSend sends n messages of body over sessions concurrent
 // connections, many messages per session as a busy relay does.
-func benchSend(b *testing.B, addr string, n, sessions int, body string) {
+func benchSend(b testing.TB, addr string, n, sessions int, body string) {
+	sendMany(b, addr, n, sessions, body, func(int) string { return "r@example.test" })
+}
+
+// sendMany sends n messages of body over sessions concurrent
+// connections, message i to rcpt(i).
+func sendMany(b testing.TB, addr string, n, sessions int, body string, rcpt func(int) string) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, sessions)
@@ -44,13 +50,17 @@ func benchSend(b *testing.B, addr string, n, sessions int, body string) {
 				errs <- err
 				return
 			}
-			for sent := 0; next.Add(1) <= int64(n); sent++ {
+			for sent := 0; ; sent++ {
+				i := next.Add(1)
+				if i > int64(n) {
+					break
+				}
 				if sent > 0 && sent%90 == 0 {
 					// stay under mails_per_session
 					fmt.Fprintf(conn, "RSET\r\n")
 					expect("250")
 				}
-				fmt.Fprintf(conn, "MAIL FROM:<s@example.net>\r\nRCPT TO:<r@example.test>\r\nDATA\r\n")
+				fmt.Fprintf(conn, "MAIL FROM:<s@example.net>\r\nRCPT TO:<%s>\r\nDATA\r\n", rcpt(int(i)))
 				for _, c := range []string{"250", "250", "354"} {
 					if err := expect(c); err != nil {
 						errs <- err

@@ -142,6 +142,9 @@ type Options struct {
 	Config string
 	// Dir reuses the directory of an earlier daemon, and its spool.
 	Dir string
+	// Addr is the listener address ({{ADDR}}); a free port on 127.0.0.1
+	// if empty.
+	Addr string
 	// Credential, if set, runs the daemon as another user; the test
 	// directory is handed to that user.
 	Credential *syscall.Credential
@@ -157,7 +160,10 @@ func Start(t testing.TB, bin Binaries) *Daemon {
 // StartWith is Start with options.
 func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 	t.Helper()
-	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	addr := opts.Addr
+	if addr == "" {
+		addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	}
 	uid, gid := os.Getuid(), os.Getgid()
 	if c := opts.Credential; c != nil {
 		uid, gid = int(c.Uid), int(c.Gid)

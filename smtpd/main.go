@@ -18,6 +18,7 @@ import (
 	"smtpd/internal/lookup"
 	"smtpd/internal/mda"
 	"smtpd/internal/mfa"
+	"smtpd/internal/mta"
 	"smtpd/internal/parent"
 	"smtpd/internal/privsep"
 	"smtpd/internal/queue"
@@ -121,11 +122,16 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 		return
 	}
 	var srv *smtp.Server
-	if proc == proto.ProcSMTP {
+	var relay *mta.MTA
+	switch proc {
+	case proto.ProcSMTP:
 		// certificates and keys are readable by root only
 		if srv, err = smtp.New(c); err != nil {
 			c.Log.Fatalf("%v", err)
 		}
+	case proto.ProcMTA:
+		// certificate authorities are out of sight after the chroot
+		relay = mta.New(c)
 	}
 	if err := c.Drop(); err != nil {
 		c.Log.Fatalf("%v", err)
@@ -144,12 +150,7 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 		lookup.Run(c)
 	case proto.ProcMFA:
 		mfa.Run(c)
-	default:
-		if err := c.Ready(); err != nil {
-			c.Log.Fatalf("%v", err)
-		}
-		c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
-			return fmt.Errorf("unexpected %s", env.Type)
-		})
+	case proto.ProcMTA:
+		relay.Run()
 	}
 }

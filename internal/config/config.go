@@ -40,6 +40,11 @@ type Config struct {
 	User, QueueUser string
 	// EmptyDir is the chroot of smtp, mfa, mta and control.
 	EmptyDir string
+	// Resolvers are the DNS servers (host:port); empty means those of
+	// /etc/resolv.conf.
+	Resolvers []string
+	// MXPort is the port of mail exchangers: 25 but for tests.
+	MXPort int
 
 	Limits    Limits
 	Tables    []*Table

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -38,6 +40,7 @@ var fileSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "hostname"}, {Name: "spool"}, {Name: "control_socket"},
 		{Name: "user"}, {Name: "queue_user"}, {Name: "empty_dir"},
+		{Name: "resolver"}, {Name: "mx_port"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "limits"},
@@ -92,6 +95,21 @@ func (d *decoder) file(body hcl.Body) {
 	cfg.SpoolDir, cfg.ControlSocket, cfg.EmptyDir = DefaultSpoolDir, DefaultControlSocket, DefaultEmptyDir
 	cfg.User, cfg.QueueUser = DefaultUser, DefaultQueueUser
 	cfg.Limits = DefaultLimits()
+	cfg.MXPort = 25
+	if d.decode(content.Attributes, "mx_port", &cfg.MXPort) && (cfg.MXPort < 1 || cfg.MXPort > 65535) {
+		d.errorf(content.Attributes["mx_port"].Expr.Range(), "Invalid port", "%d is not a port number.", cfg.MXPort)
+	}
+	if d.decode(content.Attributes, "resolver", &cfg.Resolvers) {
+		for i, r := range cfg.Resolvers {
+			if _, _, err := net.SplitHostPort(r); err != nil {
+				r = net.JoinHostPort(r, "53")
+			}
+			if _, err := netip.ParseAddrPort(r); err != nil {
+				d.errorf(content.Attributes["resolver"].Expr.Range(), "Invalid resolver", "%q is not an IP address with an optional port.", cfg.Resolvers[i])
+			}
+			cfg.Resolvers[i] = r
+		}
+	}
 
 	attrs := content.Attributes
 	if d.decode(attrs, "hostname", &cfg.Hostname) && !validHostname(cfg.Hostname) {

@@ -1,8 +1,13 @@
 package lookup
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net/netip"
+	"time"
+
+	"smtpd/internal/dns"
 
 	"smtpd/internal/privsep"
 	"smtpd/proto"
@@ -15,6 +20,10 @@ const destinationsPerFrame = 25
 // Run runs the lookup process on c.
 func Run(c *privsep.Child) {
 	r := NewResolver(c.Config)
+	res, err := dns.New(c.Config.Resolvers)
+	if err != nil {
+		c.Log.Fatalf("%v", err)
+	}
 	reqs := proto.NewRequests()
 	r.Forward = func(acct Account) ([]string, error) { return askForward(c, reqs, acct) }
 	if err := c.Ready(); err != nil {
@@ -26,6 +35,25 @@ func Run(c *privsep.Child) {
 			if !reqs.Deliver(env) {
 				return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 			}
+			return nil
+		case *proto.MTAResolveMX:
+			go func() {
+				if err := c.Send(ch, resolveMX(res, m2mx(env), c.Config.MXPort), env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
+		case *proto.MTAResolvePTR:
+			q := env.Msg.(*proto.MTAResolvePTR)
+			go func() {
+				var name string
+				if ip, err := netip.ParseAddr(q.Addr); err == nil {
+					name, _ = res.PTR(context.Background(), ip)
+				}
+				if err := c.Send(ch, &proto.LookupPTRResult{Name: name}, env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
 			return nil
 		case *proto.ParentTablesReload:
 			m := env.Msg.(*proto.ParentTablesReload)
@@ -112,4 +140,37 @@ func askForward(c *privsep.Child, reqs *proto.Requests, acct Account) ([]string,
 		return ParseForward(data), nil
 	}
 	return nil, fmt.Errorf("lookup: unexpected %s", env.Type)
+}
+
+func m2mx(env *proto.Envelope) *proto.MTAResolveMX { return env.Msg.(*proto.MTAResolveMX) }
+
+// resolveMX answers an MX question with exchangers and their addresses.
+func resolveMX(res *dns.Resolver, q *proto.MTAResolveMX, port int) *proto.LookupMXResult {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var mxs []dns.MX
+	var err error
+	if q.HostOnly {
+		var addrs []netip.Addr
+		addrs, err = res.Addrs(ctx, q.Domain)
+		mxs = []dns.MX{{Host: q.Domain, Addrs: addrs}}
+	} else {
+		mxs, err = res.MX(ctx, q.Domain)
+	}
+	if err != nil {
+		status := proto.StatusTempfail
+		if dns.IsPermanent(err) {
+			status = proto.StatusPermfail
+		}
+		return &proto.LookupMXResult{Status: status, Text: err.Error()}
+	}
+	out := &proto.LookupMXResult{Status: proto.StatusOK}
+	for _, mx := range mxs {
+		h := proto.MXHost{Preference: uint32(mx.Preference), Host: mx.Host}
+		for _, a := range mx.Addrs {
+			h.Addrs = append(h.Addrs, a.String())
+		}
+		out.MXs = append(out.MXs, h)
+	}
+	return out
 }

@@ -87,6 +87,9 @@ func Run(c *privsep.Child) {
 		if err != nil {
 			return err
 		}
+		if e.Kind == envelope.MTA {
+			return c.Send(c.Peers[proto.ProcMTA], proto.NewQueueTransfer(data, body), 0)
+		}
 		return c.Send(c.Parent, proto.NewQueueDeliverLocal(data, body), 0)
 	}, c.Log)
 	q.sched.OnPermfail = q.bounce
@@ -155,6 +158,9 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		}
 		return nil
 	case *proto.ParentDeliveryResult:
+		q.sched.Result(m.DeliveryResult)
+		return nil
+	case *proto.MTADeliveryResult:
 		q.sched.Result(m.DeliveryResult)
 		return nil
 	case *proto.LookupExpandResult:

@@ -84,11 +84,7 @@ func (s *Scheduler) Add(e *envelope.Envelope) {
 	en := &entry{env: e, next: next, index: -1}
 	s.mu.Lock()
 	s.envs[e.ID] = en
-	// relayed envelopes wait for the mta process, which does not take
-	// them yet
-	if e.Kind == envelope.MDA {
-		heap.Push(&s.waiting, en)
-	}
+	heap.Push(&s.waiting, en)
 	s.mu.Unlock()
 	s.stats.Increment("scheduler.envelope", 1)
 	s.poke()

@@ -1,0 +1,357 @@
+// Package mta is the mta process: it relays envelopes the queue hands it
+// to the recipients' mail exchangers or to smarthosts. As in OpenSMTPD,
+// a relay is a destination with its settings, a domain's MX list is
+// looked up once and shared, a host is one address whose PTR is looked
+// up once, and a route (source to host) carries a penalty: a host whose
+// connects fail is left alone for 15 s x penalty², at most an hour.
+// Sessions carry many messages for the same relay.
+package mta
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"smtpd/internal/config"
+	"smtpd/internal/envelope"
+	"smtpd/internal/privsep"
+	"smtpd/internal/stats"
+	"smtpd/proto"
+)
+
+// Defaults of the limits, after OpenSMTPD's.
+const (
+	// SessionsPerRelay bounds concurrent sessions to one relay.
+	SessionsPerRelay = 10
+	// SessionsPerHost bounds concurrent sessions to one address.
+	SessionsPerHost = 5
+	// MessagesPerSession is how many messages one session carries.
+	MessagesPerSession = 100
+	// Keepalive is how long an idle session waits for more messages.
+	Keepalive = 2 * time.Second
+	// DomainTTL is how long an MX list is used before it is asked again.
+	DomainTTL   = 5 * time.Minute
+	penaltyUnit = 15 * time.Second
+	penaltyMax  = time.Hour
+)
+
+// MTA is the state of the mta process.
+type MTA struct {
+	cfg   *config.Config
+	child *privsep.Child
+	stats *stats.Sender
+	roots *x509.CertPool
+	reqs  *proto.Requests
+
+	mu      sync.Mutex
+	relays  map[string]*relay
+	domains map[string]*domain
+	hosts   map[netip.Addr]*host
+	routes  map[string]*route
+}
+
+// task is one message for one relay, with the envelopes of its
+// recipients there.
+type task struct {
+	msgid uint32
+	envs  []*envelope.Envelope
+	body  *os.File
+}
+
+// relay is a destination: a domain's exchangers, or a smarthost.
+type relay struct {
+	key      string
+	action   *config.Action
+	domain   string   // the recipient domain, or the smarthost
+	url      *url.URL // nil for MX delivery
+	tasks    []*task
+	sessions int
+}
+
+// domain is an MX list, shared by all relays to the domain.
+type domain struct {
+	name    string
+	mxs     []proto.MXHost
+	err     error
+	perm    bool
+	expires time.Time
+	ready   chan struct{}
+}
+
+// host is one address of an exchanger.
+type host struct {
+	addr     netip.Addr
+	name     string // exchanger name, for TLS and logs
+	ptr      string
+	ptrDone  bool
+	sessions int
+}
+
+// route is the path from our source address to a host.
+type route struct {
+	key      string
+	penalty  int
+	disabled time.Time
+	lastErr  string
+}
+
+// New prepares the mta process before it drops privileges: the
+// certificate authorities are read while /etc/ssl is still visible.
+func New(c *privsep.Child) *MTA {
+	roots, err := x509.SystemCertPool()
+	if err != nil {
+		c.Log.Warnf("no system certificate authorities: %v", err)
+		roots = x509.NewCertPool()
+	}
+	return &MTA{
+		cfg: c.Config, child: c, roots: roots, reqs: proto.NewRequests(),
+		relays: map[string]*relay{}, domains: map[string]*domain{},
+		hosts: map[netip.Addr]*host{}, routes: map[string]*route{},
+	}
+}
+
+// Run serves until the process is told to stop.
+func (m *MTA) Run() {
+	m.stats = m.child.Stats
+	if err := m.child.Ready(); err != nil {
+		m.child.Log.Fatalf("%v", err)
+	}
+	m.child.Serve(m.handle)
+}
+
+func (m *MTA) handle(ch *proto.Channel, env *proto.Envelope) error {
+	switch msg := env.Msg.(type) {
+	case *proto.QueueTransfer:
+		e, err := envelope.Unmarshal(msg.Envelope)
+		if err != nil {
+			msg.File().Close()
+			return fmt.Errorf("transfer: %w", err)
+		}
+		m.enqueue(e, msg.File())
+		return nil
+	case *proto.LookupMXResult, *proto.LookupPTRResult:
+		if !m.reqs.Deliver(env) {
+			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
+		}
+		return nil
+	}
+	return fmt.Errorf("unexpected %s", env.Type)
+}
+
+// relayFor returns the relay key and destination of an envelope.
+func relayFor(act *config.Action, dest string) (key, dom string) {
+	if act.RelayURL != nil {
+		return "url:" + act.Name, act.RelayURL.Hostname()
+	}
+	_, d, _ := strings.Cut(dest, "@")
+	d = strings.ToLower(d)
+	return "mx:" + act.Name + ":" + d, d
+}
+
+// enqueue adds an envelope to its relay, joining the task of its
+// message if that has not started yet, and starts a session if the
+// relay may have one more.
+func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
+	act := m.cfg.Action(e.Action)
+	if act == nil || act.Method != config.Relay {
+		body.Close()
+		m.result(e, proto.StatusTempfail, fmt.Sprintf("mta: no relay action %q", e.Action))
+		return
+	}
+	key, dom := relayFor(act, e.Dest)
+	m.mu.Lock()
+	r := m.relays[key]
+	if r == nil {
+		r = &relay{key: key, action: act, domain: dom, url: act.RelayURL}
+		m.relays[key] = r
+		m.stats.Increment("mta.relay", 1)
+	}
+	joined := false
+	for _, t := range r.tasks {
+		if t.msgid == e.MsgID() {
+			t.envs = append(t.envs, e)
+			joined = true
+			break
+		}
+	}
+	if joined {
+		body.Close()
+	} else {
+		r.tasks = append(r.tasks, &task{msgid: e.MsgID(), envs: []*envelope.Envelope{e}, body: body})
+		m.stats.Increment("mta.task", 1)
+	}
+	m.stats.Increment("mta.envelope", 1)
+	start := r.sessions < SessionsPerRelay && r.sessions < len(r.tasks)
+	if start {
+		r.sessions++
+	}
+	m.mu.Unlock()
+	if start {
+		go m.session(r)
+	}
+}
+
+// next takes the next task of a relay, waiting up to Keepalive for one.
+func (m *MTA) next(r *relay, wait bool) *task {
+	deadline := time.Now().Add(Keepalive)
+	for {
+		m.mu.Lock()
+		if len(r.tasks) > 0 {
+			t := r.tasks[0]
+			r.tasks = r.tasks[1:]
+			m.mu.Unlock()
+			return t
+		}
+		m.mu.Unlock()
+		if !wait || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// result tells queue how one envelope went.
+func (m *MTA) result(e *envelope.Envelope, status proto.Status, text string) {
+	if err := m.child.Send(m.child.Peers[proto.ProcQueue], &proto.MTADeliveryResult{DeliveryResult: proto.DeliveryResult{EvpID: e.ID, Status: status, Text: text}}, 0); err != nil {
+		m.child.Log.Fatalf("%v", err)
+	}
+}
+
+// failAll ends every task of a relay with the same outcome.
+func (m *MTA) failAll(r *relay, first *task, status proto.Status, text string) {
+	for t := first; t != nil; t = m.next(r, false) {
+		m.finishTask(t, status, text)
+	}
+}
+
+func (m *MTA) finishTask(t *task, status proto.Status, text string) {
+	for _, e := range t.envs {
+		m.result(e, status, text)
+	}
+	t.body.Close()
+}
+
+// resolve returns the exchangers of a relay: the domain's MX list, looked
+// up once and shared, or the smarthost's addresses.
+func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
+	key := r.domain
+	if r.url != nil {
+		key = "host:" + r.domain
+	}
+	m.mu.Lock()
+	d := m.domains[key]
+	if d == nil || time.Now().After(d.expires) {
+		d = &domain{name: r.domain, ready: make(chan struct{})}
+		m.domains[key] = d
+		m.stats.Increment("mta.domain", 1)
+		m.mu.Unlock()
+		env, err := m.ask(proto.ProcLookup, &proto.MTAResolveMX{Domain: r.domain, HostOnly: r.url != nil})
+		switch {
+		case err != nil:
+			d.err = err
+		default:
+			res := env.Msg.(*proto.LookupMXResult)
+			d.mxs = res.MXs
+			if res.Status != proto.StatusOK {
+				d.err, d.perm = fmt.Errorf("%s", res.Text), res.Status == proto.StatusPermfail
+			}
+		}
+		d.expires = time.Now().Add(DomainTTL)
+		if d.err != nil && !d.perm {
+			d.expires = time.Now() // temporary failures are asked again
+		}
+		close(d.ready)
+	} else {
+		m.mu.Unlock()
+		<-d.ready
+	}
+	return d.mxs, d.err, d.perm
+}
+
+func (m *MTA) ask(to proto.Proc, msg proto.Message) (*proto.Envelope, error) {
+	id, answers := m.reqs.Open()
+	defer m.reqs.Close(id)
+	if err := m.child.Send(m.child.Peers[to], msg, id); err != nil {
+		return nil, err
+	}
+	select {
+	case env := <-answers:
+		return env, nil
+	case <-time.After(2 * time.Minute):
+		return nil, fmt.Errorf("no answer from %s", to)
+	}
+}
+
+// candidate is a host to try, with its route.
+type candidate struct {
+	host  *host
+	route *route
+	pref  uint32
+}
+
+// candidates orders the hosts of a relay: by MX preference; within a
+// preference, hosts with fewer sessions first, so equal exchangers
+// share the load; hosts whose route is disabled are left out. Backup
+// exchangers (a worse preference) come only after every better one.
+func (m *MTA) candidates(mxs []proto.MXHost, source string) []candidate {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []candidate
+	for _, mx := range mxs {
+		for _, a := range mx.Addrs {
+			ip, err := netip.ParseAddr(a)
+			if err != nil {
+				continue
+			}
+			h := m.hosts[ip]
+			if h == nil {
+				h = &host{addr: ip, name: mx.Host}
+				m.hosts[ip] = h
+				m.stats.Increment("mta.host", 1)
+			}
+			rkey := source + ">" + ip.String()
+			rt := m.routes[rkey]
+			if rt == nil {
+				rt = &route{key: rkey}
+				m.routes[rkey] = rt
+				m.stats.Increment("mta.route", 1)
+			}
+			if now.Before(rt.disabled) || h.sessions >= SessionsPerHost {
+				continue
+			}
+			out = append(out, candidate{h, rt, mx.Preference})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].pref != out[j].pref {
+			return out[i].pref < out[j].pref
+		}
+		return out[i].host.sessions < out[j].host.sessions
+	})
+	return out
+}
+
+// penalize disables a route after a failed connect: 15 s x penalty²,
+// capped at an hour.
+func (m *MTA) penalize(rt *route, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	rt.penalty++
+	d := min(penaltyUnit*time.Duration(rt.penalty*rt.penalty), penaltyMax)
+	rt.disabled = time.Now().Add(d)
+	rt.lastErr = err.Error()
+	m.child.Log.Infof("route %s disabled for %v: %v", rt.key, d, err)
+}
+
+func (m *MTA) healthy(rt *route) {
+	m.mu.Lock()
+	rt.penalty, rt.disabled, rt.lastErr = 0, time.Time{}, ""
+	m.mu.Unlock()
+}

@@ -1,0 +1,109 @@
+package proto
+
+import (
+	"fmt"
+	"os"
+)
+
+// QueueTransfer hands mta an envelope to relay, with the message open
+// for reading.
+type QueueTransfer struct {
+	fileField
+	Envelope []byte
+}
+
+// NewQueueTransfer returns a QueueTransfer carrying body.
+func NewQueueTransfer(evp []byte, body *os.File) *QueueTransfer {
+	return &QueueTransfer{fileField{body}, evp}
+}
+
+func (*QueueTransfer) Type() Type         { return TypeQueueTransfer }
+func (m *QueueTransfer) Encode(w *Writer) { w.Bytes(m.Envelope) }
+func (m *QueueTransfer) Decode(r *Reader) { m.Envelope = r.Bytes() }
+
+// MTADeliveryResult tells queue how relaying an envelope went.
+type MTADeliveryResult struct{ DeliveryResult }
+
+func (*MTADeliveryResult) Type() Type         { return TypeMTADeliveryResult }
+func (m *MTADeliveryResult) Encode(w *Writer) { m.encode(w) }
+func (m *MTADeliveryResult) Decode(r *Reader) { m.decode(r) }
+
+// MTAResolveMX asks lookup for the mail exchangers of a domain with
+// their addresses; with HostOnly, for the addresses of one host (a
+// smarthost) as a single exchanger.
+type MTAResolveMX struct {
+	Domain   string
+	HostOnly bool
+}
+
+func (*MTAResolveMX) Type() Type { return TypeMTAResolveMX }
+func (m *MTAResolveMX) Encode(w *Writer) {
+	w.String(m.Domain)
+	w.Bool(m.HostOnly)
+}
+func (m *MTAResolveMX) Decode(r *Reader) { m.Domain, m.HostOnly = r.String(), r.Bool() }
+
+// MXHost is one exchanger of a LookupMXResult.
+type MXHost struct {
+	Preference uint32
+	Host       string
+	Addrs      []string
+}
+
+// LookupMXResult answers MTAResolveMX. Text says why when Status is not
+// StatusOK; StatusPermfail is a domain that cannot receive mail.
+type LookupMXResult struct {
+	Status Status
+	Text   string
+	MXs    []MXHost
+}
+
+func (*LookupMXResult) Type() Type { return TypeLookupMXResult }
+func (m *LookupMXResult) Encode(w *Writer) {
+	w.U8(uint8(m.Status))
+	w.String(m.Text)
+	w.U32(uint32(len(m.MXs)))
+	for _, mx := range m.MXs {
+		w.U32(mx.Preference)
+		w.String(mx.Host)
+		w.U32(uint32(len(mx.Addrs)))
+		for _, a := range mx.Addrs {
+			w.String(a)
+		}
+	}
+}
+func (m *LookupMXResult) Decode(r *Reader) {
+	m.Status, m.Text = decodeStatus(r), r.String()
+	n := r.U32()
+	if n > MaxPayload/12 {
+		r.Fail(fmt.Errorf("%w: %d exchangers", ErrBadFrame, n))
+		return
+	}
+	m.MXs = make([]MXHost, 0, n)
+	for range n {
+		mx := MXHost{Preference: r.U32(), Host: r.String()}
+		k := r.U32()
+		if k > MaxPayload/4 {
+			r.Fail(fmt.Errorf("%w: %d addresses", ErrBadFrame, k))
+			return
+		}
+		for range k {
+			mx.Addrs = append(mx.Addrs, r.String())
+		}
+		m.MXs = append(m.MXs, mx)
+	}
+}
+
+// MTAResolvePTR asks lookup for the name of an address.
+type MTAResolvePTR struct{ Addr string }
+
+func (*MTAResolvePTR) Type() Type         { return TypeMTAResolvePTR }
+func (m *MTAResolvePTR) Encode(w *Writer) { w.String(m.Addr) }
+func (m *MTAResolvePTR) Decode(r *Reader) { m.Addr = r.String() }
+
+// LookupPTRResult answers MTAResolvePTR; Name is empty if there is none.
+type LookupPTRResult struct{ Name string }
+
+func (*LookupPTRResult) Type() Type         { return TypeLookupPTRResult }
+func (m *LookupPTRResult) Encode(w *Writer) { w.String(m.Name) }
+func (m *LookupPTRResult) Decode(r *Reader) { m.Name = r.String() }
