@@ -110,3 +110,142 @@ func TestMXRouting(t *testing.T) {
 	}
 	t.Logf("per exchanger: %v; sessions at each: %s / %s", got, w.mx["127.0.0.2"].Stats()["smtp.session.inet4"], w.mx["127.0.0.3"].Stats()["smtp.session.inet4"])
 }
+
+// sessionsAt counts the sessions a receiving daemon logged.
+func sessionsAt(d *Daemon) int { return strings.Count(d.Log(), ": session from [") }
+
+// TestBrokenMX: with the first primary down, everything goes to the
+// other within a retry round and the dead route is penalised; the
+// backup takes mail only when both primaries are down.
+func TestBrokenMX(t *testing.T) {
+	w := startMXWorld(t)
+	w.mx["127.0.0.2"].Kill()
+	out := StartWith(t, bin, Options{Config: w.relayConfig("")})
+	sendMany(t, out.SMTPAddr, 20, 2, "Subject: one down\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("u%d@example.test", i) })
+	out.WaitStat("scheduler.delivery.ok", "20", 30*time.Second)
+	if n := len(w.mx["127.0.0.3"].Mail()); n != 20 {
+		t.Errorf("%d messages at the second primary, want 20", n)
+	}
+	if n := len(w.mx["127.0.0.4"].Mail()); n != 0 {
+		t.Errorf("%d messages at the backup while a primary is up", n)
+	}
+	if !strings.Contains(out.Log(), ">127.0.0.2 disabled for 15s") {
+		t.Errorf("no penalty logged:\n%s", out.Log())
+	}
+	w.mx["127.0.0.3"].Kill()
+	sendMany(t, out.SMTPAddr, 5, 1, "Subject: both down\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("v%d@example.test", i) })
+	out.WaitStat("scheduler.delivery.ok", "25", 30*time.Second)
+	if n := len(w.mx["127.0.0.4"].Mail()); n != 5 {
+		t.Errorf("%d messages at the backup, want 5", n)
+	}
+}
+
+// TestRemoteFailures: SERVFAIL is retried, NXDOMAIN and null MX are
+// returned once (5.1.10 for the null MX), and a 4xx for one of two
+// recipients retries that one only.
+func TestRemoteFailures(t *testing.T) {
+	w := startMXWorld(t,
+		"null.test. 300 IN MX 0 .",
+		"flaky.test. 300 IN MX 10 mx1.example.test.",
+	)
+	w.dns.ServFail("flaky.test")
+	// the receivers refuse later@ with a 4xx
+	for _, d := range w.mx {
+		d.Kill()
+	}
+	filt := "filter {\n  rcpt = [\"later@example.test\"]\n  action = \"tempfail\"\n}\n"
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
+		conf := strings.Replace(DefaultConfig, `hostname       = "mx.example.test"`, `hostname       = "mx-`+ip+`.example.test"`, 1)
+		w.mx[ip] = StartWith(t, bin, Options{Config: conf + filt, Addr: fmt.Sprintf("%s:%d", ip, w.port)})
+	}
+	out := StartWith(t, bin, Options{Config: w.relayConfig("")})
+	send := func(rcpts ...string) {
+		t.Helper()
+		script := "expect 220\nsend EHLO c.example\nexpect 250\nsend MAIL FROM:<author@out.example.net>\nexpect 250\n"
+		for _, r := range rcpts {
+			script += "send RCPT TO:<" + r + ">\nexpect 250\n"
+		}
+		script += "send DATA\nexpect 354\nsend Subject: remote\nsend\nsend .\nexpect 250\nsend QUIT\nexpect 221\n"
+		if err := RunDialogue(out.SMTPAddr, script); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send("a@nosuch.test")
+	send("b@null.test")
+	send("c@flaky.test")
+	send("now@example.test", "later@example.test")
+	out.WaitStat("scheduler.delivery.permfail", "2", 20*time.Second)
+	// now@ and the two notices, delivered locally
+	out.WaitStat("scheduler.delivery.ok", "3", 20*time.Second)
+	out.WaitStat("scheduler.delivery.tempfail", "4", 20*time.Second)
+	notices := out.WaitMail(2, 10*time.Second)
+	var nxdomain, nullmx int
+	for _, m := range notices {
+		switch {
+		case strings.Contains(m, "Final-Recipient: rfc822; a@nosuch.test") && strings.Contains(m, "Status: 5.1.2"):
+			nxdomain++
+		case strings.Contains(m, "Final-Recipient: rfc822; b@null.test") && strings.Contains(m, "Status: 5.1.10"):
+			nullmx++
+		default:
+			t.Errorf("unexpected notice:\n%s", m)
+		}
+	}
+	if nxdomain != 1 || nullmx != 1 {
+		t.Errorf("notices: %d NXDOMAIN, %d null MX", nxdomain, nullmx)
+	}
+	delivered := 0
+	for _, d := range w.mx {
+		for _, m := range d.Mail() {
+			if strings.Contains(m, "for <now@example.test>") || strings.Contains(m, "Subject: remote") {
+				delivered++
+			}
+		}
+	}
+	if delivered != 1 {
+		t.Errorf("now@ delivered %d times, want once", delivered)
+	}
+}
+
+// TestTLSRequired: a relay that requires TLS to a host that does not
+// offer STARTTLS defers the mail with a clear error and never sends it
+// in clear.
+func TestTLSRequired(t *testing.T) {
+	w := startMXWorld(t)
+	conf := strings.Replace(w.relayConfig(""), `action "out" { relay = "mx" }`, "action \"out\" {\n  relay = \"mx\"\n  tls   = \"required\"\n}", 1)
+	out := StartWith(t, bin, Options{Config: conf})
+	sendMany(t, out.SMTPAddr, 1, 1, "Subject: secret\r\n\r\nhi\r\n", func(int) string { return "x@example.test" })
+	out.WaitStat("scheduler.delivery.tempfail", "1", 20*time.Second)
+	if !strings.Contains(out.Log(), "TLS required but mx") {
+		t.Errorf("no clear error:\n%s", out.Log())
+	}
+	for ip, d := range w.mx {
+		if n := len(d.Mail()); n != 0 {
+			t.Errorf("%s got %d messages in clear", ip, n)
+		}
+	}
+}
+
+// TestOneSessionManyMessages: messages queued for the same relay travel
+// many to a connection.
+func TestOneSessionManyMessages(t *testing.T) {
+	w := startMXWorld(t)
+	for _, d := range w.mx {
+		d.Kill()
+	}
+	out := StartWith(t, bin, Options{Config: w.relayConfig("")})
+	sendMany(t, out.SMTPAddr, 30, 1, "Subject: batch\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("b%d@example.test", i) })
+	out.WaitStat("scheduler.delivery.tempfail", "30", 20*time.Second)
+	out.Kill()
+	// the exchanger comes back, and so does the relay with its queue,
+	// whose envelopes are all due at once
+	conf := strings.Replace(DefaultConfig, `hostname       = "mx.example.test"`, `hostname       = "mx-again.example.test"`, 1)
+	again := StartWith(t, bin, Options{Config: conf, Addr: fmt.Sprintf("127.0.0.4:%d", w.port)})
+	time.Sleep(1500 * time.Millisecond)
+	StartWith(t, bin, Options{Config: w.relayConfig(""), Dir: out.Dir})
+	again.WaitMail(30, 60*time.Second)
+	n := sessionsAt(again)
+	if n > 10 {
+		t.Errorf("30 messages took %d sessions", n)
+	}
+	t.Logf("30 queued messages delivered over %d session(s)", n)
+}

@@ -339,10 +339,13 @@ func (m *MTA) candidates(mxs []proto.MXHost, source string) []candidate {
 }
 
 // penalize disables a route after a failed connect: 15 s x penalty²,
-// capped at an hour.
+// capped at an hour. Attempts that fail together count once.
 func (m *MTA) penalize(rt *route, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if time.Now().Before(rt.disabled) {
+		return // a concurrent attempt failed already
+	}
 	rt.penalty++
 	d := min(penaltyUnit*time.Duration(rt.penalty*rt.penalty), penaltyMax)
 	rt.disabled = time.Now().Add(d)
