@@ -1,10 +1,17 @@
 package regress
 
 import (
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	"smtpd/internal/dns/dnstest"
 )
@@ -248,4 +255,122 @@ func TestOneSessionManyMessages(t *testing.T) {
 		t.Errorf("30 messages took %d sessions", n)
 	}
 	t.Logf("30 queued messages delivered over %d session(s)", n)
+}
+
+// submissionServer is a go-smtp server with STARTTLS and AUTH PLAIN, as
+// a provider's submission service would be, that records what it gets.
+type submissionServer struct {
+	addr string
+	mu   sync.Mutex
+	// authTLS records, for each AUTH, whether TLS was on.
+	authTLS []bool
+	mail    []string
+}
+
+type subSession struct {
+	srv  *submissionServer
+	conn *smtp.Conn
+	user string
+}
+
+func (s *subSession) AuthMechanisms() []string { return []string{sasl.Plain} }
+func (s *subSession) Auth(mech string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(identity, user, pass string) error {
+		_, tlsOn := s.conn.TLSConnectionState()
+		s.srv.mu.Lock()
+		s.srv.authTLS = append(s.srv.authTLS, tlsOn)
+		s.srv.mu.Unlock()
+		if user != "alice" || pass != "s3cret" {
+			return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "bad credentials"}
+		}
+		s.user = user
+		return nil
+	}), nil
+}
+func (s *subSession) Mail(from string, _ *smtp.MailOptions) error {
+	if s.user == "" {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "authentication required"}
+	}
+	return nil
+}
+func (s *subSession) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *subSession) Data(r io.Reader) error {
+	b, _ := io.ReadAll(r)
+	s.srv.mu.Lock()
+	s.srv.mail = append(s.srv.mail, string(b))
+	s.srv.mu.Unlock()
+	return nil
+}
+func (s *subSession) Reset()        {}
+func (s *subSession) Logout() error { return nil }
+
+func startSubmission(t *testing.T) *submissionServer {
+	t.Helper()
+	cert, key := writeCert(t, t.TempDir())
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := &submissionServer{}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &subSession{srv: sub, conn: c}, nil
+	}))
+	srv.Domain = "smtp.provider.test"
+	srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}}
+	srv.ReadTimeout, srv.WriteTimeout = 10*time.Second, 10*time.Second
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.addr = l.Addr().String()
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return sub
+}
+
+// TestSmarthostAuth: a smarthost relay authenticates over STARTTLS only;
+// wrong credentials defer the mail rather than return it.
+func TestSmarthostAuth(t *testing.T) {
+	sub := startSubmission(t)
+	dnsSrv, _ := dnstest.Start()
+	t.Cleanup(dnsSrv.Close)
+	smarthost := func(secret string) string {
+		return strings.Replace(DefaultConfig, "match {", `
+resolver = ["`+dnsSrv.Addr+`"]
+table "secrets" { map = { isp = "`+secret+`" } }
+action "smarthost" {
+  relay       = "smtp+tls://isp@`+sub.addr+`"
+  credentials = table.secrets
+  tls         = "no-verify"
+}
+match {
+  from   = "any"
+  for    = "elsewhere.example"
+  action = action.smarthost
+}
+match {`, 1)
+	}
+	d := StartWith(t, bin, Options{Config: smarthost("alice:s3cret")})
+	sendMany(t, d.SMTPAddr, 3, 1, "Subject: via smarthost\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("friend%d@elsewhere.example", i) })
+	d.WaitStat("scheduler.delivery.ok", "3", 20*time.Second)
+	sub.mu.Lock()
+	if len(sub.mail) != 3 || len(sub.authTLS) == 0 {
+		t.Errorf("%d messages, %d AUTH at the smarthost", len(sub.mail), len(sub.authTLS))
+	}
+	for _, on := range sub.authTLS {
+		if !on {
+			t.Error("credentials sent without TLS")
+		}
+	}
+	sub.mu.Unlock()
+
+	bad := StartWith(t, bin, Options{Config: smarthost("alice:wrong")})
+	sendMany(t, bad.SMTPAddr, 1, 1, "Subject: refused\r\n\r\nhi\r\n", func(int) string { return "friend@elsewhere.example" })
+	bad.WaitStat("scheduler.delivery.tempfail", "1", 20*time.Second)
+	if st := bad.Stats(); st["scheduler.delivery.permfail"] != "" || st["queue.bounce"] != "" {
+		t.Errorf("wrong credentials bounced: %v", st)
+	}
+	if !strings.Contains(bad.Log(), "authentication with 127.0.0.1 failed: 535 5.7.8") {
+		t.Errorf("no clear error:\n%s", bad.Log())
+	}
 }
