@@ -21,10 +21,14 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return (sender.IsChild() || sender == ProcMDA) && receiver == ProcParent
 	case TypeStatUpdate:
 		return (sender == ProcParent || sender.IsChild()) && sender != ProcControl && receiver == ProcControl
-	case TypeControlShowStats:
+	case TypeControlShowStats, TypeControlShowMTA:
 		return sender == ProcClient && receiver == ProcControl
-	case TypeControlStats, TypeControlError:
+	case TypeControlStats, TypeControlError, TypeControlText:
 		return sender == ProcControl && receiver == ProcClient
+	case TypeControlMTAQuery:
+		return sender == ProcControl && receiver == ProcMTA
+	case TypeMTAObjects:
+		return sender == ProcMTA && receiver == ProcControl
 	case TypeSMTPFilterQuery:
 		return sender == ProcSMTP && receiver == ProcMFA
 	case TypeMFAFilterVerdict:

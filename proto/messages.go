@@ -45,6 +45,10 @@ const (
 	TypeLookupMXResult
 	TypeMTAResolvePTR
 	TypeLookupPTRResult
+	TypeControlShowMTA
+	TypeControlMTAQuery
+	TypeMTAObjects
+	TypeControlText
 	typeEnd
 )
 
@@ -85,6 +89,10 @@ var typeNames = [...]string{
 	TypeLookupMXResult:        "LookupMXResult",
 	TypeMTAResolvePTR:         "MTAResolvePTR",
 	TypeLookupPTRResult:       "LookupPTRResult",
+	TypeControlShowMTA:        "ControlShowMTA",
+	TypeControlMTAQuery:       "ControlMTAQuery",
+	TypeMTAObjects:            "MTAObjects",
+	TypeControlText:           "ControlText",
 }
 
 func (t Type) String() string {
@@ -182,6 +190,14 @@ func New(t Type) (Message, bool) {
 		return &MTAResolvePTR{}, true
 	case TypeLookupPTRResult:
 		return &LookupPTRResult{}, true
+	case TypeControlShowMTA:
+		return &ControlShowMTA{}, true
+	case TypeControlMTAQuery:
+		return &ControlMTAQuery{}, true
+	case TypeMTAObjects:
+		return &MTAObjects{}, true
+	case TypeControlText:
+		return &ControlText{}, true
 	}
 	return nil, false
 }
@@ -348,3 +364,78 @@ type ControlError struct{ Text string }
 func (*ControlError) Type() Type         { return TypeControlError }
 func (m *ControlError) Encode(w *Writer) { w.String(m.Text) }
 func (m *ControlError) Decode(r *Reader) { m.Text = r.String() }
+
+// ControlShowMTA asks for the mta's live objects: "hosts", "relays" or
+// "routes".
+type ControlShowMTA struct{ What string }
+
+func (*ControlShowMTA) Type() Type         { return TypeControlShowMTA }
+func (m *ControlShowMTA) Encode(w *Writer) { w.String(m.What) }
+func (m *ControlShowMTA) Decode(r *Reader) { m.What = r.String() }
+
+// ControlMTAQuery passes a ControlShowMTA on to mta.
+type ControlMTAQuery struct{ What string }
+
+func (*ControlMTAQuery) Type() Type         { return TypeControlMTAQuery }
+func (m *ControlMTAQuery) Encode(w *Writer) { w.String(m.What) }
+func (m *ControlMTAQuery) Decode(r *Reader) { m.What = r.String() }
+
+// TextLines are lines of text sent in several frames; the last has Last
+// set.
+type TextLines struct {
+	Lines []string
+	Last  bool
+}
+
+func (t *TextLines) encode(w *Writer) {
+	w.Bool(t.Last)
+	w.U32(uint32(len(t.Lines)))
+	for _, l := range t.Lines {
+		w.String(l)
+	}
+}
+
+func (t *TextLines) decode(r *Reader) {
+	t.Last = r.Bool()
+	n := r.U32()
+	if n > MaxPayload/4 {
+		r.Fail(fmt.Errorf("%w: %d lines", ErrBadFrame, n))
+		return
+	}
+	t.Lines = make([]string, 0, n)
+	for range n {
+		t.Lines = append(t.Lines, r.String())
+	}
+}
+
+// MTAObjects answers ControlMTAQuery.
+type MTAObjects struct{ TextLines }
+
+func (*MTAObjects) Type() Type         { return TypeMTAObjects }
+func (m *MTAObjects) Encode(w *Writer) { m.encode(w) }
+func (m *MTAObjects) Decode(r *Reader) { m.decode(r) }
+
+// ControlText answers a control request with lines of text.
+type ControlText struct{ TextLines }
+
+func (*ControlText) Type() Type         { return TypeControlText }
+func (m *ControlText) Encode(w *Writer) { m.encode(w) }
+func (m *ControlText) Decode(r *Reader) { m.decode(r) }
+
+// SendLines sends lines in as many frames as they need, made by mk.
+func SendLines(ch *Channel, id uint32, lines []string, mk func(lines []string, last bool) Message) error {
+	for {
+		n, size := 0, 0
+		for n < len(lines) && size+len(lines[n])+4 < MaxPayload-64 {
+			size += len(lines[n]) + 4
+			n++
+		}
+		if err := ch.Send(mk(lines[:n], n == len(lines)), id); err != nil {
+			return err
+		}
+		lines = lines[n:]
+		if len(lines) == 0 {
+			return nil
+		}
+	}
+}

@@ -58,6 +58,10 @@ func samples(t *testing.T) []struct {
 		{ProcLookup, ProcMTA, &LookupMXResult{Status: StatusOK, MXs: []MXHost{{10, "mx.example.test", []string{"127.0.0.2", "::1"}}}}},
 		{ProcMTA, ProcLookup, &MTAResolvePTR{Addr: "127.0.0.2"}},
 		{ProcLookup, ProcMTA, &LookupPTRResult{Name: "mx.example.test"}},
+		{ProcClient, ProcControl, &ControlShowMTA{What: "routes"}},
+		{ProcControl, ProcMTA, &ControlMTAQuery{What: "routes"}},
+		{ProcMTA, ProcControl, &MTAObjects{TextLines{[]string{"a", "b"}, true}}},
+		{ProcControl, ProcClient, &ControlText{TextLines{[]string{"a"}, false}}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

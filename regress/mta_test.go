@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -98,6 +99,10 @@ func TestMXRouting(t *testing.T) {
 		return fmt.Sprintf("user%d@example.test", i%20)
 	})
 	out.WaitStat("scheduler.delivery.ok", fmt.Sprint(n), 60*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for len(w.mx["127.0.0.2"].Mail())+len(w.mx["127.0.0.3"].Mail()) < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	got := map[string]int{}
 	total := 0
 	for ip, d := range w.mx {
@@ -130,7 +135,7 @@ func TestBrokenMX(t *testing.T) {
 	out := StartWith(t, bin, Options{Config: w.relayConfig("")})
 	sendMany(t, out.SMTPAddr, 20, 2, "Subject: one down\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("u%d@example.test", i) })
 	out.WaitStat("scheduler.delivery.ok", "20", 30*time.Second)
-	if n := len(w.mx["127.0.0.3"].Mail()); n != 20 {
+	if n := len(w.mx["127.0.0.3"].WaitMail(20, 10*time.Second)); n != 20 {
 		t.Errorf("%d messages at the second primary, want 20", n)
 	}
 	if n := len(w.mx["127.0.0.4"].Mail()); n != 0 {
@@ -139,10 +144,23 @@ func TestBrokenMX(t *testing.T) {
 	if !strings.Contains(out.Log(), ">127.0.0.2 disabled for 15s") {
 		t.Errorf("no penalty logged:\n%s", out.Log())
 	}
+	routes, _, code := out.Smtpctl("show", "routes")
+	if code != 0 || !regexp.MustCompile(`(?m)^any>127\.0\.0\.2 penalty=1 disabled for \d+s error=.*refused`).MatchString(routes) ||
+		!regexp.MustCompile(`(?m)^any>127\.0\.0\.3 penalty=0 up$`).MatchString(routes) {
+		t.Errorf("show routes:\n%s", routes)
+	}
+	hosts, _, _ := out.Smtpctl("show", "hosts")
+	if !strings.Contains(hosts, "127.0.0.3 name=mx2.example.test ptr=mx2.example.test sessions=") {
+		t.Errorf("show hosts:\n%s", hosts)
+	}
+	relays, _, _ := out.Smtpctl("sh", "rel")
+	if !strings.Contains(relays, "mx:out:example.test tasks=") {
+		t.Errorf("show relays:\n%s", relays)
+	}
 	w.mx["127.0.0.3"].Kill()
 	sendMany(t, out.SMTPAddr, 5, 1, "Subject: both down\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("v%d@example.test", i) })
 	out.WaitStat("scheduler.delivery.ok", "25", 30*time.Second)
-	if n := len(w.mx["127.0.0.4"].Mail()); n != 5 {
+	if n := len(w.mx["127.0.0.4"].WaitMail(5, 10*time.Second)); n != 5 {
 		t.Errorf("%d messages at the backup, want 5", n)
 	}
 }
@@ -200,6 +218,7 @@ func TestRemoteFailures(t *testing.T) {
 	if nxdomain != 1 || nullmx != 1 {
 		t.Errorf("notices: %d NXDOMAIN, %d null MX", nxdomain, nullmx)
 	}
+	time.Sleep(500 * time.Millisecond)
 	delivered := 0
 	for _, d := range w.mx {
 		for _, m := range d.Mail() {

@@ -27,7 +27,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("s", "", "control socket `path` (default: control_socket of the configuration)")
 	cfgPath := fs.String("f", "", "configuration `file` to read the control socket path from")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats")
+		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -75,7 +75,41 @@ type command func(socket string, out io.Writer) error
 // commands maps command words to what they do; a command may be given
 // by any unambiguous prefix of its words, as in OpenSMTPD ("sh st").
 var commands = map[string]command{
-	"show stats": showStats,
+	"show stats":  showStats,
+	"show hosts":  showMTA("hosts"),
+	"show relays": showMTA("relays"),
+	"show routes": showMTA("routes"),
+}
+
+// showMTA prints the mta's live objects of a kind, one per line.
+func showMTA(what string) command {
+	return func(socket string, out io.Writer) error {
+		ch, err := dial(socket)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		if err := ch.Send(&proto.ControlShowMTA{What: what}, 1); err != nil {
+			return err
+		}
+		for {
+			env, err := ch.Recv()
+			if err != nil {
+				return fmt.Errorf("control: %w", err)
+			}
+			switch m := env.Msg.(type) {
+			case *proto.ControlError:
+				return errors.New(m.Text)
+			case *proto.ControlText:
+				for _, l := range m.Lines {
+					fmt.Fprintln(out, l)
+				}
+				if m.Last {
+					return nil
+				}
+			}
+		}
+	}
 }
 
 func parseCommand(words []string) (command, error) {

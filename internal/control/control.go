@@ -22,6 +22,9 @@ type Server struct {
 	// Started is when the daemon started, for uptime.
 	Started time.Time
 	logf    func(format string, args ...any)
+	// mta answers questions about relays, hosts and routes.
+	mta  *proto.Channel
+	reqs *proto.Requests
 }
 
 // Run runs the control process on c.
@@ -38,7 +41,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], reqs: proto.NewRequests()}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -55,6 +58,11 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
 	switch m := env.Msg.(type) {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
+		return nil
+	case *proto.MTAObjects:
+		if !s.reqs.Deliver(env) {
+			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
+		}
 		return nil
 	}
 	return fmt.Errorf("unexpected %s", env.Type)
@@ -123,8 +131,36 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope) error {
 			values = values[n:]
 		}
 		return nil
+	case *proto.ControlShowMTA:
+		return s.showMTA(ch, env.Msg.(*proto.ControlShowMTA).What, env.PeerID)
 	}
 	return ch.Send(&proto.ControlError{Text: "unsupported request " + env.Type.String()}, env.PeerID)
+}
+
+// showMTA asks mta for its live objects and passes the answer on.
+func (s *Server) showMTA(ch *proto.Channel, what string, id uint32) error {
+	if s.mta == nil {
+		return ch.Send(&proto.ControlError{Text: "no mta process"}, id)
+	}
+	rid, answers := s.reqs.Open()
+	defer s.reqs.Close(rid)
+	if err := s.mta.Send(&proto.ControlMTAQuery{What: what}, rid); err != nil {
+		return err
+	}
+	for {
+		select {
+		case env := <-answers:
+			m := env.Msg.(*proto.MTAObjects)
+			if err := ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: m.Lines, Last: m.Last}}, id); err != nil {
+				return err
+			}
+			if m.Last {
+				return nil
+			}
+		case <-time.After(10 * time.Second):
+			return ch.Send(&proto.ControlError{Text: "mta did not answer"}, id)
+		}
+	}
 }
 
 // statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload

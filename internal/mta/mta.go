@@ -135,6 +135,11 @@ func (m *MTA) handle(ch *proto.Channel, env *proto.Envelope) error {
 		}
 		m.enqueue(e, msg.File())
 		return nil
+	case *proto.ControlMTAQuery:
+		lines := m.objects(msg.What)
+		return proto.SendLines(ch, env.PeerID, lines, func(l []string, last bool) proto.Message {
+			return &proto.MTAObjects{TextLines: proto.TextLines{Lines: l, Last: last}}
+		})
 	case *proto.LookupMXResult, *proto.LookupPTRResult:
 		if !m.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
@@ -316,7 +321,11 @@ func (m *MTA) candidates(mxs []proto.MXHost, source string) []candidate {
 				m.hosts[ip] = h
 				m.stats.Increment("mta.host", 1)
 			}
-			rkey := source + ">" + ip.String()
+			src := source
+			if src == "" {
+				src = "any"
+			}
+			rkey := src + ">" + ip.String()
 			rt := m.routes[rkey]
 			if rt == nil {
 				rt = &route{key: rkey}
@@ -357,4 +366,46 @@ func (m *MTA) healthy(rt *route) {
 	m.mu.Lock()
 	rt.penalty, rt.disabled, rt.lastErr = 0, time.Time{}, ""
 	m.mu.Unlock()
+}
+
+// objects describes the live hosts, relays or routes, one per line,
+// sorted, for smtpctl.
+func (m *MTA) objects(what string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	var lines []string
+	switch what {
+	case "hosts":
+		for _, h := range m.hosts {
+			lines = append(lines, fmt.Sprintf("%s name=%s ptr=%s sessions=%d", h.addr, h.name, orNone(h.ptr), h.sessions))
+		}
+	case "relays":
+		for _, r := range m.relays {
+			lines = append(lines, fmt.Sprintf("%s tasks=%d sessions=%d", r.key, len(r.tasks), r.sessions))
+		}
+	case "routes":
+		for _, rt := range m.routes {
+			state := "up"
+			if now.Before(rt.disabled) {
+				state = fmt.Sprintf("disabled for %s", rt.disabled.Sub(now).Round(time.Second))
+			}
+			line := fmt.Sprintf("%s penalty=%d %s", rt.key, rt.penalty, state)
+			if rt.lastErr != "" {
+				line += " error=" + rt.lastErr
+			}
+			lines = append(lines, line)
+		}
+	default:
+		return []string{fmt.Sprintf("unknown object %q: hosts, relays or routes", what)}
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
