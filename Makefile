@@ -15,7 +15,9 @@ TEST_PACKAGES = mandoc
 FUZZ_TARGETS = \
 	./proto:FuzzDecode \
 	./internal/table:FuzzParse \
-	./internal/config:FuzzLoad
+	./internal/config:FuzzLoad \
+	./internal/envelope:FuzzUnmarshal \
+	./internal/mta:FuzzReadReply
 
 .PHONY: all build run test test-deps users fuzz bench install clean
 

@@ -393,3 +393,47 @@ match {`, 1)
 		t.Errorf("no clear error:\n%s", bad.Log())
 	}
 }
+
+// TestMXLoop: an exchanger that turns out to be this host (its greeting
+// names our host name) is a mail loop: the message is returned, not
+// relayed in circles.
+func TestMXLoop(t *testing.T) {
+	w := startMXWorld(t)
+	for _, d := range w.mx {
+		d.Kill()
+	}
+	conf := strings.Replace(DefaultConfig, `hostname       = "mx.example.test"`, `hostname       = "out.example.net"`, 1)
+	StartWith(t, bin, Options{Config: conf, Addr: fmt.Sprintf("127.0.0.2:%d", w.port)})
+	out := StartWith(t, bin, Options{Config: w.relayConfig("")})
+	if err := RunDialogue(out.SMTPAddr, "expect 220\nsend EHLO c.example\nexpect 250\nsend MAIL FROM:<author@out.example.net>\nexpect 250\n"+
+		"send RCPT TO:<x@example.test>\nexpect 250\nsend DATA\nexpect 354\nsend Subject: loop\nsend\nsend .\nexpect 250\n"); err != nil {
+		t.Fatal(err)
+	}
+	out.WaitStat("scheduler.delivery.permfail", "1", 20*time.Second)
+	for _, m := range out.WaitMail(1, 10*time.Second) {
+		if !strings.Contains(m, "Status: 5.4.6") || !strings.Contains(m, "mail loop") {
+			t.Errorf("notice:\n%s", m)
+		}
+	}
+}
+
+// TestBackupMX: a relay in backup mode, listed at preference 20 as
+// backup.example.test, hands mail only to the primaries, and holds it
+// while they are all down.
+func TestBackupMX(t *testing.T) {
+	w := startMXWorld(t)
+	w.mx["127.0.0.4"].Kill()
+	conf := strings.Replace(w.relayConfig(""), `hostname       = "out.example.net"`, `hostname       = "backup.example.test"`, 1)
+	conf = strings.Replace(conf, `action "out" { relay = "mx" }`, "action \"out\" {\n  relay  = \"mx\"\n  backup = true\n}", 1)
+	conf = strings.Replace(conf, `for    = "out.example.net"`, `for    = "backup.example.test"`, 1)
+	b := StartWith(t, bin, Options{Config: conf})
+	sendMany(t, b.SMTPAddr, 4, 1, "Subject: via backup\r\n\r\nhi\r\n", func(i int) string { return fmt.Sprintf("k%d@example.test", i) })
+	b.WaitStat("scheduler.delivery.ok", "4", 20*time.Second)
+	w.mx["127.0.0.2"].Kill()
+	w.mx["127.0.0.3"].Kill()
+	sendMany(t, b.SMTPAddr, 1, 1, "Subject: held\r\n\r\nhi\r\n", func(int) string { return "held@example.test" })
+	b.WaitStat("scheduler.delivery.tempfail", "1", 20*time.Second)
+	if strings.Contains(b.Log(), ">127.0.0.4") {
+		t.Errorf("the backup tried itself:\n%s", b.Log())
+	}
+}

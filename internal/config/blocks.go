@@ -148,13 +148,16 @@ type Action struct {
 	Helo, Source string
 	Credentials  *Table
 	RelayTLS     string
-	Range        hcl.Range
+	// Backup makes an MX relay a backup MX: it hands mail only to
+	// exchangers preferred to this host.
+	Backup bool
+	Range  hcl.Range
 }
 
 var actionSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: string(Maildir)}, {Name: string(Mbox)}, {Name: string(LMTP)}, {Name: string(MDA)}, {Name: string(Relay)},
 	{Name: "alias"}, {Name: "virtual"}, {Name: "userbase"}, {Name: "user"},
-	{Name: "helo"}, {Name: "source"}, {Name: "credentials"}, {Name: "tls"},
+	{Name: "helo"}, {Name: "source"}, {Name: "credentials"}, {Name: "tls"}, {Name: "backup"},
 }}
 
 // defaultTargets are the targets of `maildir = true` and `mbox = true`.
@@ -184,7 +187,7 @@ func (d *decoder) action(b *hcl.Block) {
 		d.relay(a, attrs)
 	} else {
 		a.Target = d.target(a.Method, attrs[methods[0]])
-		for _, opt := range []string{"helo", "source", "credentials", "tls"} {
+		for _, opt := range []string{"helo", "source", "credentials", "tls", "backup"} {
 			if attrs[opt] != nil {
 				d.errorf(attrs[opt].NameRange, "Relay option in a local action", "%s applies to relay actions only.", opt)
 			}
@@ -275,6 +278,9 @@ func (d *decoder) relay(a *Action, attrs hcl.Attributes) {
 	d.decode(attrs, "helo", &a.Helo)
 	if d.decode(attrs, "source", &a.Source) && net.ParseIP(a.Source) == nil {
 		d.errorf(attrs["source"].Expr.Range(), "Invalid source", "%q is not an IP address.", a.Source)
+	}
+	if d.decode(attrs, "backup", &a.Backup) && a.Backup && a.RelayURL != nil {
+		d.errorf(attrs["backup"].NameRange, "Backup with a smarthost", "backup applies to relay = \"mx\" only.")
 	}
 	a.Credentials = d.tableRef(attrs, "credentials", "action "+a.Name+" credentials")
 	if a.Credentials != nil && (a.RelayURL == nil || a.RelayURL.User == nil) {

@@ -81,6 +81,7 @@ type domain struct {
 	err     error
 	perm    bool
 	expires time.Time
+	done    bool // answered; until then others wait on ready
 	ready   chan struct{}
 }
 
@@ -192,7 +193,7 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 		m.stats.Increment("mta.task", 1)
 	}
 	m.stats.Increment("mta.envelope", 1)
-	start := r.sessions < SessionsPerRelay && r.sessions < len(r.tasks)
+	start := r.wantsSession()
 	if start {
 		r.sessions++
 	}
@@ -200,6 +201,18 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	if start {
 		go m.session(r)
 	}
+}
+
+// TasksPerSession is the backlog of a relay that makes it worth one more
+// session: fewer tasks wait for the sessions already running.
+const TasksPerSession = 10
+
+// wantsSession reports whether a relay should open one more session.
+func (r *relay) wantsSession() bool {
+	if len(r.tasks) == 0 || r.sessions >= SessionsPerRelay {
+		return false
+	}
+	return r.sessions == 0 || len(r.tasks) > r.sessions*TasksPerSession
 }
 
 // next takes the next task of a relay, waiting up to Keepalive for one.
@@ -251,7 +264,7 @@ func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
 	}
 	m.mu.Lock()
 	d := m.domains[key]
-	if d == nil || time.Now().After(d.expires) {
+	if d == nil || d.done && time.Now().After(d.expires) {
 		d = &domain{name: r.domain, ready: make(chan struct{})}
 		m.domains[key] = d
 		m.stats.Increment("mta.domain", 1)
@@ -267,10 +280,13 @@ func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
 				d.err, d.perm = fmt.Errorf("%s", res.Text), res.Status == proto.StatusPermfail
 			}
 		}
+		m.mu.Lock()
 		d.expires = time.Now().Add(DomainTTL)
 		if d.err != nil && !d.perm {
 			d.expires = time.Now() // temporary failures are asked again
 		}
+		d.done = true
+		m.mu.Unlock()
 		close(d.ready)
 	} else {
 		m.mu.Unlock()

@@ -39,6 +39,12 @@ func (m *MTA) session(r *relay) {
 		m.failAll(r, first, status, text)
 		return
 	}
+	if r.action.Backup {
+		if mxs, err = m.betterThanUs(mxs); err != nil {
+			m.failAll(r, first, proto.StatusTempfail, "451 4.4.4 "+err.Error())
+			return
+		}
+	}
 	c, cand, err := m.connect(r, mxs)
 	if err != nil {
 		m.failAll(r, first, proto.StatusTempfail, "451 4.4.1 "+err.Error())
@@ -74,7 +80,9 @@ func (m *MTA) session(r *relay) {
 	c.quit()
 	// more tasks may have come: another session takes them
 	m.mu.Lock()
-	again := len(r.tasks) > 0 && r.sessions <= SessionsPerRelay
+	r.sessions--
+	again := r.wantsSession()
+	r.sessions++
 	if again {
 		r.sessions++
 	}
@@ -82,6 +90,26 @@ func (m *MTA) session(r *relay) {
 	if again {
 		go m.session(r)
 	}
+}
+
+// betterThanUs keeps, for a backup MX, the exchangers preferred to this
+// host; if this host is not among them all are kept.
+func (m *MTA) betterThanUs(mxs []proto.MXHost) ([]proto.MXHost, error) {
+	for i, mx := range mxs {
+		if strings.EqualFold(mx.Host, m.cfg.Hostname) {
+			var better []proto.MXHost
+			for _, b := range mxs[:i] {
+				if b.Preference < mx.Preference {
+					better = append(better, b)
+				}
+			}
+			if len(better) == 0 {
+				return nil, fmt.Errorf("no exchanger is preferred to this backup MX")
+			}
+			return better, nil
+		}
+	}
+	return mxs, nil
 }
 
 // permanentError is a failure that will not change on retry.
@@ -203,6 +231,10 @@ func (m *MTA) open(c *client, r *relay, cd candidate) error {
 			m.stats.Increment("mta.tls", 1)
 		} else if required {
 			return fmt.Errorf("451 4.7.4 TLS required but %s (%s) does not offer STARTTLS", cd.host.name, cd.host.addr)
+		} else {
+			// opportunistic TLS falls back to plain text: say so
+			m.stats.Increment("mta.plaintext", 1)
+			m.child.Log.Infof("%s (%s) offers no STARTTLS: sending in plain text", cd.host.name, cd.host.addr)
 		}
 	}
 	if r.url != nil && r.url.User != nil && r.action.Credentials != nil {
