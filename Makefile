@@ -9,7 +9,7 @@ SYSCONF  ?= /etc/mail
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
-TEST_PACKAGES = mandoc
+TEST_PACKAGES = mandoc swaks msmtp e2fsprogs
 
 # package:target for every fuzz target
 FUZZ_TARGETS = \
