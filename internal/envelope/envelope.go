@@ -58,6 +58,18 @@ type Envelope struct {
 	Warned bool
 }
 
+// CleanText makes a text fit for an envelope field: line breaks and
+// other control characters become spaces. Remote servers' replies go
+// through it before they are recorded.
+func CleanText(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
 // MsgID returns the message part of the envelope id.
 func (e *Envelope) MsgID() uint32 { return uint32(e.ID >> 32) }
 
@@ -125,6 +137,9 @@ func Unmarshal(data []byte) (*Envelope, error) {
 			if k, ok = strings.CutSuffix(sc.Text(), ":"); !ok {
 				return nil, fmt.Errorf("%w: line %d is not key: value", ErrCorrupt, n)
 			}
+		}
+		if strings.ContainsAny(v, "\r\x00") {
+			return nil, fmt.Errorf("%w: line %d has a CR or NUL", ErrCorrupt, n)
 		}
 		if _, dup := fields[k]; dup {
 			return nil, fmt.Errorf("%w: %s twice", ErrCorrupt, k)

@@ -82,3 +82,11 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+func TestCleanText(t *testing.T) {
+	e := sample()
+	e.LastError = CleanText("451 4.3.0 bad\r\nkind: mta\x00")
+	if _, err := e.Marshal(); err != nil {
+		t.Fatal(err)
+	}
+}

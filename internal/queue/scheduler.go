@@ -185,7 +185,7 @@ func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 		s.stats.Increment("scheduler.delivery.tempfail", 1)
 		e.Retries++
 		e.LastTry = time.Now()
-		e.LastError = text
+		e.LastError = envelope.CleanText(text)
 		warn := !e.Warned && e.LastTry.Sub(e.Created) >= s.limits.BounceWarn && s.OnDelay != nil
 		if warn {
 			e.Warned = true
