@@ -286,21 +286,25 @@ func (m *QueueFailure) Decode(r *Reader) {
 	m.Reply.decode(r)
 }
 
-// QueueDeliverLocal asks the parent to deliver an envelope locally; the
-// descriptor is the message, open for reading.
-type QueueDeliverLocal struct {
+// envelopeBody is an envelope, in envelope.Marshal's text form, with
+// its message open for reading as the descriptor.
+type envelopeBody struct {
 	fileField
 	Envelope []byte
 }
 
+func (m *envelopeBody) Encode(w *Writer) { w.Bytes(m.Envelope) }
+func (m *envelopeBody) Decode(r *Reader) { m.Envelope = r.Bytes() }
+
+// QueueDeliverLocal asks the parent to deliver an envelope locally.
+type QueueDeliverLocal struct{ envelopeBody }
+
 // NewQueueDeliverLocal returns a QueueDeliverLocal carrying body.
 func NewQueueDeliverLocal(evp []byte, body *os.File) *QueueDeliverLocal {
-	return &QueueDeliverLocal{fileField{body}, evp}
+	return &QueueDeliverLocal{envelopeBody{fileField{body}, evp}}
 }
 
-func (*QueueDeliverLocal) Type() Type         { return TypeQueueDeliverLocal }
-func (m *QueueDeliverLocal) Encode(w *Writer) { w.Bytes(m.Envelope) }
-func (m *QueueDeliverLocal) Decode(r *Reader) { m.Envelope = r.Bytes() }
+func (*QueueDeliverLocal) Type() Type { return TypeQueueDeliverLocal }
 
 // DeliveryResult is the outcome of one delivery attempt.
 type DeliveryResult struct {
@@ -329,19 +333,14 @@ func (m *ParentDeliveryResult) Encode(w *Writer) { m.encode(w) }
 func (m *ParentDeliveryResult) Decode(r *Reader) { m.decode(r) }
 
 // ParentMDADeliver hands an mda process one delivery with its message.
-type ParentMDADeliver struct {
-	fileField
-	Envelope []byte
-}
+type ParentMDADeliver struct{ envelopeBody }
 
 // NewParentMDADeliver returns a ParentMDADeliver carrying body.
 func NewParentMDADeliver(evp []byte, body *os.File) *ParentMDADeliver {
-	return &ParentMDADeliver{fileField{body}, evp}
+	return &ParentMDADeliver{envelopeBody{fileField{body}, evp}}
 }
 
-func (*ParentMDADeliver) Type() Type         { return TypeParentMDADeliver }
-func (m *ParentMDADeliver) Encode(w *Writer) { w.Bytes(m.Envelope) }
-func (m *ParentMDADeliver) Decode(r *Reader) { m.Envelope = r.Bytes() }
+func (*ParentMDADeliver) Type() Type { return TypeParentMDADeliver }
 
 // MDADeliveryResult is an mda process's outcome of one delivery.
 type MDADeliveryResult struct{ DeliveryResult }

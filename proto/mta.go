@@ -5,21 +5,15 @@ import (
 	"os"
 )
 
-// QueueTransfer hands mta an envelope to relay, with the message open
-// for reading.
-type QueueTransfer struct {
-	fileField
-	Envelope []byte
-}
+// QueueTransfer hands mta an envelope to relay.
+type QueueTransfer struct{ envelopeBody }
 
 // NewQueueTransfer returns a QueueTransfer carrying body.
 func NewQueueTransfer(evp []byte, body *os.File) *QueueTransfer {
-	return &QueueTransfer{fileField{body}, evp}
+	return &QueueTransfer{envelopeBody{fileField{body}, evp}}
 }
 
-func (*QueueTransfer) Type() Type         { return TypeQueueTransfer }
-func (m *QueueTransfer) Encode(w *Writer) { w.Bytes(m.Envelope) }
-func (m *QueueTransfer) Decode(r *Reader) { m.Envelope = r.Bytes() }
+func (*QueueTransfer) Type() Type { return TypeQueueTransfer }
 
 // MTADeliveryResult tells queue how relaying an envelope went.
 type MTADeliveryResult struct{ DeliveryResult }

@@ -84,30 +84,40 @@ var commands = map[string]command{
 // showMTA prints the mta's live objects of a kind, one per line.
 func showMTA(what string) command {
 	return func(socket string, out io.Writer) error {
-		ch, err := dial(socket)
+		return request(socket, &proto.ControlShowMTA{What: what}, func(m proto.Message) bool {
+			t, ok := m.(*proto.ControlText)
+			if !ok {
+				return false
+			}
+			for _, l := range t.Lines {
+				fmt.Fprintln(out, l)
+			}
+			return !t.Last
+		})
+	}
+}
+
+// request sends req to control and hands each answer to more until it
+// returns false; a ControlError ends the request with its text.
+func request(socket string, req proto.Message, more func(proto.Message) bool) error {
+	ch, err := dial(socket)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Send(req, 1); err != nil {
+		return err
+	}
+	for {
+		env, err := ch.Recv()
 		if err != nil {
-			return err
+			return fmt.Errorf("control: %w", err)
 		}
-		defer ch.Close()
-		if err := ch.Send(&proto.ControlShowMTA{What: what}, 1); err != nil {
-			return err
+		if e, ok := env.Msg.(*proto.ControlError); ok {
+			return errors.New(e.Text)
 		}
-		for {
-			env, err := ch.Recv()
-			if err != nil {
-				return fmt.Errorf("control: %w", err)
-			}
-			switch m := env.Msg.(type) {
-			case *proto.ControlError:
-				return errors.New(m.Text)
-			case *proto.ControlText:
-				for _, l := range m.Lines {
-					fmt.Fprintln(out, l)
-				}
-				if m.Last {
-					return nil
-				}
-			}
+		if !more(env.Msg) {
+			return nil
 		}
 	}
 }
@@ -149,30 +159,17 @@ func dial(socket string) (*proto.Channel, error) {
 }
 
 func showStats(socket string, out io.Writer) error {
-	ch, err := dial(socket)
+	var values []proto.StatValue
+	err := request(socket, &proto.ControlShowStats{}, func(m proto.Message) bool {
+		st, ok := m.(*proto.ControlStats)
+		if !ok {
+			return false
+		}
+		values = append(values, st.Values...)
+		return !st.Last
+	})
 	if err != nil {
 		return err
-	}
-	defer ch.Close()
-	if err := ch.Send(&proto.ControlShowStats{}, 1); err != nil {
-		return err
-	}
-	var values []proto.StatValue
-	for {
-		env, err := ch.Recv()
-		if err != nil {
-			return fmt.Errorf("control: %w", err)
-		}
-		switch m := env.Msg.(type) {
-		case *proto.ControlError:
-			return errors.New(m.Text)
-		case *proto.ControlStats:
-			values = append(values, m.Values...)
-			if !m.Last {
-				continue
-			}
-		}
-		break
 	}
 	// sorted by key, as OpenSMTPD prints them; uptime.human is derived
 	// here from uptime
