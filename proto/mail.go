@@ -332,15 +332,36 @@ func (*ParentDeliveryResult) Type() Type         { return TypeParentDeliveryResu
 func (m *ParentDeliveryResult) Encode(w *Writer) { m.encode(w) }
 func (m *ParentDeliveryResult) Decode(r *Reader) { m.decode(r) }
 
-// ParentMDADeliver hands an mda process one delivery with its message.
-type ParentMDADeliver struct{ envelopeBody }
+// ParentMDADeliver hands an mda process one delivery with its message
+// and the account it runs as, which the parent resolved.
+type ParentMDADeliver struct {
+	envelopeBody
+	Account Account
+}
+
+// Account is a local user as a delivery needs it.
+type Account struct {
+	Name, Directory string
+	UID, GID        uint32
+}
 
 // NewParentMDADeliver returns a ParentMDADeliver carrying body.
-func NewParentMDADeliver(evp []byte, body *os.File) *ParentMDADeliver {
-	return &ParentMDADeliver{envelopeBody{fileField{body}, evp}}
+func NewParentMDADeliver(evp []byte, acct Account, body *os.File) *ParentMDADeliver {
+	return &ParentMDADeliver{envelopeBody{fileField{body}, evp}, acct}
 }
 
 func (*ParentMDADeliver) Type() Type { return TypeParentMDADeliver }
+func (m *ParentMDADeliver) Encode(w *Writer) {
+	m.envelopeBody.Encode(w)
+	w.String(m.Account.Name)
+	w.String(m.Account.Directory)
+	w.U32(m.Account.UID)
+	w.U32(m.Account.GID)
+}
+func (m *ParentMDADeliver) Decode(r *Reader) {
+	m.envelopeBody.Decode(r)
+	m.Account = Account{Name: r.String(), Directory: r.String(), UID: r.U32(), GID: r.U32()}
+}
 
 // MDADeliveryResult is an mda process's outcome of one delivery.
 type MDADeliveryResult struct{ DeliveryResult }

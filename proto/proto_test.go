@@ -46,7 +46,7 @@ func samples(t *testing.T) []struct {
 		{ProcQueue, ProcSMTP, &QueueFailure{MsgID: 0x1234, Reply: Reply{451, "4.3.0", "disk full"}}},
 		{ProcQueue, ProcParent, NewQueueDeliverLocal([]byte("evp"), f)},
 		{ProcParent, ProcQueue, &ParentDeliveryResult{DeliveryResult{1<<32 | 1, StatusTempfail, "mda exited 75"}}},
-		{ProcParent, ProcMDA, NewParentMDADeliver([]byte("evp"), f)},
+		{ProcParent, ProcMDA, NewParentMDADeliver([]byte("evp"), Account{"b", "/home/b", 1000, 100}, f)},
 		{ProcQueue, ProcLookup, &QueueExpandRcpt{SMTPExpandRcpt{Session: Session{Local: true}, Rcpt: "a@example.net"}}},
 		{ProcLookup, ProcParent, &LookupForwardOpen{User: "b", UID: 1000, Dir: "/home/b"}},
 		{ProcParent, ProcLookup, NewParentForwardFile(f)},

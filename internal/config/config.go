@@ -127,7 +127,14 @@ func (e *LoadError) Error() string {
 }
 
 // Load reads and checks the configuration at path.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return load(path, false) }
+
+// LoadSkippingTableFiles is Load for a process that runs as an ordinary
+// user (a local delivery) and needs no table: table files, which may be
+// readable by root only, are left unread and empty.
+func LoadSkippingTableFiles(path string) (*Config, error) { return load(path, true) }
+
+func load(path string, skipFiles bool) (*Config, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -136,12 +143,14 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(src, abs)
+	return parse(src, abs, skipFiles)
 }
 
 // Parse checks the configuration src, read from the absolute path.
 // Relative paths in it are resolved against the directory of path.
-func Parse(src []byte, path string) (*Config, error) {
+func Parse(src []byte, path string) (*Config, error) { return parse(src, path, false) }
+
+func parse(src []byte, path string, skipFiles bool) (*Config, error) {
 	abs := filepath.Clean(path)
 	parser := hclparse.NewParser()
 	f, diags := parser.ParseHCL(src, abs)
@@ -154,6 +163,8 @@ func Parse(src []byte, path string) (*Config, error) {
 		dir:   filepath.Dir(abs),
 		src:   f.Bytes,
 		files: files,
+
+		skipFiles: skipFiles,
 	}
 	d.file(f.Body)
 	if d.diags.HasErrors() {

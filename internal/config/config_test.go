@@ -252,3 +252,17 @@ func TestArgv(t *testing.T) {
 		}
 	}
 }
+
+// TestSkippingTableFiles: a local delivery, running as the recipient,
+// loads the configuration even when a table file is unreadable to it.
+func TestSkippingTableFiles(t *testing.T) {
+	dir := t.TempDir()
+	p := write(t, dir, "smtpd.conf", "table \"secrets\" { file = \"/nonexistent/secrets\" }\n")
+	if _, err := Load(p); err == nil {
+		t.Fatal("Load read a missing table file")
+	}
+	c, err := LoadSkippingTableFiles(p)
+	if err != nil || c.Table("secrets").Data.Len() != 0 {
+		t.Fatalf("%v", err)
+	}
+}

@@ -34,6 +34,8 @@ type decoder struct {
 	files map[string]*hcl.File
 	diags hcl.Diagnostics
 	ctx   *hcl.EvalContext
+	// skipFiles leaves table files unread.
+	skipFiles bool
 }
 
 var fileSchema = &hcl.BodySchema{
@@ -302,6 +304,9 @@ func (d *decoder) table(b *hcl.Block) {
 // tableFile loads a table file; its problems point into the table file,
 // whose lines then show in the diagnostic like the config's own.
 func (d *decoder) tableFile(t *Table, rng hcl.Range) {
+	if d.skipFiles {
+		return
+	}
 	data, err := os.ReadFile(t.File)
 	if err != nil {
 		d.errorf(rng, "Unreadable table file", "Table %q: %v.", t.Name, err)

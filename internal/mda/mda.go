@@ -20,7 +20,6 @@ import (
 
 // Run serves deliveries from the parent until it closes the channel.
 func Run(c *privsep.Child) {
-	r := lookup.NewResolver(c.Config)
 	for {
 		env, err := c.Parent.Recv()
 		if err == io.EOF {
@@ -33,7 +32,8 @@ func Run(c *privsep.Child) {
 		if !ok {
 			c.Log.Fatalf("unexpected %s", env.Type)
 		}
-		res := deliver(c.Config, r, m.Envelope, m.File())
+		acct := lookup.Account{Name: m.Account.Name, Directory: m.Account.Directory, UID: int(m.Account.UID), GID: int(m.Account.GID)}
+		res := deliver(c.Config, acct, m.Envelope, m.File())
 		m.File().Close()
 		if err := c.Parent.Send(&proto.MDADeliveryResult{DeliveryResult: res}, env.PeerID); err != nil {
 			c.Log.Fatalf("%v", err)
@@ -47,13 +47,13 @@ type tempError struct{ err error }
 func (t tempError) Error() string { return t.err.Error() }
 func (t tempError) Unwrap() error { return t.err }
 
-func deliver(cfg *config.Config, r *lookup.Resolver, data []byte, body *os.File) proto.DeliveryResult {
+func deliver(cfg *config.Config, acct lookup.Account, data []byte, body *os.File) proto.DeliveryResult {
 	e, err := envelope.Unmarshal(data)
 	if err != nil {
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
 	}
 	res := proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusOK}
-	if err := deliverEnvelope(cfg, r, e, body); err != nil {
+	if err := deliverEnvelope(cfg, acct, e, body); err != nil {
 		res.Status, res.Text = proto.StatusPermfail, err.Error()
 		var t tempError
 		if errors.As(err, &t) {
@@ -63,17 +63,12 @@ func deliver(cfg *config.Config, r *lookup.Resolver, data []byte, body *os.File)
 	return res
 }
 
-func deliverEnvelope(cfg *config.Config, r *lookup.Resolver, e *envelope.Envelope, body *os.File) error {
+// deliverEnvelope delivers as acct, the account the parent resolved and
+// started this process as.
+func deliverEnvelope(cfg *config.Config, acct lookup.Account, e *envelope.Envelope, body *os.File) error {
 	act := cfg.Action(e.Action)
 	if act == nil {
 		return tempError{fmt.Errorf("mda: no action %q in the configuration", e.Action)}
-	}
-	acct, err := r.Account(e.Action, e.User)
-	if err != nil {
-		if errors.Is(err, lookup.ErrNoAccount) {
-			return fmt.Errorf("mda: %w", err)
-		}
-		return tempError{err}
 	}
 	vars := config.TemplateVars{
 		Dest:   splitAddress(e.Dest),

@@ -51,7 +51,7 @@ func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.D
 	if err != nil {
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: %v", err)}
 	}
-	res := w.deliver(evp, body)
+	res := w.deliver(evp, proto.Account{Name: acct.Name, Directory: acct.Directory, UID: uint32(acct.UID), GID: uint32(acct.GID)}, body)
 	if res.Status == 0 {
 		werr := w.kill()
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: no result (%v)", werr)}
@@ -111,8 +111,8 @@ func mdaKey(a lookup.Account) string { return fmt.Sprintf("%d:%d:%s", a.UID, a.G
 
 // deliver hands one delivery to the worker and waits for its result; a
 // zero Status means none came and the worker is broken.
-func (w *mdaWorker) deliver(evp []byte, body *os.File) proto.DeliveryResult {
-	if err := w.ch.Send(proto.NewParentMDADeliver(evp, body), 1); err != nil {
+func (w *mdaWorker) deliver(evp []byte, acct proto.Account, body *os.File) proto.DeliveryResult {
+	if err := w.ch.Send(proto.NewParentMDADeliver(evp, acct, body), 1); err != nil {
 		return proto.DeliveryResult{}
 	}
 	done := make(chan proto.DeliveryResult, 1)
