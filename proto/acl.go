@@ -21,7 +21,7 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return (sender.IsChild() || sender == ProcMDA) && receiver == ProcParent
 	case TypeStatUpdate:
 		return (sender == ProcParent || sender.IsChild()) && sender != ProcControl && receiver == ProcControl
-	case TypeControlShowStats, TypeControlShowMTA:
+	case TypeControlShowStats, TypeControlShowMTA, TypeControlQueue:
 		return sender == ProcClient && receiver == ProcControl
 	case TypeControlStats, TypeControlError, TypeControlText:
 		return sender == ProcControl && receiver == ProcClient
@@ -29,6 +29,10 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return sender == ProcControl && receiver == ProcMTA
 	case TypeMTAObjects:
 		return sender == ProcMTA && receiver == ProcControl
+	case TypeControlQueueForward:
+		return sender == ProcControl && receiver == ProcQueue
+	case TypeQueueLines:
+		return sender == ProcQueue && receiver == ProcControl
 	case TypeSMTPFilterQuery:
 		return sender == ProcSMTP && receiver == ProcMFA
 	case TypeMFAFilterVerdict:

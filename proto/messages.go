@@ -49,6 +49,9 @@ const (
 	TypeControlMTAQuery
 	TypeMTAObjects
 	TypeControlText
+	TypeControlQueue
+	TypeControlQueueForward
+	TypeQueueLines
 	typeEnd
 )
 
@@ -93,6 +96,9 @@ var typeNames = [...]string{
 	TypeControlMTAQuery:       "ControlMTAQuery",
 	TypeMTAObjects:            "MTAObjects",
 	TypeControlText:           "ControlText",
+	TypeControlQueue:          "ControlQueue",
+	TypeControlQueueForward:   "ControlQueueForward",
+	TypeQueueLines:            "QueueLines",
 }
 
 func (t Type) String() string {
@@ -198,6 +204,12 @@ func New(t Type) (Message, bool) {
 		return &MTAObjects{}, true
 	case TypeControlText:
 		return &ControlText{}, true
+	case TypeControlQueue:
+		return &ControlQueue{}, true
+	case TypeControlQueueForward:
+		return &ControlQueueForward{}, true
+	case TypeQueueLines:
+		return &QueueLines{}, true
 	}
 	return nil, false
 }
@@ -439,3 +451,37 @@ func SendLines(ch *Channel, id uint32, lines []string, mk func(lines []string, l
 		}
 	}
 }
+
+// QueueOp is a request about the queue: Op is "show", "schedule" or
+// "remove"; Target is "all", a message id or an envelope id (hex).
+type QueueOp struct {
+	Op, Target string
+}
+
+func (q *QueueOp) encode(w *Writer) {
+	w.String(q.Op)
+	w.String(q.Target)
+}
+
+func (q *QueueOp) decode(r *Reader) { q.Op, q.Target = r.String(), r.String() }
+
+// ControlQueue is a client's request about the queue.
+type ControlQueue struct{ QueueOp }
+
+func (*ControlQueue) Type() Type         { return TypeControlQueue }
+func (m *ControlQueue) Encode(w *Writer) { m.encode(w) }
+func (m *ControlQueue) Decode(r *Reader) { m.decode(r) }
+
+// ControlQueueForward passes a ControlQueue on to queue.
+type ControlQueueForward struct{ QueueOp }
+
+func (*ControlQueueForward) Type() Type         { return TypeControlQueueForward }
+func (m *ControlQueueForward) Encode(w *Writer) { m.encode(w) }
+func (m *ControlQueueForward) Decode(r *Reader) { m.decode(r) }
+
+// QueueLines answers ControlQueueForward.
+type QueueLines struct{ TextLines }
+
+func (*QueueLines) Type() Type         { return TypeQueueLines }
+func (m *QueueLines) Encode(w *Writer) { m.encode(w) }
+func (m *QueueLines) Decode(r *Reader) { m.decode(r) }

@@ -62,6 +62,9 @@ func samples(t *testing.T) []struct {
 		{ProcControl, ProcMTA, &ControlMTAQuery{What: "routes"}},
 		{ProcMTA, ProcControl, &MTAObjects{TextLines{[]string{"a", "b"}, true}}},
 		{ProcControl, ProcClient, &ControlText{TextLines{[]string{"a"}, false}}},
+		{ProcClient, ProcControl, &ControlQueue{QueueOp{"show", "all"}}},
+		{ProcControl, ProcQueue, &ControlQueueForward{QueueOp{"remove", "1234abcd"}}},
+		{ProcQueue, ProcControl, &QueueLines{TextLines{[]string{"x"}, true}}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

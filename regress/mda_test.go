@@ -50,7 +50,14 @@ func startMDA(t *testing.T, limits ...string) *Daemon {
 	if err := os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, `retry_base = "1s"`+"\n"+strings.Join(limits, "\n"), 1)
+	base := `retry_base = "1s"`
+	for i, l := range limits {
+		if strings.HasPrefix(l, "retry_base") {
+			base, limits = l, append(limits[:i:i], limits[i+1:]...)
+			break
+		}
+	}
+	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, base+"\n"+strings.Join(limits, "\n"), 1)
 	return StartWith(t, bin, Options{Config: conf + mdaConfig, Dir: dir})
 }
 

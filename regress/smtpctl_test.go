@@ -2,9 +2,12 @@ package regress
 
 import (
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,4 +124,59 @@ func TestControlClientMisbehaves(t *testing.T) {
 		t.Fatalf("daemon exited %d:\n%s", code, d.Log())
 	}
 	showStats(t, d, []string{"show", "stats"}, "uptime")
+}
+
+// TestQueueCommands: show queue lists a deferred envelope with its last
+// error, with the daemon up and (reading the spool) down; schedule makes
+// it be tried at once, remove takes it out; other users than root are
+// refused.
+func TestQueueCommands(t *testing.T) {
+	d := startMDA(t, `retry_base = "1h"`)
+	for _, rcpt := range []string{"stuck@cmd.example.test", "retry@cmd.example.test"} {
+		swaks(t, "--server", d.SMTPAddr, "--helo", "client.example.net", "--from", "author@example.test",
+			"--to", rcpt, "--header", "Subject: queued", "--body", "x")
+	}
+	d.WaitStat("scheduler.delivery.tempfail", "2", 10*time.Second)
+	out, errOut, code := d.Smtpctl("show", "queue")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 || !strings.Contains(out, "|mda|pending|author@example.test|stuck@cmd.example.test|") || !strings.Contains(out, "mda command exited 75: mailbox busy") {
+		t.Fatalf("show queue: %d %q %q", code, out, errOut)
+	}
+	var retryID, stuckID string
+	for _, l := range lines {
+		if strings.Contains(l, "|retry@") {
+			retryID = l[:16]
+		} else {
+			stuckID = l[:16]
+		}
+	}
+	// the retry script succeeds on its second try, an hour away: schedule
+	if out, _, code := d.Smtpctl("schedule", retryID); code != 0 || out != "1 envelopes scheduled\n" {
+		t.Errorf("schedule: %d %q", code, out)
+	}
+	waitFile(t, d, filepath.Join(d.Dir, "out.retry"), 10*time.Second)
+	if out, _, code := d.Smtpctl("remove", stuckID[:8]); code != 0 || out != "1 envelopes removed\n" {
+		t.Errorf("remove: %d %q", code, out)
+	}
+	d.WaitStat("scheduler.envelope", "0", 5*time.Second)
+	if out, _, _ := d.Smtpctl("show", "queue"); out != "" {
+		t.Errorf("queue after remove: %q", out)
+	}
+	if os.Geteuid() == 0 {
+		cmd := exec.Command(bin.Smtpctl, "-s", d.Socket, "show", "queue")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "permission denied") {
+			t.Errorf("non-root show queue: %v %s", err, out)
+		}
+	}
+	// daemon down: the spool is read directly
+	swaks(t, "--server", d.SMTPAddr, "--helo", "client.example.net", "--from", "author@example.test",
+		"--to", "stuck@cmd.example.test", "--header", "Subject: queued", "--body", "x")
+	d.WaitStat("scheduler.delivery.tempfail", "3", 10*time.Second)
+	d.Kill()
+	out, errOut, code = RunSmtpctl(bin, "-f", d.Config, "show", "queue")
+	if code != 0 || !strings.Contains(out, "|offline|author@example.test|stuck@cmd.example.test|") {
+		t.Errorf("offline show queue: %d %q %q", code, out, errOut)
+	}
 }

@@ -8,11 +8,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"smtpd/internal/config"
+	"smtpd/internal/envelope"
 	"smtpd/internal/stats"
 	"smtpd/proto"
 )
@@ -27,73 +29,150 @@ func run(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("s", "", "control socket `path` (default: control_socket of the configuration)")
 	cfgPath := fs.String("f", "", "configuration `file` to read the control socket path from")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes")
+		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes|queue")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	path, err := socketPath(*socket, *cfgPath)
+	env, err := environment(*socket, *cfgPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpctl: %v\n", err)
 		return 1
 	}
-	cmd, err := parseCommand(fs.Args())
+	cmd, arg, err := parseCommand(fs.Args())
 	if err != nil {
 		fmt.Fprintf(stderr, "smtpctl: %v\n", err)
 		fs.Usage()
 		return 2
 	}
-	if err := cmd(path, stdout); err != nil {
+	env.arg = arg
+	if err := cmd(env, stdout); err != nil {
 		fmt.Fprintf(stderr, "smtpctl: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-// socketPath picks the control socket: -s, else the configuration's
-// (with -f, or the default configuration if it exists), else the default.
-func socketPath(flagPath, cfgPath string) (string, error) {
-	if flagPath != "" {
-		return flagPath, nil
-	}
-	if cfgPath == "" {
-		if _, err := os.Stat(config.DefaultPath); err != nil {
-			return config.DefaultControlSocket, nil
-		}
-		cfgPath = config.DefaultPath
-	}
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return "", err
-	}
-	return cfg.ControlSocket, nil
+// cmdEnv is what a command works with.
+type cmdEnv struct {
+	// socket is the control socket: -s, else the configuration's.
+	socket string
+	// spool is the spool, read directly when the daemon is down.
+	spool string
+	// arg is the command's argument, such as an envelope id.
+	arg string
 }
 
-type command func(socket string, out io.Writer) error
+// environment reads the configuration (-f, or the default one if it
+// exists) for the control socket and the spool.
+func environment(flagSocket, cfgPath string) (*cmdEnv, error) {
+	env := &cmdEnv{socket: config.DefaultControlSocket, spool: config.DefaultSpoolDir}
+	if cfgPath == "" {
+		if _, err := os.Stat(config.DefaultPath); err == nil {
+			cfgPath = config.DefaultPath
+		}
+	}
+	if cfgPath != "" {
+		cfg, err := config.LoadSkippingTableFiles(cfgPath)
+		if err != nil {
+			return nil, err
+		}
+		env.socket, env.spool = cfg.ControlSocket, cfg.SpoolDir
+	}
+	if flagSocket != "" {
+		env.socket = flagSocket
+	}
+	return env, nil
+}
+
+type command func(env *cmdEnv, out io.Writer) error
 
 // commands maps command words to what they do; a command may be given
 // by any unambiguous prefix of its words, as in OpenSMTPD ("sh st").
 var commands = map[string]command{
-	"show stats":  showStats,
-	"show hosts":  showMTA("hosts"),
-	"show relays": showMTA("relays"),
-	"show routes": showMTA("routes"),
+	"show stats":    showStats,
+	"show hosts":    showMTA("hosts"),
+	"show relays":   showMTA("relays"),
+	"show routes":   showMTA("routes"),
+	"show queue":    showQueue,
+	"schedule <id>": queueOp("schedule"),
+	"remove <id>":   queueOp("remove"),
+}
+
+// printLines prints the ControlText answers to req.
+func printLines(socket string, req proto.Message, out io.Writer) error {
+	return request(socket, req, func(m proto.Message) bool {
+		t, ok := m.(*proto.ControlText)
+		if !ok {
+			return false
+		}
+		for _, l := range t.Lines {
+			fmt.Fprintln(out, l)
+		}
+		return !t.Last
+	})
+}
+
+// showQueue lists the envelopes in the queue, one per line; with the
+// daemon down it reads the spool itself (as root), marking them offline.
+func showQueue(env *cmdEnv, out io.Writer) error {
+	err := printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: "show", Target: "all"}}, out)
+	var ne *net.OpError
+	if !errors.As(err, &ne) {
+		return err
+	}
+	lines, serr := spoolLines(env.spool)
+	if serr != nil {
+		return fmt.Errorf("%v; reading the spool: %w", err, serr)
+	}
+	for _, l := range lines {
+		fmt.Fprintln(out, l)
+	}
+	return nil
+}
+
+// spoolLines reads every envelope of the spool's queue/.
+func spoolLines(spool string) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(spool, "queue", "*", "*", "*"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.ReadDir(filepath.Join(spool, "queue")); err != nil {
+		return nil, err
+	}
+	var lines []string
+	for _, f := range files {
+		if len(filepath.Base(f)) != 16 {
+			continue
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if e, err := envelope.Unmarshal(data); err == nil {
+			lines = append(lines, e.QueueLine("offline"))
+		}
+	}
+	sort.Strings(lines)
+	return lines, nil
+}
+
+// queueOp asks queue to schedule or remove envelopes.
+func queueOp(op string) command {
+	return func(env *cmdEnv, out io.Writer) error {
+		if env.arg != "all" && len(env.arg) != 8 && len(env.arg) != 16 {
+			return fmt.Errorf("%s: %q is not all, a message id or an envelope id", op, env.arg)
+		}
+		return printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: op, Target: env.arg}}, out)
+	}
 }
 
 // showMTA prints the mta's live objects of a kind, one per line.
 func showMTA(what string) command {
-	return func(socket string, out io.Writer) error {
-		return request(socket, &proto.ControlShowMTA{What: what}, func(m proto.Message) bool {
-			t, ok := m.(*proto.ControlText)
-			if !ok {
-				return false
-			}
-			for _, l := range t.Lines {
-				fmt.Fprintln(out, l)
-			}
-			return !t.Last
-		})
+	return func(env *cmdEnv, out io.Writer) error {
+		return printLines(env.socket, &proto.ControlShowMTA{What: what}, out)
 	}
 }
 
@@ -122,11 +201,14 @@ func request(socket string, req proto.Message, more func(proto.Message) bool) er
 	}
 }
 
-func parseCommand(words []string) (command, error) {
+// parseCommand finds the command words name, by prefixes of its words;
+// a word "<id>" of a command takes any argument, which is returned.
+func parseCommand(words []string) (command, string, error) {
 	if len(words) == 0 {
-		return nil, errors.New("no command")
+		return nil, "", errors.New("no command")
 	}
 	var found []string
+	arg := ""
 	for name := range commands {
 		full := strings.Fields(name)
 		if len(full) != len(words) {
@@ -134,6 +216,10 @@ func parseCommand(words []string) (command, error) {
 		}
 		match := true
 		for i, w := range words {
+			if full[i] == "<id>" {
+				arg = w
+				continue
+			}
 			match = match && strings.HasPrefix(full[i], w)
 		}
 		if match {
@@ -142,12 +228,12 @@ func parseCommand(words []string) (command, error) {
 	}
 	switch len(found) {
 	case 0:
-		return nil, fmt.Errorf("unknown command %q", strings.Join(words, " "))
+		return nil, "", fmt.Errorf("unknown command %q", strings.Join(words, " "))
 	case 1:
-		return commands[found[0]], nil
+		return commands[found[0]], arg, nil
 	}
 	sort.Strings(found)
-	return nil, fmt.Errorf("ambiguous command %q: %s", strings.Join(words, " "), strings.Join(found, ", "))
+	return nil, "", fmt.Errorf("ambiguous command %q: %s", strings.Join(words, " "), strings.Join(found, ", "))
 }
 
 func dial(socket string) (*proto.Channel, error) {
@@ -158,9 +244,9 @@ func dial(socket string) (*proto.Channel, error) {
 	return proto.NewChannelConn(conn, proto.ProcClient, proto.ProcControl), nil
 }
 
-func showStats(socket string, out io.Writer) error {
+func showStats(env *cmdEnv, out io.Writer) error {
 	var values []proto.StatValue
-	err := request(socket, &proto.ControlShowStats{}, func(m proto.Message) bool {
+	err := request(env.socket, &proto.ControlShowStats{}, func(m proto.Message) bool {
 		st, ok := m.(*proto.ControlStats)
 		if !ok {
 			return false

@@ -9,6 +9,8 @@ import (
 	"net"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"smtpd/internal/privsep"
 	"smtpd/internal/stats"
 	"smtpd/proto"
@@ -23,8 +25,9 @@ type Server struct {
 	Started time.Time
 	logf    func(format string, args ...any)
 	// mta answers questions about relays, hosts and routes.
-	mta  *proto.Channel
-	reqs *proto.Requests
+	mta   *proto.Channel
+	queue *proto.Channel
+	reqs  *proto.Requests
 }
 
 // Run runs the control process on c.
@@ -41,7 +44,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], reqs: proto.NewRequests()}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], reqs: proto.NewRequests()}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -59,7 +62,7 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
 		return nil
-	case *proto.MTAObjects:
+	case *proto.MTAObjects, *proto.QueueLines:
 		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -103,6 +106,7 @@ func isTemporary(err error) bool {
 func (s *Server) session(conn *net.UnixConn) {
 	defer conn.Close()
 	s.Stats.Apply([]proto.StatChange{{Key: "control.session", Op: proto.StatIncrement, Value: 1}})
+	root := peerIsRoot(conn)
 	ch := proto.NewChannelConn(conn, proto.ProcControl, proto.ProcClient)
 	for {
 		env, err := ch.Recv()
@@ -112,14 +116,14 @@ func (s *Server) session(conn *net.UnixConn) {
 			}
 			return
 		}
-		if err := s.request(ch, env); err != nil {
+		if err := s.request(ch, env, root); err != nil {
 			s.logf("client dropped: %v", err)
 			return
 		}
 	}
 }
 
-func (s *Server) request(ch *proto.Channel, env *proto.Envelope) error {
+func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) error {
 	switch env.Msg.(type) {
 	case *proto.ControlShowStats:
 		values := append(s.Stats.Snapshot(), proto.StatValue{Key: "uptime", Value: int64(time.Since(s.Started) / time.Second)})
@@ -132,35 +136,62 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope) error {
 		}
 		return nil
 	case *proto.ControlShowMTA:
-		return s.showMTA(ch, env.Msg.(*proto.ControlShowMTA).What, env.PeerID)
+		return s.forward(ch, s.mta, &proto.ControlMTAQuery{What: env.Msg.(*proto.ControlShowMTA).What}, env.PeerID)
+	case *proto.ControlQueue:
+		// the queue shows who writes to whom: root only
+		if !root {
+			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
+		}
+		return s.forward(ch, s.queue, &proto.ControlQueueForward{QueueOp: env.Msg.(*proto.ControlQueue).QueueOp}, env.PeerID)
 	}
 	return ch.Send(&proto.ControlError{Text: "unsupported request " + env.Type.String()}, env.PeerID)
 }
 
-// showMTA asks mta for its live objects and passes the answer on.
-func (s *Server) showMTA(ch *proto.Channel, what string, id uint32) error {
-	if s.mta == nil {
-		return ch.Send(&proto.ControlError{Text: "no mta process"}, id)
+// forward passes a request on to another process and its lines of
+// text back to the client.
+func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message, id uint32) error {
+	if to == nil {
+		return ch.Send(&proto.ControlError{Text: "no such process"}, id)
 	}
 	rid, answers := s.reqs.Open()
 	defer s.reqs.Close(rid)
-	if err := s.mta.Send(&proto.ControlMTAQuery{What: what}, rid); err != nil {
+	if err := to.Send(req, rid); err != nil {
 		return err
 	}
 	for {
 		select {
 		case env := <-answers:
-			m := env.Msg.(*proto.MTAObjects)
-			if err := ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: m.Lines, Last: m.Last}}, id); err != nil {
+			var t proto.TextLines
+			switch m := env.Msg.(type) {
+			case *proto.MTAObjects:
+				t = m.TextLines
+			case *proto.QueueLines:
+				t = m.TextLines
+			}
+			if err := ch.Send(&proto.ControlText{TextLines: t}, id); err != nil {
 				return err
 			}
-			if m.Last {
+			if t.Last {
 				return nil
 			}
 		case <-time.After(10 * time.Second):
-			return ch.Send(&proto.ControlError{Text: "mta did not answer"}, id)
+			return ch.Send(&proto.ControlError{Text: to.Remote.String() + " did not answer"}, id)
 		}
 	}
+}
+
+// peerIsRoot reports whether the client runs as root, from the socket's
+// peer credentials (SO_PEERCRED).
+func peerIsRoot(conn *net.UnixConn) bool {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	return err == nil && cred != nil && cred.Uid == 0
 }
 
 // statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload

@@ -242,3 +242,30 @@ func (p *parser) time(k string) time.Time {
 	}
 	return time.Unix(v, 0)
 }
+
+// QueueLine describes an envelope in one line for `smtpctl show queue`,
+// in OpenSMTPD's order: id|kind|state|sender|rcpt|dest|created|expire|
+// lasttry|retries|error, times as Unix seconds.
+func (e *Envelope) QueueLine(state string) string {
+	unix := func(t time.Time) int64 {
+		if t.IsZero() {
+			return 0
+		}
+		return t.Unix()
+	}
+	return fmt.Sprintf("%016x|%s|%s|%s|%s|%s|%d|%d|%d|%d|%s",
+		e.ID, e.Kind, state, e.Sender, e.Rcpt, e.Dest,
+		unix(e.Created), unix(e.Expire), unix(e.LastTry), e.Retries, e.LastError)
+}
+
+// Matches reports whether target names this envelope: "all", its
+// message id (8 hex digits) or its id (16).
+func (e *Envelope) Matches(target string) bool {
+	switch len(target) {
+	case 8:
+		return fmt.Sprintf("%08x", e.MsgID()) == strings.ToLower(target)
+	case 16:
+		return fmt.Sprintf("%016x", e.ID) == strings.ToLower(target)
+	}
+	return target == "all"
+}

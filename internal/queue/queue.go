@@ -163,6 +163,21 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 	case *proto.MTADeliveryResult:
 		q.sched.Result(m.DeliveryResult)
 		return nil
+	case *proto.ControlQueueForward:
+		var lines []string
+		switch m.Op {
+		case "show":
+			lines = q.sched.Lines(m.Target)
+		case "schedule":
+			lines = []string{fmt.Sprintf("%d envelopes scheduled", q.sched.Schedule(m.Target))}
+		case "remove":
+			lines = []string{fmt.Sprintf("%d envelopes removed", q.sched.Remove(m.Target))}
+		default:
+			lines = []string{"unknown queue operation " + m.Op}
+		}
+		return proto.SendLines(ch, env.PeerID, lines, func(l []string, last bool) proto.Message {
+			return &proto.QueueLines{TextLines: proto.TextLines{Lines: l, Last: last}}
+		})
 	case *proto.LookupExpandResult:
 		if !q.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)

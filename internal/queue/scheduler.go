@@ -3,6 +3,7 @@ package queue
 import (
 	"container/heap"
 	"os"
+	"sort"
 	"sync"
 	"time"
 
@@ -218,4 +219,62 @@ func (s *Scheduler) drop(en *entry) {
 	s.inflight--
 	s.mu.Unlock()
 	s.stats.Decrement("scheduler.envelope", 1)
+}
+
+// Lines describes the envelopes target names, sorted, for smtpctl.
+func (s *Scheduler) Lines(target string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lines []string
+	for _, en := range s.envs {
+		if en.env.Matches(target) {
+			state := "pending"
+			if en.inflight {
+				state = "inflight"
+			}
+			lines = append(lines, en.env.QueueLine(state))
+		}
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+// Schedule makes the waiting envelopes target names due now.
+func (s *Scheduler) Schedule(target string) int {
+	s.mu.Lock()
+	n := 0
+	for _, en := range s.envs {
+		if en.index >= 0 && en.env.Matches(target) {
+			en.next = time.Now()
+			heap.Fix(&s.waiting, en.index)
+			n++
+		}
+	}
+	s.mu.Unlock()
+	s.poke()
+	return n
+}
+
+// Remove drops the waiting envelopes target names, without notice to
+// their senders, as an administrator asked.
+func (s *Scheduler) Remove(target string) int {
+	s.mu.Lock()
+	var gone []*entry
+	for _, en := range s.envs {
+		if en.index >= 0 && en.env.Matches(target) {
+			heap.Remove(&s.waiting, en.index)
+			delete(s.envs, en.env.ID)
+			gone = append(gone, en)
+		}
+	}
+	s.mu.Unlock()
+	for _, en := range gone {
+		if err := s.store.Remove(en.env); err != nil {
+			s.log.Warnf("%016x: %v", en.env.ID, err)
+		}
+		s.log.Infof("%016x: removed by the administrator", en.env.ID)
+		s.stats.Decrement("scheduler.envelope", 1)
+		s.stats.Increment("scheduler.envelope.removed", 1)
+	}
+	return len(gone)
 }
