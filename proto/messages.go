@@ -52,6 +52,9 @@ const (
 	TypeControlQueue
 	TypeControlQueueForward
 	TypeQueueLines
+	TypeControlUpdateTable
+	TypeControlTableReload
+	TypeLookupTableReloaded
 	typeEnd
 )
 
@@ -99,6 +102,9 @@ var typeNames = [...]string{
 	TypeControlQueue:          "ControlQueue",
 	TypeControlQueueForward:   "ControlQueueForward",
 	TypeQueueLines:            "QueueLines",
+	TypeControlUpdateTable:    "ControlUpdateTable",
+	TypeControlTableReload:    "ControlTableReload",
+	TypeLookupTableReloaded:   "LookupTableReloaded",
 }
 
 func (t Type) String() string {
@@ -210,6 +216,12 @@ func New(t Type) (Message, bool) {
 		return &ControlQueueForward{}, true
 	case TypeQueueLines:
 		return &QueueLines{}, true
+	case TypeControlUpdateTable:
+		return &ControlUpdateTable{}, true
+	case TypeControlTableReload:
+		return &ControlTableReload{}, true
+	case TypeLookupTableReloaded:
+		return &LookupTableReloaded{}, true
 	}
 	return nil, false
 }
@@ -485,3 +497,25 @@ type QueueLines struct{ TextLines }
 func (*QueueLines) Type() Type         { return TypeQueueLines }
 func (m *QueueLines) Encode(w *Writer) { m.encode(w) }
 func (m *QueueLines) Decode(r *Reader) { m.decode(r) }
+
+// ControlUpdateTable is a client asking to read a table file again.
+type ControlUpdateTable struct{ Name string }
+
+func (*ControlUpdateTable) Type() Type         { return TypeControlUpdateTable }
+func (m *ControlUpdateTable) Encode(w *Writer) { w.String(m.Name) }
+func (m *ControlUpdateTable) Decode(r *Reader) { m.Name = r.String() }
+
+// ControlTableReload passes a ControlUpdateTable on to lookup.
+type ControlTableReload struct{ Name string }
+
+func (*ControlTableReload) Type() Type         { return TypeControlTableReload }
+func (m *ControlTableReload) Encode(w *Writer) { w.String(m.Name) }
+func (m *ControlTableReload) Decode(r *Reader) { m.Name = r.String() }
+
+// LookupTableReloaded answers ControlTableReload, with the problem in
+// the lines if the table could not be read.
+type LookupTableReloaded struct{ TextLines }
+
+func (*LookupTableReloaded) Type() Type         { return TypeLookupTableReloaded }
+func (m *LookupTableReloaded) Encode(w *Writer) { m.encode(w) }
+func (m *LookupTableReloaded) Decode(r *Reader) { m.decode(r) }

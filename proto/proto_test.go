@@ -65,6 +65,9 @@ func samples(t *testing.T) []struct {
 		{ProcClient, ProcControl, &ControlQueue{QueueOp{"show", "all"}}},
 		{ProcControl, ProcQueue, &ControlQueueForward{QueueOp{"remove", "1234abcd"}}},
 		{ProcQueue, ProcControl, &QueueLines{TextLines{[]string{"x"}, true}}},
+		{ProcClient, ProcControl, &ControlUpdateTable{Name: "aliases"}},
+		{ProcControl, ProcLookup, &ControlTableReload{Name: "aliases"}},
+		{ProcLookup, ProcControl, &LookupTableReloaded{TextLines{[]string{"table aliases reloaded"}, true}}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

@@ -173,4 +173,14 @@ func TestTableReload(t *testing.T) {
 	if !strings.Contains(d.Log(), "reload: table virtuals") {
 		t.Errorf("broken table not reported:\n%s", d.Log())
 	}
+	// smtpctl update table does the same for one table, and says how it went
+	if out, _, code := d.Smtpctl("update", "table", "virtuals"); code != 0 || !strings.Contains(out, "table virtuals: ") {
+		t.Errorf("update of a broken table: %d %q", code, out)
+	}
+	os.WriteFile(virtuals, []byte("newer@example.test sink\n"), 0o644)
+	if out, _, code := d.Smtpctl("update", "table", "virtuals"); code != 0 || out != "table virtuals reloaded\n" {
+		t.Errorf("update table: %d %q", code, out)
+	}
+	rcpt("newer@example.test", "250")
+	rcpt("new@example.test", "550")
 }

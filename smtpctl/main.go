@@ -31,6 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes|queue")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] update table NAME")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +100,9 @@ var commands = map[string]command{
 	"show queue":    showQueue,
 	"schedule <id>": queueOp("schedule"),
 	"remove <id>":   queueOp("remove"),
+	"update table <id>": func(env *cmdEnv, out io.Writer) error {
+		return printLines(env.socket, &proto.ControlUpdateTable{Name: env.arg}, out)
+	},
 }
 
 // printLines prints the ControlText answers to req.

@@ -25,9 +25,10 @@ type Server struct {
 	Started time.Time
 	logf    func(format string, args ...any)
 	// mta answers questions about relays, hosts and routes.
-	mta   *proto.Channel
-	queue *proto.Channel
-	reqs  *proto.Requests
+	mta    *proto.Channel
+	queue  *proto.Channel
+	lookup *proto.Channel
+	reqs   *proto.Requests
 }
 
 // Run runs the control process on c.
@@ -44,7 +45,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], reqs: proto.NewRequests()}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], reqs: proto.NewRequests()}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -62,7 +63,7 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
 		return nil
-	case *proto.MTAObjects, *proto.QueueLines:
+	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded:
 		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -137,6 +138,11 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 		return nil
 	case *proto.ControlShowMTA:
 		return s.forward(ch, s.mta, &proto.ControlMTAQuery{What: env.Msg.(*proto.ControlShowMTA).What}, env.PeerID)
+	case *proto.ControlUpdateTable:
+		if !root {
+			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
+		}
+		return s.forward(ch, s.lookup, &proto.ControlTableReload{Name: env.Msg.(*proto.ControlUpdateTable).Name}, env.PeerID)
 	case *proto.ControlQueue:
 		// the queue shows who writes to whom: root only
 		if !root {
@@ -166,6 +172,8 @@ func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message
 			case *proto.MTAObjects:
 				t = m.TextLines
 			case *proto.QueueLines:
+				t = m.TextLines
+			case *proto.LookupTableReloaded:
 				t = m.TextLines
 			}
 			if err := ch.Send(&proto.ControlText{TextLines: t}, id); err != nil {

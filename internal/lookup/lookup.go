@@ -55,6 +55,14 @@ func Run(c *privsep.Child) {
 				}
 			}()
 			return nil
+		case *proto.ControlTableReload:
+			q := env.Msg.(*proto.ControlTableReload)
+			line := "table " + q.Name + " reloaded"
+			if err := r.Reload(q.Name); err != nil {
+				line = err.Error()
+			}
+			c.Stats.Increment("lookup.table.reload", 1)
+			return c.Send(ch, &proto.LookupTableReloaded{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID)
 		case *proto.ParentTablesReload:
 			m := env.Msg.(*proto.ParentTablesReload)
 			if err := r.Reload(m.Name); err != nil {
