@@ -180,3 +180,37 @@ func TestQueueCommands(t *testing.T) {
 		t.Errorf("offline show queue: %d %q %q", code, out, errOut)
 	}
 }
+
+// TestPauseResume: paused local deliveries wait until resumed; a paused
+// envelope is left alone by schedule until resumed.
+func TestPauseResume(t *testing.T) {
+	d := startMDA(t, `retry_base = "1h"`)
+	if out, _, code := d.Smtpctl("pause", "mda"); code != 0 || out != "1 paused\n" {
+		t.Fatalf("pause mda: %d %q", code, out)
+	}
+	swaks(t, swaksArgs(d, "anyone@example.test")...)
+	time.Sleep(time.Second)
+	if n := len(d.Mail()); n != 0 {
+		t.Fatalf("%d delivered while paused", n)
+	}
+	if out, _, _ := d.Smtpctl("show", "queue"); !strings.Contains(out, "|mda|paused|") {
+		t.Errorf("show queue while paused: %q", out)
+	}
+	d.Smtpctl("resume", "mda")
+	d.WaitMail(1, 10*time.Second)
+
+	swaks(t, swaksArgs(d, "retry@cmd.example.test")...)
+	d.WaitStat("scheduler.delivery.tempfail", "1", 10*time.Second)
+	out, _, _ := d.Smtpctl("show", "queue")
+	id := strings.SplitN(out, "|", 2)[0]
+	if out, _, code := d.Smtpctl("pause", "envelope", id); code != 0 || out != "1 paused\n" {
+		t.Fatalf("pause envelope: %d %q", code, out)
+	}
+	if out, _, _ := d.Smtpctl("schedule", "all"); out != "0 envelopes scheduled\n" {
+		t.Errorf("schedule of a paused envelope: %q", out)
+	}
+	if out, _, _ := d.Smtpctl("resume", "envelope", id); out != "1 resumed\n" {
+		t.Errorf("resume: %q", out)
+	}
+	waitFile(t, d, filepath.Join(d.Dir, "out.retry"), 10*time.Second)
+}

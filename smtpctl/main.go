@@ -31,6 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes|queue")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] pause|resume envelope ID|all, pause|resume mda|mta")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] update table NAME")
 		fs.PrintDefaults()
 	}
@@ -93,13 +94,19 @@ type command func(env *cmdEnv, out io.Writer) error
 // commands maps command words to what they do; a command may be given
 // by any unambiguous prefix of its words, as in OpenSMTPD ("sh st").
 var commands = map[string]command{
-	"show stats":    showStats,
-	"show hosts":    showMTA("hosts"),
-	"show relays":   showMTA("relays"),
-	"show routes":   showMTA("routes"),
-	"show queue":    showQueue,
-	"schedule <id>": queueOp("schedule"),
-	"remove <id>":   queueOp("remove"),
+	"show stats":           showStats,
+	"show hosts":           showMTA("hosts"),
+	"show relays":          showMTA("relays"),
+	"show routes":          showMTA("routes"),
+	"show queue":           showQueue,
+	"schedule <id>":        queueOp("schedule"),
+	"remove <id>":          queueOp("remove"),
+	"pause envelope <id>":  queueOp("pause"),
+	"resume envelope <id>": queueOp("resume"),
+	"pause mda":            queueKind("pause", "mda"),
+	"resume mda":           queueKind("resume", "mda"),
+	"pause mta":            queueKind("pause", "mta"),
+	"resume mta":           queueKind("resume", "mta"),
 	"update table <id>": func(env *cmdEnv, out io.Writer) error {
 		return printLines(env.socket, &proto.ControlUpdateTable{Name: env.arg}, out)
 	},
@@ -163,7 +170,14 @@ func spoolLines(spool string) ([]string, error) {
 	return lines, nil
 }
 
-// queueOp asks queue to schedule or remove envelopes.
+// queueKind pauses or resumes all local deliveries or all relaying.
+func queueKind(op, kind string) command {
+	return func(env *cmdEnv, out io.Writer) error {
+		return printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: op, Target: kind}}, out)
+	}
+}
+
+// queueOp asks queue to schedule, remove, pause or resume envelopes.
 func queueOp(op string) command {
 	return func(env *cmdEnv, out io.Writer) error {
 		if env.arg != "all" && len(env.arg) != 8 && len(env.arg) != 16 {

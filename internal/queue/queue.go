@@ -172,6 +172,10 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 			lines = []string{fmt.Sprintf("%d envelopes scheduled", q.sched.Schedule(m.Target))}
 		case "remove":
 			lines = []string{fmt.Sprintf("%d envelopes removed", q.sched.Remove(m.Target))}
+		case "pause":
+			lines = []string{fmt.Sprintf("%d paused", q.sched.Pause(m.Target))}
+		case "resume":
+			lines = []string{fmt.Sprintf("%d resumed", q.sched.Resume(m.Target))}
 		default:
 			lines = []string{"unknown queue operation " + m.Op}
 		}

@@ -34,12 +34,17 @@ type Scheduler struct {
 	waiting  waitHeap // entries not in flight, by next attempt
 	wake     chan struct{}
 	inflight int
+	// held are entries set aside: paused one by one (entry.paused) or
+	// because deliveries of their kind are paused.
+	held   map[uint64]*entry
+	paused map[envelope.Kind]bool
 }
 
 type entry struct {
 	env      *envelope.Envelope
 	next     time.Time
 	inflight bool
+	paused   bool
 	index    int // in waiting, -1 when not there
 }
 
@@ -72,7 +77,7 @@ const MaxInflight = 32
 // NewScheduler returns a scheduler that hands due local envelopes to
 // deliver, with the message body open for reading.
 func NewScheduler(store *Store, limits config.Limits, st *stats.Sender, deliver func(*envelope.Envelope, *os.File) error, log *logging.Logger) *Scheduler {
-	return &Scheduler{store: store, limits: limits, stats: st, deliver: deliver, log: log, envs: map[uint64]*entry{}, wake: make(chan struct{}, 1)}
+	return &Scheduler{store: store, limits: limits, stats: st, deliver: deliver, log: log, envs: map[uint64]*entry{}, wake: make(chan struct{}, 1), held: map[uint64]*entry{}, paused: map[envelope.Kind]bool{}}
 }
 
 // Add schedules an envelope for an attempt now, or after its backoff if
@@ -127,6 +132,10 @@ func (s *Scheduler) dispatch() time.Duration {
 			break
 		}
 		heap.Pop(&s.waiting)
+		if s.paused[en.env.Kind] {
+			s.held[en.env.ID] = en
+			continue
+		}
 		en.inflight = true
 		s.inflight++
 		start = append(start, en)
@@ -229,8 +238,11 @@ func (s *Scheduler) Lines(target string) []string {
 	for _, en := range s.envs {
 		if en.env.Matches(target) {
 			state := "pending"
-			if en.inflight {
+			switch {
+			case en.inflight:
 				state = "inflight"
+			case s.held[en.env.ID] != nil:
+				state = "paused"
 			}
 			lines = append(lines, en.env.QueueLine(state))
 		}
@@ -261,11 +273,15 @@ func (s *Scheduler) Remove(target string) int {
 	s.mu.Lock()
 	var gone []*entry
 	for _, en := range s.envs {
-		if en.index >= 0 && en.env.Matches(target) {
-			heap.Remove(&s.waiting, en.index)
-			delete(s.envs, en.env.ID)
-			gone = append(gone, en)
+		if en.inflight || !en.env.Matches(target) {
+			continue
 		}
+		if en.index >= 0 {
+			heap.Remove(&s.waiting, en.index)
+		}
+		delete(s.held, en.env.ID)
+		delete(s.envs, en.env.ID)
+		gone = append(gone, en)
 	}
 	s.mu.Unlock()
 	for _, en := range gone {
@@ -277,4 +293,61 @@ func (s *Scheduler) Remove(target string) int {
 		s.stats.Increment("scheduler.envelope.removed", 1)
 	}
 	return len(gone)
+}
+
+// Pause sets aside the envelopes target names, or every envelope of a
+// kind ("mda" for local deliveries, "mta" for relaying) until Resume.
+func (s *Scheduler) Pause(target string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k := envelope.Kind(target); k == envelope.MDA || k == envelope.MTA {
+		s.paused[k] = true
+		return 1
+	}
+	n := 0
+	for _, en := range s.envs {
+		if !en.inflight && !en.paused && en.env.Matches(target) {
+			if en.index >= 0 {
+				heap.Remove(&s.waiting, en.index)
+			}
+			en.paused = true
+			s.held[en.env.ID] = en
+			n++
+		}
+	}
+	return n
+}
+
+// Resume undoes Pause; resumed envelopes are tried at once.
+func (s *Scheduler) Resume(target string) int {
+	s.mu.Lock()
+	k := envelope.Kind(target)
+	kind := k == envelope.MDA || k == envelope.MTA
+	if kind {
+		delete(s.paused, k)
+	}
+	n := 0
+	for id, en := range s.held {
+		switch {
+		case kind && en.paused, kind && en.env.Kind != k:
+			continue
+		case !kind && (!en.paused || !en.env.Matches(target)):
+			continue
+		}
+		en.paused = false
+		delete(s.held, id)
+		if s.paused[en.env.Kind] {
+			s.held[id] = en
+		} else {
+			en.next = time.Now()
+			heap.Push(&s.waiting, en)
+		}
+		n++
+	}
+	s.mu.Unlock()
+	s.poke()
+	if kind {
+		return 1
+	}
+	return n
 }
