@@ -21,7 +21,7 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return (sender.IsChild() || sender == ProcMDA) && receiver == ProcParent
 	case TypeStatUpdate:
 		return (sender == ProcParent || sender.IsChild()) && sender != ProcControl && receiver == ProcControl
-	case TypeControlShowStats, TypeControlShowMTA, TypeControlQueue, TypeControlUpdateTable:
+	case TypeControlShowStats, TypeControlShowMTA, TypeControlQueue, TypeControlUpdateTable, TypeControlPauseSMTP:
 		return sender == ProcClient && receiver == ProcControl
 	case TypeControlStats, TypeControlError, TypeControlText:
 		return sender == ProcControl && receiver == ProcClient
@@ -33,6 +33,8 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return sender == ProcControl && receiver == ProcQueue
 	case TypeQueueLines:
 		return sender == ProcQueue && receiver == ProcControl
+	case TypeControlSMTPPause:
+		return sender == ProcControl && receiver == ProcSMTP
 	case TypeControlTableReload:
 		return sender == ProcControl && receiver == ProcLookup
 	case TypeLookupTableReloaded:

@@ -55,6 +55,8 @@ const (
 	TypeControlUpdateTable
 	TypeControlTableReload
 	TypeLookupTableReloaded
+	TypeControlPauseSMTP
+	TypeControlSMTPPause
 	typeEnd
 )
 
@@ -105,6 +107,8 @@ var typeNames = [...]string{
 	TypeControlUpdateTable:    "ControlUpdateTable",
 	TypeControlTableReload:    "ControlTableReload",
 	TypeLookupTableReloaded:   "LookupTableReloaded",
+	TypeControlPauseSMTP:      "ControlPauseSMTP",
+	TypeControlSMTPPause:      "ControlSMTPPause",
 }
 
 func (t Type) String() string {
@@ -222,6 +226,10 @@ func New(t Type) (Message, bool) {
 		return &ControlTableReload{}, true
 	case TypeLookupTableReloaded:
 		return &LookupTableReloaded{}, true
+	case TypeControlPauseSMTP:
+		return &ControlPauseSMTP{}, true
+	case TypeControlSMTPPause:
+		return &ControlSMTPPause{}, true
 	}
 	return nil, false
 }
@@ -519,3 +527,17 @@ type LookupTableReloaded struct{ TextLines }
 func (*LookupTableReloaded) Type() Type         { return TypeLookupTableReloaded }
 func (m *LookupTableReloaded) Encode(w *Writer) { m.encode(w) }
 func (m *LookupTableReloaded) Decode(r *Reader) { m.decode(r) }
+
+// ControlPauseSMTP is a client pausing (Paused set) or resuming smtp.
+type ControlPauseSMTP struct{ Paused bool }
+
+func (*ControlPauseSMTP) Type() Type         { return TypeControlPauseSMTP }
+func (m *ControlPauseSMTP) Encode(w *Writer) { w.Bool(m.Paused) }
+func (m *ControlPauseSMTP) Decode(r *Reader) { m.Paused = r.Bool() }
+
+// ControlSMTPPause tells smtp to stop or start taking sessions.
+type ControlSMTPPause struct{ Paused bool }
+
+func (*ControlSMTPPause) Type() Type         { return TypeControlSMTPPause }
+func (m *ControlSMTPPause) Encode(w *Writer) { w.Bool(m.Paused) }
+func (m *ControlSMTPPause) Decode(r *Reader) { m.Paused = r.Bool() }

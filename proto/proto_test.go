@@ -68,6 +68,8 @@ func samples(t *testing.T) []struct {
 		{ProcClient, ProcControl, &ControlUpdateTable{Name: "aliases"}},
 		{ProcControl, ProcLookup, &ControlTableReload{Name: "aliases"}},
 		{ProcLookup, ProcControl, &LookupTableReloaded{TextLines{[]string{"table aliases reloaded"}, true}}},
+		{ProcClient, ProcControl, &ControlPauseSMTP{Paused: true}},
+		{ProcControl, ProcSMTP, &ControlSMTPPause{Paused: true}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

@@ -214,3 +214,21 @@ func TestPauseResume(t *testing.T) {
 	}
 	waitFile(t, d, filepath.Join(d.Dir, "out.retry"), 10*time.Second)
 }
+
+// TestPauseSMTP: a paused smtp greets new sessions with 421 until
+// resumed.
+func TestPauseSMTP(t *testing.T) {
+	d := Start(t, bin)
+	if out, _, code := d.Smtpctl("pause", "smtp"); code != 0 || out != "smtp paused\n" {
+		t.Fatalf("pause smtp: %d %q", code, out)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := RunDialogue(d.SMTPAddr, "expect 421 4.3.2\nexpect-close\n"); err != nil {
+		t.Error(err)
+	}
+	d.Smtpctl("resume", "smtp")
+	time.Sleep(100 * time.Millisecond)
+	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Error(err)
+	}
+}

@@ -31,7 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes|queue")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all")
-		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] pause|resume envelope ID|all, pause|resume mda|mta")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] pause|resume envelope ID|all, pause|resume smtp|mda|mta")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] update table NAME")
 		fs.PrintDefaults()
 	}
@@ -103,6 +103,8 @@ var commands = map[string]command{
 	"remove <id>":          queueOp("remove"),
 	"pause envelope <id>":  queueOp("pause"),
 	"resume envelope <id>": queueOp("resume"),
+	"pause smtp":           pauseSMTP(true),
+	"resume smtp":          pauseSMTP(false),
 	"pause mda":            queueKind("pause", "mda"),
 	"resume mda":           queueKind("resume", "mda"),
 	"pause mta":            queueKind("pause", "mta"),
@@ -168,6 +170,13 @@ func spoolLines(spool string) ([]string, error) {
 	}
 	sort.Strings(lines)
 	return lines, nil
+}
+
+// pauseSMTP stops or restarts the taking of new SMTP sessions.
+func pauseSMTP(paused bool) command {
+	return func(env *cmdEnv, out io.Writer) error {
+		return printLines(env.socket, &proto.ControlPauseSMTP{Paused: paused}, out)
+	}
 }
 
 // queueKind pauses or resumes all local deliveries or all relaying.

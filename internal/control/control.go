@@ -28,6 +28,7 @@ type Server struct {
 	mta    *proto.Channel
 	queue  *proto.Channel
 	lookup *proto.Channel
+	smtp   *proto.Channel
 	reqs   *proto.Requests
 }
 
@@ -45,7 +46,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], reqs: proto.NewRequests()}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], reqs: proto.NewRequests()}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -138,6 +139,19 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 		return nil
 	case *proto.ControlShowMTA:
 		return s.forward(ch, s.mta, &proto.ControlMTAQuery{What: env.Msg.(*proto.ControlShowMTA).What}, env.PeerID)
+	case *proto.ControlPauseSMTP:
+		if !root {
+			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
+		}
+		paused := env.Msg.(*proto.ControlPauseSMTP).Paused
+		if err := s.smtp.Send(&proto.ControlSMTPPause{Paused: paused}, 0); err != nil {
+			return err
+		}
+		word := "resumed"
+		if paused {
+			word = "paused"
+		}
+		return ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{"smtp " + word}, Last: true}}, env.PeerID)
 	case *proto.ControlUpdateTable:
 		if !root {
 			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)

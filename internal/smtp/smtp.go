@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -39,7 +40,9 @@ type Server struct {
 	// filtered lists the phases some filter block checks; the others
 	// need no question to mfa
 	filtered map[proto.Phase]bool
-	nextID   func() uint64
+	// paused refuses new sessions (smtpctl pause smtp)
+	paused atomic.Bool
+	nextID func() uint64
 }
 
 // New prepares the smtp process: it loads the listeners' certificates,
@@ -110,6 +113,11 @@ func (s *Server) Run() {
 		c.Log.Fatalf("%v", err)
 	}
 	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+		if m, ok := env.Msg.(*proto.ControlSMTPPause); ok {
+			s.paused.Store(m.Paused)
+			s.log.Infof("sessions %s", map[bool]string{true: "paused", false: "resumed"}[m.Paused])
+			return nil
+		}
 		if ch.Remote == proto.ProcControl || ch.Remote == proto.ProcParent {
 			return fmt.Errorf("unexpected %s", env.Type)
 		}
@@ -257,6 +265,12 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := remoteIP(c)
+		if l.s.paused.Load() {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "421 4.3.2 Service paused, try again later\r\n")
+			c.Close()
+			continue
+		}
 		if ok, why := l.s.active.acquire(ip); !ok {
 			l.s.stats.Increment("smtp.session.refused", 1)
 			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
