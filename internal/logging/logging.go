@@ -35,18 +35,6 @@ func New(name string, foreground, verbose bool) *Logger {
 	return l
 }
 
-// NewWriter returns a logger writing plain lines to w, for tests.
-func NewWriter(name string, w io.Writer, verbose bool) *Logger {
-	return &Logger{name: name, verbose: verbose, out: w}
-}
-
-// SetVerbose turns debug lines on or off.
-func (l *Logger) SetVerbose(v bool) {
-	l.mu.Lock()
-	l.verbose = v
-	l.mu.Unlock()
-}
-
 type level int
 
 const (

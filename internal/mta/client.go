@@ -37,9 +37,6 @@ type Reply struct {
 
 func (r *Reply) String() string { return fmt.Sprintf("%d %s", r.Code, strings.Join(r.Lines, " ")) }
 
-// Temporary reports a 4xx reply; Permanent a 5xx one.
-func (r *Reply) Temporary() bool { return r.Code/100 == 4 }
-
 // Permanent reports a 5xx reply.
 func (r *Reply) Permanent() bool { return r.Code/100 == 5 }
 
