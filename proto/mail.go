@@ -18,6 +18,29 @@ const (
 	PhaseCommit
 )
 
+var phaseNames = [...]string{
+	PhaseConnect: "connect", PhaseHelo: "helo", PhaseMail: "mail",
+	PhaseRcpt: "rcpt", PhaseData: "data", PhaseCommit: "commit",
+}
+
+// String returns the phase's name, as the configuration writes it.
+func (p Phase) String() string {
+	if p >= PhaseConnect && p <= PhaseCommit {
+		return phaseNames[p]
+	}
+	return fmt.Sprintf("phase(%d)", uint8(p))
+}
+
+// ParsePhase returns the phase named name, or false.
+func ParsePhase(name string) (Phase, bool) {
+	for p := PhaseConnect; p <= PhaseCommit; p++ {
+		if phaseNames[p] == name {
+			return p, true
+		}
+	}
+	return 0, false
+}
+
 // Session describes the SMTP session a query is about.
 type Session struct {
 	ID     uint64

@@ -127,6 +127,14 @@ func (s *Server) session(conn *net.UnixConn) {
 
 func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) error {
 	switch env.Msg.(type) {
+	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP:
+		// the queue shows who writes to whom, and these change state:
+		// root only; any user may read the stats
+		if !root {
+			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
+		}
+	}
+	switch env.Msg.(type) {
 	case *proto.ControlShowStats:
 		values := append(s.Stats.Snapshot(), proto.StatValue{Key: "uptime", Value: int64(time.Since(s.Started) / time.Second)})
 		for len(values) > 0 {
@@ -140,9 +148,6 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 	case *proto.ControlShowMTA:
 		return s.forward(ch, s.mta, &proto.ControlMTAQuery{What: env.Msg.(*proto.ControlShowMTA).What}, env.PeerID)
 	case *proto.ControlPauseSMTP:
-		if !root {
-			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
-		}
 		paused := env.Msg.(*proto.ControlPauseSMTP).Paused
 		if err := s.smtp.Send(&proto.ControlSMTPPause{Paused: paused}, 0); err != nil {
 			return err
@@ -153,15 +158,8 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 		}
 		return ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{"smtp " + word}, Last: true}}, env.PeerID)
 	case *proto.ControlUpdateTable:
-		if !root {
-			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
-		}
 		return s.forward(ch, s.lookup, &proto.ControlTableReload{Name: env.Msg.(*proto.ControlUpdateTable).Name}, env.PeerID)
 	case *proto.ControlQueue:
-		// the queue shows who writes to whom: root only
-		if !root {
-			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
-		}
 		return s.forward(ch, s.queue, &proto.ControlQueueForward{QueueOp: env.Msg.(*proto.ControlQueue).QueueOp}, env.PeerID)
 	}
 	return ch.Send(&proto.ControlError{Text: "unsupported request " + env.Type.String()}, env.PeerID)

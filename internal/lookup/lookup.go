@@ -37,8 +37,9 @@ func Run(c *privsep.Child) {
 			}
 			return nil
 		case *proto.MTAResolveMX:
+			q := env.Msg.(*proto.MTAResolveMX)
 			go func() {
-				if err := c.Send(ch, resolveMX(res, m2mx(env), c.Config.MXPort), env.PeerID); err != nil {
+				if err := c.Send(ch, resolveMX(res, q), env.PeerID); err != nil {
 					c.Log.Fatalf("%v", err)
 				}
 			}()
@@ -150,10 +151,8 @@ func askForward(c *privsep.Child, reqs *proto.Requests, acct Account) ([]string,
 	return nil, fmt.Errorf("lookup: unexpected %s", env.Type)
 }
 
-func m2mx(env *proto.Envelope) *proto.MTAResolveMX { return env.Msg.(*proto.MTAResolveMX) }
-
 // resolveMX answers an MX question with exchangers and their addresses.
-func resolveMX(res *dns.Resolver, q *proto.MTAResolveMX, port int) *proto.LookupMXResult {
+func resolveMX(res *dns.Resolver, q *proto.MTAResolveMX) *proto.LookupMXResult {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var mxs []dns.MX

@@ -14,13 +14,6 @@ import (
 	"smtpd/proto"
 )
 
-// phaseNames are the names of the phases in the configuration and in
-// stat keys.
-var phaseNames = map[proto.Phase]string{
-	proto.PhaseConnect: "connect", proto.PhaseHelo: "helo", proto.PhaseMail: "mail",
-	proto.PhaseRcpt: "rcpt", proto.PhaseData: "data", proto.PhaseCommit: "commit",
-}
-
 // Run runs the mfa process on c.
 func Run(c *privsep.Child) {
 	if err := c.Ready(); err != nil {
@@ -32,11 +25,11 @@ func Run(c *privsep.Child) {
 			return fmt.Errorf("unexpected %s", env.Type)
 		}
 		v := Decide(c.Config.Filters, q)
-		c.Stats.Increment("mfa."+phaseNames[q.Phase], 1)
+		c.Stats.Increment("mfa."+q.Phase.String(), 1)
 		if v.Verdict != proto.VerdictProceed {
-			c.Stats.Increment("mfa."+phaseNames[q.Phase]+".refused", 1)
+			c.Stats.Increment("mfa."+q.Phase.String()+".refused", 1)
 			c.Log.Infof("%016x: %s refused for [%s] helo %q from <%s> to <%s>: %d %s",
-				q.Session.ID, phaseNames[q.Phase], q.Session.Remote, q.Session.Helo, q.Session.Sender, q.Rcpt, v.Reply.Code, v.Reply.Text)
+				q.Session.ID, q.Phase.String(), q.Session.Remote, q.Session.Helo, q.Session.Sender, q.Rcpt, v.Reply.Code, v.Reply.Text)
 		}
 		return c.Send(ch, v, env.PeerID)
 	})
@@ -45,7 +38,7 @@ func Run(c *privsep.Child) {
 // Decide is the verdict for a query: that of the first filter of the
 // query's phase whose conditions all hold, else proceed.
 func Decide(filters []*config.Filter, q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
-	phase := phaseNames[q.Phase]
+	phase := q.Phase.String()
 	for _, f := range filters {
 		if f.Phase != phase || !matches(f, q) {
 			continue

@@ -132,10 +132,7 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		p.envs = append(p.envs, e)
 		return nil
 	case *proto.SMTPMessageCommit:
-		q.mu.Lock()
-		p := q.pending[m.MsgID]
-		delete(q.pending, m.MsgID)
-		q.mu.Unlock()
+		p := q.take(m.MsgID)
 		if p == nil || len(p.envs) == 0 {
 			return fmt.Errorf("commit of unknown or empty message %08x", m.MsgID)
 		}
@@ -148,11 +145,7 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		}}
 		return nil
 	case *proto.SMTPMessageRollback:
-		q.mu.Lock()
-		p := q.pending[m.MsgID]
-		delete(q.pending, m.MsgID)
-		q.mu.Unlock()
-		if p != nil {
+		if p := q.take(m.MsgID); p != nil {
 			p.body.Close()
 			q.store.Discard(m.MsgID)
 		}
@@ -189,6 +182,15 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		return nil
 	}
 	return fmt.Errorf("unexpected %s", env.Type)
+}
+
+// take removes a message being received from the pending ones.
+func (q *Queue) take(id uint32) *pending {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	p := q.pending[id]
+	delete(q.pending, id)
+	return p
 }
 
 // failureReply is what a client is told when the queue fails: always a

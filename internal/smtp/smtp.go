@@ -49,12 +49,10 @@ type Server struct {
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
 	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}}
-	phases := map[string]proto.Phase{
-		"connect": proto.PhaseConnect, "helo": proto.PhaseHelo, "mail": proto.PhaseMail,
-		"rcpt": proto.PhaseRcpt, "data": proto.PhaseData, "commit": proto.PhaseCommit,
-	}
 	for _, f := range c.Config.Filters {
-		s.filtered[phases[f.Phase]] = true
+		if p, ok := proto.ParsePhase(f.Phase); ok {
+			s.filtered[p] = true
+		}
 	}
 	for _, l := range c.Config.Listeners {
 		if l.TLS == config.TLSNone {
