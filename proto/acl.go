@@ -39,6 +39,22 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return sender == ProcControl && receiver == ProcLookup
 	case TypeLookupTableReloaded:
 		return sender == ProcLookup && receiver == ProcControl
+	case TypeSMTPAuthQuery:
+		return sender == ProcSMTP && receiver == ProcLookup
+	case TypeLookupAuthResult:
+		return sender == ProcLookup && receiver == ProcSMTP
+	case TypeControlEnqueue, TypeControlLog:
+		return sender == ProcClient && receiver == ProcControl
+	case TypeControlFile:
+		return sender == ProcControl && receiver == ProcClient
+	case TypeControlSMTPSession:
+		return sender == ProcControl && receiver == ProcSMTP
+	case TypeSMTPSessionFile:
+		return sender == ProcSMTP && receiver == ProcControl
+	case TypeControlLogLevel:
+		return sender == ProcControl && receiver.IsChild() && receiver != ProcControl
+	case TypeQueueMessageFile:
+		return sender == ProcQueue && receiver == ProcControl
 	case TypeSMTPFilterQuery:
 		return sender == ProcSMTP && receiver == ProcMFA
 	case TypeMFAFilterVerdict:

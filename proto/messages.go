@@ -57,6 +57,15 @@ const (
 	TypeLookupTableReloaded
 	TypeControlPauseSMTP
 	TypeControlSMTPPause
+	TypeSMTPAuthQuery
+	TypeLookupAuthResult
+	TypeControlEnqueue
+	TypeControlSMTPSession
+	TypeSMTPSessionFile
+	TypeControlFile
+	TypeControlLog
+	TypeControlLogLevel
+	TypeQueueMessageFile
 	typeEnd
 )
 
@@ -109,6 +118,15 @@ var typeNames = [...]string{
 	TypeLookupTableReloaded:   "LookupTableReloaded",
 	TypeControlPauseSMTP:      "ControlPauseSMTP",
 	TypeControlSMTPPause:      "ControlSMTPPause",
+	TypeSMTPAuthQuery:         "SMTPAuthQuery",
+	TypeLookupAuthResult:      "LookupAuthResult",
+	TypeControlEnqueue:        "ControlEnqueue",
+	TypeControlSMTPSession:    "ControlSMTPSession",
+	TypeSMTPSessionFile:       "SMTPSessionFile",
+	TypeControlFile:           "ControlFile",
+	TypeControlLog:            "ControlLog",
+	TypeControlLogLevel:       "ControlLogLevel",
+	TypeQueueMessageFile:      "QueueMessageFile",
 }
 
 func (t Type) String() string {
@@ -230,6 +248,24 @@ func New(t Type) (Message, bool) {
 		return &ControlPauseSMTP{}, true
 	case TypeControlSMTPPause:
 		return &ControlSMTPPause{}, true
+	case TypeSMTPAuthQuery:
+		return &SMTPAuthQuery{}, true
+	case TypeLookupAuthResult:
+		return &LookupAuthResult{}, true
+	case TypeControlEnqueue:
+		return &ControlEnqueue{}, true
+	case TypeControlSMTPSession:
+		return &ControlSMTPSession{}, true
+	case TypeSMTPSessionFile:
+		return &SMTPSessionFile{}, true
+	case TypeControlFile:
+		return &ControlFile{}, true
+	case TypeControlLog:
+		return &ControlLog{}, true
+	case TypeControlLogLevel:
+		return &ControlLogLevel{}, true
+	case TypeQueueMessageFile:
+		return &QueueMessageFile{}, true
 	}
 	return nil, false
 }

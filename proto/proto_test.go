@@ -70,6 +70,15 @@ func samples(t *testing.T) []struct {
 		{ProcLookup, ProcControl, &LookupTableReloaded{TextLines{[]string{"table aliases reloaded"}, true}}},
 		{ProcClient, ProcControl, &ControlPauseSMTP{Paused: true}},
 		{ProcControl, ProcSMTP, &ControlSMTPPause{Paused: true}},
+		{ProcSMTP, ProcLookup, &SMTPAuthQuery{What: "password", Listener: "submission", User: "alice", Value: "secret"}},
+		{ProcLookup, ProcSMTP, &LookupAuthResult{Status: StatusTempfail, Text: "unusable hash"}},
+		{ProcClient, ProcControl, &ControlEnqueue{}},
+		{ProcControl, ProcSMTP, &ControlSMTPSession{UID: 1000, User: "alice"}},
+		{ProcSMTP, ProcControl, NewSMTPSessionFile(f)},
+		{ProcControl, ProcClient, NewControlFile(f)},
+		{ProcClient, ProcControl, &ControlLog{LogSetting{What: "verbose", On: true}}},
+		{ProcControl, ProcMTA, &ControlLogLevel{LogSetting{What: "smtp", On: false}}},
+		{ProcQueue, ProcControl, NewQueueMessageFile(f)},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

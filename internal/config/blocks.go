@@ -43,8 +43,12 @@ type Listener struct {
 	// Hostname is the name in the banner and EHLO reply; it defaults to
 	// the global hostname.
 	Hostname  string
-	Auth      AuthMode
+	Auth AuthMode
+	// AuthTable maps user names to bcrypt or SHA-512-crypt hashes.
 	AuthTable *Table
+	// Senders, if set, maps authenticated users to the addresses (or
+	// @domains) they may use in MAIL FROM.
+	Senders *Table
 	// Protocol is "smtp", or "lmtp" to accept final deliveries from
 	// other mail systems (RFC 2033).
 	Protocol string
@@ -54,6 +58,7 @@ type Listener struct {
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
 	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
+	{Name: "senders"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {
@@ -111,8 +116,14 @@ func (d *decoder) listener(b *hcl.Block) {
 		}
 	}
 	l.AuthTable = d.tableRef(attrs, "auth_table", "listen "+l.Name+" auth_table")
-	if l.Auth != AuthNone && l.TLS == TLSNone {
+	l.Senders = d.tableRef(attrs, "senders", "listen "+l.Name+" senders")
+	switch {
+	case l.Auth != AuthNone && l.TLS == TLSNone:
 		d.errorf(attrs["auth"].Expr.Range(), "AUTH without TLS", "Listener %q offers AUTH but no TLS; passwords would cross the network in clear.", l.Name)
+	case l.Auth != AuthNone && attrs["auth_table"] == nil:
+		d.errorf(attrs["auth"].Expr.Range(), "AUTH without auth_table", "Listener %q offers AUTH but has no auth_table of user names and password hashes.", l.Name)
+	case l.Auth == AuthNone && (attrs["auth_table"] != nil || attrs["senders"] != nil):
+		d.errorf(b.DefRange, "auth_table without auth", "Listener %q has auth_table or senders but does not offer AUTH (auth = true or \"optional\").", l.Name)
 	}
 }
 

@@ -167,6 +167,7 @@ action "local" { mbox = true }
 		{"bad hostname", "hostname = \"bad host\"\n", 1, "not a host name"},
 		{"table as number", base + "match {\n  for = 42\n  action = action.local\n}\n", 4, "Table expected"},
 		{"auth without tls", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  auth = true\n}\n", 3, "AUTH without TLS"},
+		{"auth table without auth", "table \"u\" { map = { a = \"x\" } }\nlisten \"mx\" {\n  address = \"127.0.0.1:25\"\n  auth_table = table.u\n}\n", 2, "does not offer AUTH"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

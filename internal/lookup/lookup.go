@@ -56,6 +56,15 @@ func Run(c *privsep.Child) {
 				}
 			}()
 			return nil
+		case *proto.SMTPAuthQuery:
+			q := env.Msg.(*proto.SMTPAuthQuery)
+			// hashing is slow on purpose: answer out of order
+			go func() {
+				if err := c.Send(ch, authAnswer(r, c, q), env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
 		case *proto.ControlTableReload:
 			q := env.Msg.(*proto.ControlTableReload)
 			line := "table " + q.Name + " reloaded"
@@ -94,6 +103,26 @@ func Run(c *privsep.Child) {
 		}
 		return fmt.Errorf("unexpected %s", env.Type)
 	})
+}
+
+// authAnswer checks a password or a sender of an authenticated user.
+func authAnswer(r *Resolver, c *privsep.Child, q *proto.SMTPAuthQuery) *proto.LookupAuthResult {
+	switch q.What {
+	case "password":
+		ok, err := r.CheckPassword(q.Listener, q.User, q.Value)
+		if err != nil {
+			c.Log.Warnf("auth of %q on %s: %v", q.User, q.Listener, err)
+			return &proto.LookupAuthResult{Status: proto.StatusTempfail, Text: "credentials cannot be checked"}
+		}
+		if ok {
+			return &proto.LookupAuthResult{Status: proto.StatusOK}
+		}
+	case "sender":
+		if r.SenderAllowed(q.Listener, q.User, q.Value) {
+			return &proto.LookupAuthResult{Status: proto.StatusOK}
+		}
+	}
+	return &proto.LookupAuthResult{Status: proto.StatusPermfail}
 }
 
 func statusKey(s proto.Status) string {

@@ -146,8 +146,14 @@ func (sess *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	if sess.listener.TLS == config.TLSStartTLSRequire && !sess.tls() {
 		return smtpErr(530, gosmtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 	}
+	if sess.listener.Auth == config.AuthRequired && sess.info.Auth == "" {
+		return errAuthRequired
+	}
 	if strings.ContainsAny(from, "\r\n\x00 ") {
 		return smtpErr(553, gosmtp.EnhancedCode{5, 1, 7}, "Invalid sender address")
+	}
+	if err := sess.senderAllowed(from); err != nil {
+		return err
 	}
 	sess.Reset()
 	sess.info.Sender = from
@@ -298,9 +304,13 @@ func (sess *session) writeTrace(w *bufio.Writer, msgid uint32, info headerInfo) 
 		proto = "LMTP"
 	}
 	tlsInfo := ""
+	// RFC 3848: S for TLS, A for an authenticated client
 	if st, ok := sess.conn.TLSConnectionState(); ok {
 		proto += "S"
 		tlsInfo = fmt.Sprintf("\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	}
+	if sess.info.Auth != "" {
+		proto += "A"
 	}
 	forClause := ""
 	if len(sess.rcpts) == 1 {

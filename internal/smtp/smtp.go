@@ -43,12 +43,14 @@ type Server struct {
 	// paused refuses new sessions (smtpctl pause smtp)
 	paused atomic.Bool
 	nextID func() uint64
+	// authFailures slows down password guessing
+	authFailures *authFailures
 }
 
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures()}
 	for _, f := range c.Config.Filters {
 		if p, ok := proto.ParsePhase(f.Phase); ok {
 			s.filtered[p] = true

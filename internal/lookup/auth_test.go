@@ -1,0 +1,113 @@
+package lookup
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/GehirnInc/crypt/sha512_crypt"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// testCertificate writes a self-signed certificate and its key.
+func testCertificate(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+func TestCheckPassword(t *testing.T) {
+	bc, err := bcrypt.GenerateFromPassword([]byte("secret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := sha512_crypt.New().Generate([]byte("secret"), []byte("$6$saltsalt$"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key := testCertificate(t)
+	r := resolver(t, `
+table "users" {
+  map = {
+    alice = "` + string(bc) + `"
+    bob   = "` + sc + `"
+    carol = "plain-text"
+  }
+}
+table "senders" {
+  map = { alice = "alice@example.org, @example.net" }
+}
+listen "sub" {
+  address = "127.0.0.1:587"
+  tls = "starttls"
+  cert = "` + cert + `"
+  key = "` + key + `"
+  auth = true
+  auth_table = table.users
+  senders = table.senders
+}
+action "local" {
+  maildir = true
+}
+match {
+  action = action.local
+}
+`)
+	for _, tt := range []struct {
+		user, password string
+		ok, fault      bool
+	}{
+		{"alice", "secret", true, false},
+		{"alice", "Secret", false, false},
+		{"bob", "secret", true, false},
+		{"bob", "secre", false, false},
+		{"nobody", "secret", false, false},
+		{"carol", "plain-text", false, true},
+	} {
+		ok, err := r.CheckPassword("sub", tt.user, tt.password)
+		if ok != tt.ok || (err != nil) != tt.fault {
+			t.Errorf("CheckPassword(%s, %s) = %v, %v; want %v, fault %v", tt.user, tt.password, ok, err, tt.ok, tt.fault)
+		}
+	}
+	if _, err := r.CheckPassword("nosuch", "alice", "secret"); err == nil {
+		t.Error("a listener without auth_table checked a password")
+	}
+	for _, tt := range []struct {
+		user, sender string
+		ok           bool
+	}{
+		{"alice", "alice@example.org", true},
+		{"alice", "Alice@Example.org", true},
+		{"alice", "anyone@example.net", true},
+		{"alice", "bob@example.org", false},
+		{"bob", "bob@example.org", false},
+	} {
+		if got := r.SenderAllowed("sub", tt.user, tt.sender); got != tt.ok {
+			t.Errorf("SenderAllowed(%s, %s) = %v, want %v", tt.user, tt.sender, got, tt.ok)
+		}
+	}
+}
