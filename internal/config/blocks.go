@@ -42,8 +42,8 @@ type Listener struct {
 	Cert, Key string
 	// Hostname is the name in the banner and EHLO reply; it defaults to
 	// the global hostname.
-	Hostname  string
-	Auth AuthMode
+	Hostname string
+	Auth     AuthMode
 	// AuthTable maps user names to bcrypt or SHA-512-crypt hashes.
 	AuthTable *Table
 	// Senders, if set, maps authenticated users to the addresses (or

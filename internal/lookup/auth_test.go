@@ -53,8 +53,8 @@ func TestCheckPassword(t *testing.T) {
 	r := resolver(t, `
 table "users" {
   map = {
-    alice = "` + string(bc) + `"
-    bob   = "` + sc + `"
+    alice = "`+string(bc)+`"
+    bob   = "`+sc+`"
     carol = "plain-text"
   }
 }
@@ -64,8 +64,8 @@ table "senders" {
 listen "sub" {
   address = "127.0.0.1:587"
   tls = "starttls"
-  cert = "` + cert + `"
-  key = "` + key + `"
+  cert = "`+cert+`"
+  key = "`+key+`"
   auth = true
   auth_table = table.users
   senders = table.senders
