@@ -175,7 +175,8 @@ func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err er
 		if bytes.ContainsAny(response, "\x00") || l.user == "" {
 			return nil, false, errAuthInvalid
 		}
-		return nil, true, l.check(l.user, string(response))
+		err := l.check(l.user, string(response))
+		return nil, err == nil, err
 	}
 	return nil, false, sasl.ErrUnexpectedClientResponse
 }
