@@ -4,12 +4,13 @@
 GO       ?= go
 PREFIX   ?= /usr/local
 SBINDIR  ?= $(PREFIX)/sbin
+BINDIR   ?= $(PREFIX)/bin
 MANDIR   ?= $(PREFIX)/share/man
 SYSCONF  ?= /etc/mail
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
-TEST_PACKAGES = mandoc swaks msmtp e2fsprogs
+TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail
 
 # package:target for every fuzz target
 FUZZ_TARGETS = \
@@ -71,10 +72,16 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-install: build users
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONF)
+# smtpctl is also the sendmail interface, by the name it is called by.
+install: build
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONF)
 	install -m 755 bin/smtpd $(DESTDIR)$(SBINDIR)/smtpd
 	install -m 755 bin/smtpctl $(DESTDIR)$(SBINDIR)/smtpctl
+	for l in sendmail send-mail mailq newaliases makemap; do \
+		ln -sf smtpctl $(DESTDIR)$(SBINDIR)/$$l; done
+	for l in mailq newaliases; do \
+		ln -sf $(SBINDIR)/smtpctl $(DESTDIR)$(BINDIR)/$$l; done
 	install -m 644 smtpd.conf.5 $(DESTDIR)$(MANDIR)/man5/smtpd.conf.5
 	install -d -m 755 $(DESTDIR)/var/empty
 	@if [ ! -e $(DESTDIR)$(SYSCONF)/smtpd.conf ]; then \

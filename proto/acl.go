@@ -5,8 +5,8 @@ func (p Proc) IsChild() bool { return p >= ProcSMTP && p <= ProcControl }
 
 // Accepts reports whether receiver accepts messages of type t from
 // sender. Anything else is fatal for the receiver on an internal channel,
-// as in OpenSMTPD ("unexpected imsg"). Each type has exactly one
-// direction.
+// as in OpenSMTPD ("unexpected imsg"). Each type has one direction,
+// except ControlError, which control also relays from smtp.
 func Accepts(sender, receiver Proc, t Type) bool {
 	switch t {
 	case TypeSetupPeer:
@@ -23,8 +23,11 @@ func Accepts(sender, receiver Proc, t Type) bool {
 		return (sender == ProcParent || sender.IsChild()) && sender != ProcControl && receiver == ProcControl
 	case TypeControlShowStats, TypeControlShowMTA, TypeControlQueue, TypeControlUpdateTable, TypeControlPauseSMTP:
 		return sender == ProcClient && receiver == ProcControl
-	case TypeControlStats, TypeControlError, TypeControlText:
+	case TypeControlStats, TypeControlText:
 		return sender == ProcControl && receiver == ProcClient
+	case TypeControlError:
+		// smtp answers ControlSMTPSession with one when it cannot
+		return sender == ProcControl && receiver == ProcClient || sender == ProcSMTP && receiver == ProcControl
 	case TypeControlMTAQuery:
 		return sender == ProcControl && receiver == ProcMTA
 	case TypeMTAObjects:

@@ -35,12 +35,13 @@ func (m *LookupAuthResult) Encode(w *Writer) {
 func (m *LookupAuthResult) Decode(r *Reader) { m.Status, m.Text = Status(r.U8()), r.String() }
 
 // ControlEnqueue is a local client (sendmail) asking for an SMTP session
-// to submit mail in; control knows the client's user from the socket.
-type ControlEnqueue struct{}
+// to submit mail in. User is the name the client gives for itself;
+// control adds the user id, which it takes from the socket.
+type ControlEnqueue struct{ User string }
 
-func (*ControlEnqueue) Type() Type       { return TypeControlEnqueue }
-func (*ControlEnqueue) Encode(w *Writer) {}
-func (*ControlEnqueue) Decode(r *Reader) {}
+func (*ControlEnqueue) Type() Type         { return TypeControlEnqueue }
+func (m *ControlEnqueue) Encode(w *Writer) { w.String(m.User) }
+func (m *ControlEnqueue) Decode(r *Reader) { m.User = r.String() }
 
 // ControlSMTPSession asks smtp for a session for the local user User
 // (UID), to be handed to a client.

@@ -72,7 +72,7 @@ func samples(t *testing.T) []struct {
 		{ProcControl, ProcSMTP, &ControlSMTPPause{Paused: true}},
 		{ProcSMTP, ProcLookup, &SMTPAuthQuery{What: "password", Listener: "submission", User: "alice", Value: "secret"}},
 		{ProcLookup, ProcSMTP, &LookupAuthResult{Status: StatusTempfail, Text: "unusable hash"}},
-		{ProcClient, ProcControl, &ControlEnqueue{}},
+		{ProcClient, ProcControl, &ControlEnqueue{User: "alice"}},
 		{ProcControl, ProcSMTP, &ControlSMTPSession{UID: 1000, User: "alice"}},
 		{ProcSMTP, ProcControl, NewSMTPSessionFile(f)},
 		{ProcControl, ProcClient, NewControlFile(f)},

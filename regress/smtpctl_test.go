@@ -142,6 +142,10 @@ func TestQueueCommands(t *testing.T) {
 	if code != 0 || len(lines) != 2 || !strings.Contains(out, "|mda|pending|author@example.test|stuck@cmd.example.test|") || !strings.Contains(out, "mda command exited 75: mailbox busy") {
 		t.Fatalf("show queue: %d %q %q", code, out, errOut)
 	}
+	mailq := filepath.Join(installed(t), "mailq")
+	if q, err := run(t, nil, "", mailq, "-C", d.Config); err != nil || q != out {
+		t.Errorf("mailq: %v %q, want %q", err, q, out)
+	}
 	var retryID, stuckID string
 	for _, l := range lines {
 		if strings.Contains(l, "|retry@") {
@@ -163,11 +167,13 @@ func TestQueueCommands(t *testing.T) {
 		t.Errorf("queue after remove: %q", out)
 	}
 	if os.Geteuid() == 0 {
-		cmd := exec.Command(bin.Smtpctl, "-s", d.Socket, "show", "queue")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		out, err := cmd.CombinedOutput()
-		if err == nil || !strings.Contains(string(out), "permission denied") {
-			t.Errorf("non-root show queue: %v %s", err, out)
+		for _, args := range [][]string{{"show", "queue"}, {"remove", "all"}} {
+			cmd := exec.Command(bin.Smtpctl, append([]string{"-s", d.Socket}, args...)...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			out, err := cmd.CombinedOutput()
+			if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(string(out), "permission denied") {
+				t.Errorf("non-root %v: %v %s", args, err, out)
+			}
 		}
 	}
 	// daemon down: the spool is read directly
@@ -178,6 +184,9 @@ func TestQueueCommands(t *testing.T) {
 	out, errOut, code = RunSmtpctl(bin, "-f", d.Config, "show", "queue")
 	if code != 0 || !strings.Contains(out, "|offline|author@example.test|stuck@cmd.example.test|") {
 		t.Errorf("offline show queue: %d %q %q", code, out, errOut)
+	}
+	if q, err := run(t, nil, "", mailq, "-C", d.Config); err != nil || q != out {
+		t.Errorf("mailq with the daemon down: %v %q, want %q", err, q, out)
 	}
 }
 

@@ -1,4 +1,6 @@
 // Command smtpctl controls a running smtpd through its control socket.
+// Called as sendmail, send-mail, mailq, newaliases or makemap (through
+// links of those names) it is the sendmail interface of the system.
 package main
 
 import (
@@ -20,6 +22,9 @@ import (
 )
 
 func main() {
+	if status, ok := personality(filepath.Base(os.Args[0]), os.Args[1:], os.Stdin, os.Stdout, os.Stderr); ok {
+		os.Exit(status)
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/control"
+	"smtpd/internal/enqueue"
 	"smtpd/internal/logging"
 	"smtpd/internal/lookup"
 	"smtpd/internal/mda"
@@ -47,6 +48,9 @@ func main() {
 	if fs.NArg() > 0 {
 		fs.Usage()
 		os.Exit(2)
+	}
+	if *childName == "offline" {
+		os.Exit(injectOffline(*cfgPath))
 	}
 	if *childName != "" {
 		runChild(*childName, *cfgPath, *foreground, *verbose)
@@ -99,6 +103,28 @@ func detach() int {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// injectOffline is `smtpd -x offline`, which the parent runs as the
+// owner of a message sendmail left in offline/, with the file on
+// standard input: it submits the message as that user.
+func injectOffline(cfgPath string) int {
+	cfg, err := config.LoadSkippingTableFiles(cfgPath)
+	if err == nil {
+		var client *enqueue.Client
+		if client, err = enqueue.NewClient(cfg); err == nil {
+			err = client.Inject(os.Stdin)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: offline message: %v\n", err)
+		var e *enqueue.Error
+		if errors.As(err, &e) {
+			return e.Status
+		}
 		return 1
 	}
 	return 0

@@ -130,8 +130,9 @@ func (e *LoadError) Error() string {
 func Load(path string) (*Config, error) { return load(path, false) }
 
 // LoadSkippingTableFiles is Load for a process that runs as an ordinary
-// user (a local delivery) and needs no table: table files, which may be
-// readable by root only, are left unread and empty.
+// user (a local delivery, sendmail) and needs no table: table files and
+// certificate keys, which may be readable by root only, are left unread
+// (tables stay empty).
 func LoadSkippingTableFiles(path string) (*Config, error) { return load(path, true) }
 
 func load(path string, skipFiles bool) (*Config, error) {

@@ -34,7 +34,7 @@ type decoder struct {
 	files map[string]*hcl.File
 	diags hcl.Diagnostics
 	ctx   *hcl.EvalContext
-	// skipFiles leaves table files unread.
+	// skipFiles leaves table files and certificates unread.
 	skipFiles bool
 }
 

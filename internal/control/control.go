@@ -64,7 +64,7 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
 		return nil
-	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded:
+	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded, *proto.SMTPSessionFile, *proto.ControlError:
 		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -108,7 +108,8 @@ func isTemporary(err error) bool {
 func (s *Server) session(conn *net.UnixConn) {
 	defer conn.Close()
 	s.Stats.Apply([]proto.StatChange{{Key: "control.session", Op: proto.StatIncrement, Value: 1}})
-	root := peerIsRoot(conn)
+	uid, known := peerUID(conn)
+	root := known && uid == 0
 	ch := proto.NewChannelConn(conn, proto.ProcControl, proto.ProcClient)
 	for {
 		env, err := ch.Recv()
@@ -117,6 +118,13 @@ func (s *Server) session(conn *net.UnixConn) {
 				s.logf("client dropped: %v", err)
 			}
 			return
+		}
+		if m, ok := env.Msg.(*proto.ControlEnqueue); ok && known {
+			if err := s.enqueue(ch, m, uid, env.PeerID); err != nil {
+				s.logf("client dropped: %v", err)
+				return
+			}
+			continue
 		}
 		if err := s.request(ch, env, root); err != nil {
 			s.logf("client dropped: %v", err)
@@ -200,18 +208,45 @@ func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message
 	}
 }
 
-// peerIsRoot reports whether the client runs as root, from the socket's
-// peer credentials (SO_PEERCRED).
-func peerIsRoot(conn *net.UnixConn) bool {
+// peerUID returns the user id of the client, from the socket's peer
+// credentials (SO_PEERCRED).
+func peerUID(conn *net.UnixConn) (uint32, bool) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return false
+		return 0, false
 	}
 	var cred *unix.Ucred
 	raw.Control(func(fd uintptr) {
 		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	})
-	return err == nil && cred != nil && cred.Uid == 0
+	if err != nil || cred == nil {
+		return 0, false
+	}
+	return cred.Uid, true
+}
+
+// enqueue gets the client an SMTP session from smtp: any local user may
+// submit mail, as the user the socket says it is.
+func (s *Server) enqueue(ch *proto.Channel, m *proto.ControlEnqueue, uid uint32, id uint32) error {
+	rid, answers := s.reqs.Open()
+	defer s.reqs.Close(rid)
+	if err := s.smtp.Send(&proto.ControlSMTPSession{UID: uid, User: m.User}, rid); err != nil {
+		return err
+	}
+	select {
+	case env := <-answers:
+		switch a := env.Msg.(type) {
+		case *proto.SMTPSessionFile:
+			defer a.File().Close()
+			s.Stats.Apply([]proto.StatChange{{Key: "control.enqueue", Op: proto.StatIncrement, Value: 1}})
+			return ch.Send(proto.NewControlFile(a.File()), id)
+		case *proto.ControlError:
+			return ch.Send(a, id)
+		}
+		return ch.Send(&proto.ControlError{Text: "smtp answered " + env.Type.String()}, id)
+	case <-time.After(10 * time.Second):
+		return ch.Send(&proto.ControlError{Text: "smtp did not answer"}, id)
+	}
 }
 
 // statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload

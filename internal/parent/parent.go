@@ -89,6 +89,7 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	defer close(stopStats)
 	go p.stats.Run(stopStats)
 	log.Infof("ready: %d children, %d listeners, control socket %s", len(p.children), len(cfg.Listeners), cfg.ControlSocket)
+	go p.injectOffline()
 	for {
 		select {
 		case sig := <-signals:

@@ -37,12 +37,18 @@ func (b *backend) NewSession(c *gosmtp.Conn) (gosmtp.Session, error) {
 		s: s, conn: c, listener: b.listener,
 		info: proto.Session{ID: s.nextID(), Remote: ip, Local: parsed != nil && parsed.IsLoopback(), Helo: c.Hostname()},
 	}
-	if err := sess.filter(proto.PhaseHelo, ""); err != nil {
-		return nil, err
-	}
 	family := "inet6"
 	if parsed.To4() != nil {
 		family = "inet4"
+	}
+	if lc, ok := c.Conn().(*localConn); ok {
+		// a local program, through control: the user id is the
+		// kernel's word (SO_PEERCRED), the name the program's
+		sess.info.Local, sess.localUser = true, fmt.Sprintf("user %s uid %d", sanitize(lc.user), lc.uid)
+		family = "local"
+	}
+	if err := sess.filter(proto.PhaseHelo, ""); err != nil {
+		return nil, err
 	}
 	if _, ok := c.TLSConnectionState(); ok {
 		s.stats.Increment("smtp.tls", 1)
@@ -62,6 +68,8 @@ type session struct {
 	info     proto.Session
 	counted  string
 	mails    int
+	// localUser is set for sessions of local programs: who submits
+	localUser string
 
 	// the current transaction
 	hasMail bool
@@ -317,8 +325,12 @@ func (sess *session) writeTrace(w *bufio.Writer, msgid uint32, info headerInfo) 
 		forClause = "\r\n\tfor <" + sanitize(sess.rcpts[0].addr) + ">"
 	}
 	now := time.Now()
-	fmt.Fprintf(w, "Received: from %s ([%s])\r\n\tby %s (smtpd) with %s id %08x%s%s;\r\n\t%s\r\n",
-		sanitize(sess.info.Helo), sess.info.Remote, host, proto, msgid, tlsInfo, forClause, now.Format(time.RFC1123Z))
+	from := fmt.Sprintf("%s ([%s])", sanitize(sess.info.Helo), sess.info.Remote)
+	if sess.localUser != "" {
+		from = "localhost (" + sess.localUser + ")"
+	}
+	fmt.Fprintf(w, "Received: from %s\r\n\tby %s (smtpd) with %s id %08x%s%s;\r\n\t%s\r\n",
+		from, host, proto, msgid, tlsInfo, forClause, now.Format(time.RFC1123Z))
 	if !info.hasMessageID {
 		fmt.Fprintf(w, "Message-Id: <%d.%08x.%x@%s>\r\n", now.Unix(), msgid, rand.Uint32(), host)
 	}

@@ -45,12 +45,14 @@ type Server struct {
 	nextID func() uint64
 	// authFailures slows down password guessing
 	authFailures *authFailures
+	// local takes the sessions of local programs
+	local *localListener
 }
 
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures()}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures(), local: newLocalListener()}
 	for _, f := range c.Config.Filters {
 		if p, ok := proto.ParsePhase(f.Phase); ok {
 			s.filtered[p] = true
@@ -109,14 +111,25 @@ func (s *Server) Run() {
 		}
 		go s.serve(lc, ln)
 	}
+	go s.serveLocal()
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
 	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
-		if m, ok := env.Msg.(*proto.ControlSMTPPause); ok {
+		switch m := env.Msg.(type) {
+		case *proto.ControlSMTPPause:
 			s.paused.Store(m.Paused)
 			s.log.Infof("sessions %s", map[bool]string{true: "paused", false: "resumed"}[m.Paused])
 			return nil
+		case *proto.ControlSMTPSession:
+			f, err := s.newLocalSession(m)
+			if err != nil {
+				// control tells the client; the daemon goes on
+				s.log.Warnf("%v", err)
+				return c.Send(ch, &proto.ControlError{Text: err.Error()}, env.PeerID)
+			}
+			defer f.Close()
+			return c.Send(ch, proto.NewSMTPSessionFile(f), env.PeerID)
 		}
 		if ch.Remote == proto.ProcControl || ch.Remote == proto.ProcParent {
 			return fmt.Errorf("unexpected %s", env.Type)
@@ -142,7 +155,16 @@ func sessionCap(configured int) int {
 	return max(int(rl.Cur)/2-20, 10)
 }
 
-func (s *Server) serve(lc *config.Listener, ln net.Listener) {
+// serveLocal serves the sessions of local programs; they bypass the
+// session limits, which protect the daemon from the network, but not
+// the command timeouts.
+func (s *Server) serveLocal() {
+	if err := s.newServer(localListenerConfig(s.cfg)).Serve(s.local); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Fatalf("local sessions: %v", err)
+	}
+}
+
+func (s *Server) newServer(lc *config.Listener) *gosmtp.Server {
 	srv := gosmtp.NewServer(&backend{s: s, listener: lc})
 	srv.Domain = lc.Hostname
 	srv.LMTP = lc.Protocol == "lmtp"
@@ -154,6 +176,11 @@ func (s *Server) serve(lc *config.Listener, ln net.Listener) {
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.ErrorLog = errorLog{s.log}
+	return srv
+}
+
+func (s *Server) serve(lc *config.Listener, ln net.Listener) {
+	srv := s.newServer(lc)
 	if lc.TLS != config.TLSNone {
 		srv.TLSConfig = s.tls[lc.Name]
 	}
