@@ -14,7 +14,7 @@ func Accepts(sender, receiver Proc, t Type) bool {
 	case TypeSetupDone:
 		return sender == ProcParent && (receiver.IsChild() || receiver == ProcMDA)
 	case TypeSetupListener:
-		return sender == ProcParent && receiver == ProcSMTP
+		return sender == ProcParent && (receiver == ProcSMTP || receiver == ProcControl)
 	case TypeSetupControl:
 		return sender == ProcParent && receiver == ProcControl
 	case TypeSetupReady:

@@ -4,6 +4,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -100,6 +101,7 @@ type command func(env *cmdEnv, out io.Writer) error
 // by any unambiguous prefix of its words, as in OpenSMTPD ("sh st").
 var commands = map[string]command{
 	"show stats":           showStats,
+	"show stats --json":    showStatsJSON,
 	"show hosts":           showMTA("hosts"),
 	"show relays":          showMTA("relays"),
 	"show routes":          showMTA("routes"),
@@ -276,7 +278,8 @@ func dial(socket string) (*proto.Channel, error) {
 	return proto.NewChannelConn(conn, proto.ProcClient, proto.ProcControl), nil
 }
 
-func showStats(env *cmdEnv, out io.Writer) error {
+// stats reads every counter from control.
+func readStats(env *cmdEnv) ([]proto.StatValue, error) {
 	var values []proto.StatValue
 	err := request(env.socket, &proto.ControlShowStats{}, func(m proto.Message) bool {
 		st, ok := m.(*proto.ControlStats)
@@ -286,6 +289,33 @@ func showStats(env *cmdEnv, out io.Writer) error {
 		values = append(values, st.Values...)
 		return !st.Last
 	})
+	return values, err
+}
+
+// showStatsJSON prints the counters as one JSON object, for scripts.
+func showStatsJSON(env *cmdEnv, out io.Writer) error {
+	values, err := readStats(env)
+	if err != nil {
+		return err
+	}
+	obj := make(map[string]any, len(values)+1)
+	for _, v := range values {
+		obj[v.Key] = v.Value
+		if v.Key == "uptime" {
+			obj["uptime.human"] = statsHuman(v.Value)
+		}
+	}
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(obj)
+}
+
+func statsHuman(seconds int64) string {
+	return stats.HumanDuration(time.Duration(seconds) * time.Second)
+}
+
+func showStats(env *cmdEnv, out io.Writer) error {
+	values, err := readStats(env)
 	if err != nil {
 		return err
 	}
@@ -296,7 +326,7 @@ func showStats(env *cmdEnv, out io.Writer) error {
 	for _, v := range values {
 		lines = append(lines, line{v.Key, fmt.Sprint(v.Value)})
 		if v.Key == "uptime" {
-			lines = append(lines, line{"uptime.human", stats.HumanDuration(time.Duration(v.Value) * time.Second)})
+			lines = append(lines, line{"uptime.human", statsHuman(v.Value)})
 		}
 	}
 	sort.Slice(lines, func(i, j int) bool { return lines[i].key < lines[j].key })

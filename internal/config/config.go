@@ -43,6 +43,9 @@ type Config struct {
 	// Resolvers are the DNS servers (host:port); empty means those of
 	// /etc/resolv.conf.
 	Resolvers []string
+	// ListenMetrics is where control serves the counters in the
+	// OpenMetrics text format; "" (the default) serves none.
+	ListenMetrics string
 	// MXPort is the port of mail exchangers: 25 but for tests.
 	MXPort int
 

@@ -42,7 +42,7 @@ var fileSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "hostname"}, {Name: "spool"}, {Name: "control_socket"},
 		{Name: "user"}, {Name: "queue_user"}, {Name: "empty_dir"},
-		{Name: "resolver"}, {Name: "mx_port"},
+		{Name: "resolver"}, {Name: "mx_port"}, {Name: "listen_metrics"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "limits"},
@@ -114,6 +114,11 @@ func (d *decoder) file(body hcl.Body) {
 	}
 
 	attrs := content.Attributes
+	if d.decode(attrs, "listen_metrics", &cfg.ListenMetrics) {
+		if _, err := netip.ParseAddrPort(cfg.ListenMetrics); err != nil {
+			d.errorf(attrs["listen_metrics"].Expr.Range(), "Invalid metrics address", "%q is not an IP address and port, such as \"127.0.0.1:9125\".", cfg.ListenMetrics)
+		}
+	}
 	if d.decode(attrs, "hostname", &cfg.Hostname) && !validHostname(cfg.Hostname) {
 		d.errorf(attrs["hostname"].Expr.Range(), "Invalid hostname", "%q is not a host name.", cfg.Hostname)
 	}

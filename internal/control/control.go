@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sort"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -55,6 +56,18 @@ func Run(c *privsep.Child) {
 			c.Log.Fatalf("control socket: %v", err)
 		}
 	}()
+	for _, l := range c.Listeners {
+		ln, err := net.FileListener(l.File)
+		l.File.Close()
+		if err != nil {
+			c.Log.Fatalf("metrics: %v", err)
+		}
+		go func() {
+			if err := s.ServeMetrics(ln); err != nil {
+				c.Log.Fatalf("metrics: %v", err)
+			}
+		}()
+	}
 	c.Serve(s.HandlePeer)
 }
 
@@ -144,7 +157,7 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 	}
 	switch env.Msg.(type) {
 	case *proto.ControlShowStats:
-		values := append(s.Stats.Snapshot(), proto.StatValue{Key: "uptime", Value: int64(time.Since(s.Started) / time.Second)})
+		values := s.values()
 		for len(values) > 0 {
 			n := min(len(values), statsPerFrame)
 			if err := ch.Send(&proto.ControlStats{Values: values[:n], Last: n == len(values)}, env.PeerID); err != nil {
@@ -247,6 +260,10 @@ func (s *Server) enqueue(ch *proto.Channel, m *proto.ControlEnqueue, uid uint32,
 	case <-time.After(10 * time.Second):
 		return ch.Send(&proto.ControlError{Text: "smtp did not answer"}, id)
 	}
+}
+
+func sortValues(v []proto.StatValue) {
+	sort.Slice(v, func(i, j int) bool { return v[i].Key < v[j].Key })
 }
 
 // statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload

@@ -156,6 +156,10 @@ func (p *Parent) start() error {
 			l.File.Close()
 		}
 	}()
+	metrics, err := p.listenMetrics()
+	if err != nil {
+		return err
+	}
 	for _, proc := range proto.Children {
 		if err := p.startChild(proc); err != nil {
 			return err
@@ -176,6 +180,12 @@ func (p *Parent) start() error {
 	}
 	if err := p.children[proto.ProcControl].ch.Send(proto.NewSetupControl(control), 0); err != nil {
 		return fmt.Errorf("setup control: %w", err)
+	}
+	if metrics != nil {
+		defer metrics.Close()
+		if err := p.children[proto.ProcControl].ch.Send(proto.NewSetupListener("metrics", metrics), 0); err != nil {
+			return fmt.Errorf("setup control: %w", err)
+		}
 	}
 	for _, c := range p.children {
 		if err := c.ch.Send(&proto.SetupDone{}, 0); err != nil {
@@ -295,6 +305,23 @@ func (p *Parent) listen() ([]privsep.Listener, error) {
 		out = append(out, privsep.Listener{Name: l.Name, File: f})
 	}
 	return out, nil
+}
+
+// listenMetrics binds listen_metrics, if set, for control.
+func (p *Parent) listenMetrics() (*os.File, error) {
+	if p.cfg.ListenMetrics == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", p.cfg.ListenMetrics)
+	if err != nil {
+		return nil, fmt.Errorf("listen_metrics: %w", err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		return nil, fmt.Errorf("listen_metrics: %w", err)
+	}
+	return f, nil
 }
 
 func (p *Parent) startChild(proc proto.Proc) error {
