@@ -41,6 +41,7 @@ func TestStatsScripted(t *testing.T) {
 	want := map[string]string{
 		"smtp.session":                "0",
 		"smtp.session.inet4":          "0",
+		"smtp.session.total":          "3",
 		"smtp.message":                "3",
 		"lookup.expand.ok":            "4",
 		"queue.message":               "4", // with the bounce

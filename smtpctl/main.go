@@ -12,12 +12,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
+	"smtpd/internal/logging"
 	"smtpd/internal/stats"
 	"smtpd/proto"
 )
@@ -39,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] pause|resume envelope ID|all, pause|resume smtp|mda|mta")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] update table NAME")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] show envelope ID|message ID|status|stats --json, monitor")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] log brief|verbose, trace|untrace SUBSYSTEM")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -119,6 +123,58 @@ var commands = map[string]command{
 	"update table <id>": func(env *cmdEnv, out io.Writer) error {
 		return printLines(env.socket, &proto.ControlUpdateTable{Name: env.arg}, out)
 	},
+	"show envelope <id>": func(env *cmdEnv, out io.Writer) error {
+		if len(env.arg) != 16 {
+			return fmt.Errorf("show envelope: %q is not an envelope id", env.arg)
+		}
+		return printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: "envelope", Target: env.arg}}, out)
+	},
+	"show message <id>": showMessage,
+	"show status": func(env *cmdEnv, out io.Writer) error {
+		return printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: "status"}}, out)
+	},
+	"log brief":    logSetting("verbose", false),
+	"log verbose":  logSetting("verbose", true),
+	"trace <id>":   logSetting("", true),
+	"untrace <id>": logSetting("", false),
+	"monitor":      monitor,
+}
+
+// logSetting changes what the daemon logs: debug lines, or the trace of
+// a subsystem (the argument) if what is empty.
+func logSetting(what string, on bool) command {
+	return func(env *cmdEnv, out io.Writer) error {
+		w := what
+		if w == "" {
+			w = env.arg
+			if w != "all" && !slices.Contains(logging.Subsystems, w) {
+				return fmt.Errorf("unknown subsystem %q: all, %s", w, strings.Join(logging.Subsystems, ", "))
+			}
+		}
+		return printLines(env.socket, &proto.ControlLog{LogSetting: proto.LogSetting{What: w, On: on}}, out)
+	}
+}
+
+// showMessage prints a queued message as it is kept in the spool.
+func showMessage(env *cmdEnv, out io.Writer) error {
+	if len(env.arg) != 8 && len(env.arg) != 16 {
+		return fmt.Errorf("show message: %q is not a message or envelope id", env.arg)
+	}
+	var copyErr error
+	err := request(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: "message", Target: env.arg}}, func(m proto.Message) bool {
+		switch m := m.(type) {
+		case *proto.ControlFile:
+			defer m.File().Close()
+			_, copyErr = io.Copy(out, m.File())
+		case *proto.ControlText:
+			copyErr = errors.New(strings.Join(m.Lines, "; "))
+		}
+		return false
+	})
+	if err != nil {
+		return err
+	}
+	return copyErr
 }
 
 // printLines prints the ControlText answers to req.
@@ -265,6 +321,10 @@ func parseCommand(words []string) (command, string, error) {
 		return nil, "", fmt.Errorf("unknown command %q", strings.Join(words, " "))
 	case 1:
 		return commands[found[0]], arg, nil
+	}
+	// "sh st" has meant show stats since before show status existed
+	if slices.Contains(found, "show stats") && len(found) == 2 && slices.Contains(found, "show status") {
+		return commands["show stats"], arg, nil
 	}
 	sort.Strings(found)
 	return nil, "", fmt.Errorf("ambiguous command %q: %s", strings.Join(words, " "), strings.Join(found, ", "))

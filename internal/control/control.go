@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,6 +32,11 @@ type Server struct {
 	lookup *proto.Channel
 	smtp   *proto.Channel
 	reqs   *proto.Requests
+	// child is the process's runtime: its log settings and its peers,
+	// to which `smtpctl log` and `trace` go
+	child *privsep.Child
+	// smtpPaused is what `show status` says of smtp
+	smtpPaused atomic.Bool
 }
 
 // Run runs the control process on c.
@@ -47,7 +53,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], reqs: proto.NewRequests()}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], reqs: proto.NewRequests(), child: c}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -77,7 +83,7 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
 		return nil
-	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded, *proto.SMTPSessionFile, *proto.ControlError:
+	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded, *proto.SMTPSessionFile, *proto.ControlError, *proto.QueueMessageFile:
 		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -148,7 +154,7 @@ func (s *Server) session(conn *net.UnixConn) {
 
 func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) error {
 	switch env.Msg.(type) {
-	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP:
+	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP, *proto.ControlLog:
 		// the queue shows who writes to whom, and these change state:
 		// root only; any user may read the stats
 		if !root {
@@ -173,6 +179,7 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 		if err := s.smtp.Send(&proto.ControlSMTPPause{Paused: paused}, 0); err != nil {
 			return err
 		}
+		s.smtpPaused.Store(paused)
 		word := "resumed"
 		if paused {
 			word = "paused"
@@ -181,7 +188,19 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) erro
 	case *proto.ControlUpdateTable:
 		return s.forward(ch, s.lookup, &proto.ControlTableReload{Name: env.Msg.(*proto.ControlUpdateTable).Name}, env.PeerID)
 	case *proto.ControlQueue:
-		return s.forward(ch, s.queue, &proto.ControlQueueForward{QueueOp: env.Msg.(*proto.ControlQueue).QueueOp}, env.PeerID)
+		op := env.Msg.(*proto.ControlQueue).QueueOp
+		if op.Op == "status" {
+			state := "running"
+			if s.smtpPaused.Load() {
+				state = "paused"
+			}
+			if err := ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{"SMTP " + state}}}, env.PeerID); err != nil {
+				return err
+			}
+		}
+		return s.forward(ch, s.queue, &proto.ControlQueueForward{QueueOp: op}, env.PeerID)
+	case *proto.ControlLog:
+		return s.setLog(ch, env.Msg.(*proto.ControlLog).LogSetting, env.PeerID)
 	}
 	return ch.Send(&proto.ControlError{Text: "unsupported request " + env.Type.String()}, env.PeerID)
 }
@@ -208,6 +227,9 @@ func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message
 				t = m.TextLines
 			case *proto.LookupTableReloaded:
 				t = m.TextLines
+			case *proto.QueueMessageFile:
+				defer m.File().Close()
+				return ch.Send(proto.NewControlFile(m.File()), id)
 			}
 			if err := ch.Send(&proto.ControlText{TextLines: t}, id); err != nil {
 				return err
@@ -219,6 +241,20 @@ func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message
 			return ch.Send(&proto.ControlError{Text: to.Remote.String() + " did not answer"}, id)
 		}
 	}
+}
+
+// setLog applies a log setting here and in every other child.
+func (s *Server) setLog(ch *proto.Channel, l proto.LogSetting, id uint32) error {
+	if !s.child.SetLog(l) {
+		return ch.Send(&proto.ControlError{Text: "unknown subsystem " + l.What}, id)
+	}
+	for _, peer := range s.child.Peers {
+		if err := peer.Send(&proto.ControlLogLevel{LogSetting: l}, 0); err != nil {
+			return err
+		}
+	}
+	word := map[bool]string{true: "on", false: "off"}[l.On]
+	return ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{l.What + " " + word}, Last: true}}, id)
 }
 
 // peerUID returns the user id of the client, from the socket's peer

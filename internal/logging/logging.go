@@ -8,14 +8,23 @@ import (
 	"io"
 	"log/syslog"
 	"os"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
+
+// Subsystems are what `smtpctl trace` can trace: every IPC frame
+// received, the SMTP dialogues of the smtp process, the scheduler's
+// decisions, recipient expansions.
+var Subsystems = []string{"imsg", "smtp", "scheduler", "expand"}
 
 // Logger writes log lines for one process. It is safe for concurrent use.
 type Logger struct {
 	name    string
-	verbose bool
+	verbose atomic.Bool
+	// traced has a bit per entry of Subsystems
+	traced atomic.Uint32
 
 	mu     sync.Mutex
 	out    io.Writer
@@ -26,7 +35,8 @@ type Logger struct {
 // writes to standard error, otherwise to syslog (or standard error if
 // syslog cannot be reached).
 func New(name string, foreground, verbose bool) *Logger {
-	l := &Logger{name: name, verbose: verbose, out: os.Stderr}
+	l := &Logger{name: name, out: os.Stderr}
+	l.verbose.Store(verbose)
 	if !foreground {
 		if w, err := syslog.New(syslog.LOG_MAIL|syslog.LOG_INFO, "smtpd"); err == nil {
 			l.syslog = w
@@ -44,12 +54,12 @@ const (
 )
 
 func (l *Logger) write(lv level, format string, args []any) {
+	if lv == levelDebug && !l.verbose.Load() {
+		return
+	}
 	msg := fmt.Sprintf(format, args...)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if lv == levelDebug && !l.verbose {
-		return
-	}
 	if l.syslog != nil {
 		line := l.name + ": " + msg
 		switch lv {
@@ -63,6 +73,45 @@ func (l *Logger) write(lv level, format string, args []any) {
 		return
 	}
 	fmt.Fprintf(l.out, "%s smtpd[%d]: %s: %s\n", time.Now().Format("2006-01-02T15:04:05.000"), os.Getpid(), l.name, msg)
+}
+
+// SetVerbose turns debug lines on or off (smtpctl log verbose|brief).
+func (l *Logger) SetVerbose(on bool) { l.verbose.Store(on) }
+
+// SetTrace turns tracing of a subsystem, or of "all", on or off; it
+// reports false for an unknown subsystem.
+func (l *Logger) SetTrace(subsystem string, on bool) bool {
+	var bits uint32
+	if subsystem == "all" {
+		bits = 1<<len(Subsystems) - 1
+	} else if i := slices.Index(Subsystems, subsystem); i >= 0 {
+		bits = 1 << i
+	} else {
+		return false
+	}
+	for {
+		old := l.traced.Load()
+		next := old &^ bits
+		if on {
+			next = old | bits
+		}
+		if l.traced.CompareAndSwap(old, next) {
+			return true
+		}
+	}
+}
+
+// Tracing reports whether subsystem is traced.
+func (l *Logger) Tracing(subsystem string) bool {
+	i := slices.Index(Subsystems, subsystem)
+	return i >= 0 && l.traced.Load()&(1<<i) != 0
+}
+
+// Tracef logs a line if subsystem is traced.
+func (l *Logger) Tracef(subsystem, format string, args ...any) {
+	if l.Tracing(subsystem) {
+		l.write(levelInfo, "trace "+subsystem+": "+format, args)
+	}
 }
 
 // Debugf logs a line shown only in verbose mode.

@@ -94,6 +94,7 @@ func Run(c *privsep.Child) {
 			// the password database may be slow: answer out of order
 			go func() {
 				res := r.Expand(m.Session, m.Rcpt)
+				c.Log.Tracef("expand", "<%s> from <%s>: status %d, %d destinations %v", m.Rcpt, m.Session.Sender, res.Status, len(res.Destinations), res.Destinations)
 				c.Stats.Increment(fmt.Sprintf("lookup.expand.%s", statusKey(res.Status)), 1)
 				if err := sendExpansion(c, ch, res, env.PeerID); err != nil {
 					c.Log.Fatalf("%v", err)

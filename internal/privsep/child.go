@@ -163,6 +163,15 @@ type received struct {
 	err error
 }
 
+// SetLog applies `smtpctl log` or `smtpctl trace` to the process's log.
+func (c *Child) SetLog(l proto.LogSetting) bool {
+	if l.What == "verbose" {
+		c.Log.SetVerbose(l.On)
+		return true
+	}
+	return c.Log.SetTrace(l.What, l.On)
+}
+
 // Serve reads the parent's and the peers' channels and hands every
 // message to handle, one at a time, until SIGTERM (exit 0). A channel
 // that closes or breaks the protocol, or a handler error, is fatal: the
@@ -219,6 +228,11 @@ func (c *Child) Serve(handle Handler) {
 			}
 			if ev.env.Type != proto.TypeStatUpdate {
 				c.count("received", &c.received)
+			}
+			c.Log.Tracef("imsg", "%s from %s (request %d)", ev.env.Type, ev.ch.Remote, ev.env.PeerID)
+			if m, ok := ev.env.Msg.(*proto.ControlLogLevel); ok {
+				c.SetLog(m.LogSetting)
+				continue
 			}
 			if err := handle(ev.ch, ev.env); err != nil {
 				c.Log.Fatalf("%s from %s: %v", ev.env.Type, ev.ch.Remote, err)

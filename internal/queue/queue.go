@@ -169,6 +169,15 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 			lines = []string{fmt.Sprintf("%d paused", q.sched.Pause(m.Target))}
 		case "resume":
 			lines = []string{fmt.Sprintf("%d resumed", q.sched.Resume(m.Target))}
+		case "status":
+			lines = q.sched.Status()
+		case "envelope":
+			var ok bool
+			if lines, ok = q.sched.Envelope(m.Target); !ok {
+				lines = []string{"no such envelope: " + m.Target}
+			}
+		case "message":
+			return q.sendMessage(ch, env.PeerID, m.Target)
 		default:
 			lines = []string{"unknown queue operation " + m.Op}
 		}
@@ -182,6 +191,25 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
 		return nil
 	}
 	return fmt.Errorf("unexpected %s", env.Type)
+}
+
+// sendMessage answers `smtpctl show message` with the message file of a
+// queued message, or a line saying there is none.
+func (q *Queue) sendMessage(ch *proto.Channel, id uint32, target string) error {
+	var msgid uint64
+	_, err := fmt.Sscanf(target, "%x", &msgid)
+	if len(target) == 16 {
+		msgid >>= 32
+	}
+	if err != nil || len(target) != 8 && len(target) != 16 || !q.sched.HasMessage(uint32(msgid)) {
+		return ch.Send(&proto.QueueLines{TextLines: proto.TextLines{Lines: []string{"no such message: " + target}, Last: true}}, id)
+	}
+	f, err := os.Open(q.store.BodyPath(uint32(msgid)))
+	if err != nil {
+		return ch.Send(&proto.QueueLines{TextLines: proto.TextLines{Lines: []string{err.Error()}, Last: true}}, id)
+	}
+	defer f.Close()
+	return ch.Send(proto.NewQueueMessageFile(f), id)
 }
 
 // take removes a message being received from the pending ones.

@@ -2,8 +2,10 @@ package queue
 
 import (
 	"container/heap"
+	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,9 +145,11 @@ func (s *Scheduler) dispatch() time.Duration {
 	s.mu.Unlock()
 	for _, en := range start {
 		if now.After(en.env.Expire) && !en.env.Expire.IsZero() {
+			s.stats.Increment("scheduler.envelope.expired", 1)
 			s.finish(en, proto.StatusPermfail, "message expired after "+s.limits.QueueExpire.String())
 			continue
 		}
+		s.log.Tracef("scheduler", "%016x: due (try %d), to %s for <%s>", en.env.ID, en.env.Retries+1, en.env.Kind, en.env.Dest)
 		body, err := os.Open(s.store.BodyPath(en.env.MsgID()))
 		if err == nil {
 			err = s.deliver(en.env, body)
@@ -173,6 +177,7 @@ func (s *Scheduler) Result(r proto.DeliveryResult) {
 
 func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 	e := en.env
+	s.log.Tracef("scheduler", "%016x: result %d %s", e.ID, status, text)
 	switch status {
 	case proto.StatusOK:
 		s.log.Infof("%016x: delivered to <%s>", e.ID, e.Dest)
@@ -248,6 +253,50 @@ func (s *Scheduler) Lines(target string) []string {
 		}
 	}
 	sort.Strings(lines)
+	return lines
+}
+
+// Envelope returns the envelope of id (16 hex digits) as it is kept
+// on disk, a line per field, and whether it is queued.
+func (s *Scheduler) Envelope(id string) ([]string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, en := range s.envs {
+		if len(id) == 16 && en.env.Matches(id) {
+			data, err := en.env.Marshal()
+			if err != nil {
+				return []string{err.Error()}, true
+			}
+			return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"), true
+		}
+	}
+	return nil, false
+}
+
+// HasMessage reports whether some queued envelope belongs to message id.
+func (s *Scheduler) HasMessage(id uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, en := range s.envs {
+		if uint32(en.env.ID>>32) == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Status says whether local deliveries and relaying run or are paused.
+func (s *Scheduler) Status() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lines []string
+	for _, k := range []envelope.Kind{envelope.MDA, envelope.MTA} {
+		state := "running"
+		if s.paused[k] {
+			state = "paused"
+		}
+		lines = append(lines, fmt.Sprintf("%s %s", strings.ToUpper(string(k)), state))
+	}
 	return lines
 }
 

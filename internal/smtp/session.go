@@ -54,6 +54,7 @@ func (b *backend) NewSession(c *gosmtp.Conn) (gosmtp.Session, error) {
 		s.stats.Increment("smtp.tls", 1)
 	}
 	s.stats.Increment("smtp.session", 1)
+	s.stats.Increment("smtp.session.total", 1)
 	s.stats.Increment("smtp.session."+family, 1)
 	sess.counted = "smtp.session." + family
 	s.log.Debugf("%016x: session from [%s] helo %q on %s", sess.info.ID, ip, c.Hostname(), b.listener.Name)

@@ -176,6 +176,7 @@ func (s *Server) newServer(lc *config.Listener) *gosmtp.Server {
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.ErrorLog = errorLog{s.log}
+	srv.Debug = traceWriter{s.log}
 	return srv
 }
 
@@ -191,6 +192,17 @@ func (s *Server) serve(lc *config.Listener, ln net.Listener) {
 	if err := srv.Serve(ln); err != nil {
 		s.log.Fatalf("listener %s: %v", lc.Name, err)
 	}
+}
+
+// traceWriter logs the SMTP dialogues go-smtp copies to it while the
+// smtp subsystem is traced (smtpctl trace smtp).
+type traceWriter struct{ log *logging.Logger }
+
+func (t traceWriter) Write(p []byte) (int, error) {
+	if t.log.Tracing("smtp") {
+		t.log.Tracef("smtp", "%q", p)
+	}
+	return len(p), nil
 }
 
 type errorLog struct{ log *logging.Logger }
