@@ -18,7 +18,8 @@ FUZZ_TARGETS = \
 	./internal/table:FuzzParse \
 	./internal/config:FuzzLoad \
 	./internal/envelope:FuzzUnmarshal \
-	./internal/mta:FuzzReadReply
+	./internal/mta:FuzzReadReply \
+	./internal/enqueue:FuzzReadMessage
 
 .PHONY: all build run test test-deps users fuzz bench install clean
 
