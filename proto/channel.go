@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"smtpd/internal/monkey"
 )
 
 // Envelope is one received message with its header.
@@ -77,6 +79,7 @@ func NewChannelConn(uc *net.UnixConn, local, remote Proc) *Channel {
 // the message's descriptor if it carries one. The caller keeps ownership
 // of that descriptor.
 func (c *Channel) Send(m Message, id uint32) error {
+	monkey.Delay("proto.delay")
 	var w Writer
 	m.Encode(&w)
 	payload, err := w.Payload()

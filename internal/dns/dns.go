@@ -17,6 +17,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"smtpd/internal/monkey"
 )
 
 // Error is a failed lookup. Permanent errors are not worth retrying.
@@ -87,6 +89,9 @@ const NegativeTTL = 30 * time.Second
 // query returns the answer for name and qtype, from the cache or the
 // servers: UDP first, TCP when the answer was truncated.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*mdns.Msg, error) {
+	if err := monkey.Fail("dns"); err != nil {
+		return nil, &Error{Name: name, Msg: err.Error()}
+	}
 	name = mdns.Fqdn(strings.ToLower(name))
 	key := cacheKey{name, qtype}
 	r.mu.Lock()

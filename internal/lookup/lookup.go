@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"smtpd/internal/dns"
+	"smtpd/internal/monkey"
 
 	"smtpd/internal/privsep"
 	"smtpd/proto"
@@ -94,6 +95,9 @@ func Run(c *privsep.Child) {
 			// the password database may be slow: answer out of order
 			go func() {
 				res := r.Expand(m.Session, m.Rcpt)
+				if err := monkey.Fail("lookup.expand"); err != nil {
+					res = proto.LookupExpandResult{Status: proto.StatusTempfail, Reply: proto.Reply{Code: 451, Enhanced: "4.3.0", Text: err.Error()}}
+				}
 				c.Log.Tracef("expand", "<%s> from <%s>: status %d, %d destinations %v", m.Rcpt, m.Session.Sender, res.Status, len(res.Destinations), res.Destinations)
 				c.Stats.Increment(fmt.Sprintf("lookup.expand.%s", statusKey(res.Status)), 1)
 				if err := sendExpansion(c, ch, res, env.PeerID); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
+	"smtpd/internal/monkey"
 	"smtpd/internal/table"
 	"smtpd/proto"
 )
@@ -63,6 +64,9 @@ func (r *Resolver) Reload(name string) error {
 		}
 		found = true
 		data, err := os.ReadFile(t.File)
+		if err == nil {
+			err = monkey.Fail("table.read")
+		}
 		var s *table.Static
 		if err == nil {
 			s, err = table.Parse(data)

@@ -14,6 +14,7 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/lookup"
+	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/proto"
 )
@@ -35,6 +36,9 @@ func Run(c *privsep.Child) {
 		acct := lookup.Account{Name: m.Account.Name, Directory: m.Account.Directory, UID: int(m.Account.UID), GID: int(m.Account.GID)}
 		res := deliver(c.Config, acct, m.Envelope, m.File())
 		m.File().Close()
+		if res.Status == proto.StatusOK {
+			monkey.Crash("mda.after-deliver")
+		}
 		if err := c.Parent.Send(&proto.MDADeliveryResult{DeliveryResult: res}, env.PeerID); err != nil {
 			c.Log.Fatalf("%v", err)
 		}
@@ -53,7 +57,13 @@ func deliver(cfg *config.Config, acct lookup.Account, data []byte, body *os.File
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
 	}
 	res := proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusOK}
-	if err := deliverEnvelope(cfg, acct, e, body); err != nil {
+	err = monkey.Fail("mda.tempfail")
+	if err != nil {
+		err = tempError{err}
+	} else {
+		err = deliverEnvelope(cfg, acct, e, body)
+	}
+	if err != nil {
 		res.Status, res.Text = proto.StatusPermfail, err.Error()
 		var t tempError
 		if errors.As(err, &t) {

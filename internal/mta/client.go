@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"smtpd/internal/monkey"
 )
 
 // Client-side timeouts of RFC 5321 §4.5.3.2.
@@ -254,6 +256,7 @@ func (c *client) data(body io.Reader) (*Reply, error) {
 	if err := w.Flush(); err != nil {
 		return nil, err
 	}
+	monkey.Crash("mta.before-250")
 	c.conn.SetDeadline(time.Now().Add(timeoutEnd))
 	return readReply(c.r)
 }

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"smtpd/internal/envelope"
+	"smtpd/internal/monkey"
 	"smtpd/proto"
 )
 
@@ -310,6 +311,11 @@ func (m *MTA) send(c *client, t *task) bool {
 	if dsn && e0.EnvID != "" {
 		mail += " ENVID=" + xtext(e0.EnvID)
 	}
+	if err := monkey.Fail("mta.session"); err != nil {
+		c.conn.Close()
+		m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost before MAIL: "+err.Error())
+		return false
+	}
 	rep, err := c.cmd(timeoutCommand, "%s", mail)
 	if err != nil {
 		m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost at MAIL: "+err.Error())
@@ -350,6 +356,14 @@ func (m *MTA) send(c *client, t *task) bool {
 		return false
 	}
 	rep, err = c.data(t.body)
+	if err == nil && rep.Code/100 == 2 {
+		monkey.Crash("mta.after-250")
+		if err = monkey.Fail("mta.session"); err != nil {
+			// the remote host has the message: retrying duplicates it,
+			// as a connection lost at this moment does
+			c.conn.Close()
+		}
+	}
 	if err != nil {
 		t.envs = accepted
 		m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost during DATA: "+err.Error())

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -41,25 +42,41 @@ func notify(e *envelope.Envelope, kind notice) bool {
 
 // bounce sends the sender of e a delivery status notification (RFC
 // 3464) saying that delivery to e's recipient failed for reason.
-func (q *Queue) bounce(e *envelope.Envelope, reason string) {
-	q.sendNotice(e, noticeFailed, reason)
+func (q *Queue) bounce(e *envelope.Envelope, reason string) error {
+	return q.sendNotice(e, noticeFailed, reason)
 }
 
 // warn tells the sender that delivery to e's recipient is delayed.
 func (q *Queue) warn(e *envelope.Envelope, reason string) {
-	q.sendNotice(e, noticeDelayed, reason)
+	if err := q.sendNotice(e, noticeDelayed, reason); err != nil {
+		q.warnf("%016x: no %s notice to <%s>: %v", e.ID, noticeDelayed, e.Sender, err)
+	}
 }
 
-func (q *Queue) sendNotice(e *envelope.Envelope, kind notice, reason string) {
+// sendNotice commits a notice to the sender of e, if one is due.
+func (q *Queue) sendNotice(e *envelope.Envelope, kind notice, reason string) error {
 	if !notify(e, kind) {
-		return
+		return nil
 	}
-	if err := q.commitNotice(e, kind, reason); err != nil {
+	err := q.commitNotice(e, kind, reason)
+	var noRoute *noRouteError
+	if errors.As(err, &noRoute) {
+		// a notice that can never be delivered: there is nothing to
+		// wait for
 		q.warnf("%016x: no %s notice to <%s>: %v", e.ID, kind, e.Sender, err)
-		return
+		return nil
+	}
+	if err != nil {
+		return err
 	}
 	q.stats.Increment("queue.bounce", 1)
+	return nil
 }
+
+// noRouteError is a sender no notice can reach.
+type noRouteError struct{ msg string }
+
+func (e *noRouteError) Error() string { return e.msg }
 
 func (q *Queue) commitNotice(e *envelope.Envelope, kind notice, reason string) error {
 	dests, err := q.expand(e.Sender)
@@ -110,8 +127,11 @@ func (q *Queue) expand(addr string) ([]proto.Destination, error) {
 		if !ok {
 			return nil, fmt.Errorf("lookup answered %s", env.Type)
 		}
+		if res.Status == proto.StatusPermfail {
+			return nil, &noRouteError{fmt.Sprintf("no route to the sender: %d %s", res.Reply.Code, res.Reply.Text)}
+		}
 		if res.Status != proto.StatusOK {
-			return nil, fmt.Errorf("no route to the sender: %d %s", res.Reply.Code, res.Reply.Text)
+			return nil, fmt.Errorf("sender cannot be resolved now: %d %s", res.Reply.Code, res.Reply.Text)
 		}
 		dests = append(dests, res.Destinations...)
 		if !res.More {

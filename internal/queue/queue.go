@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"smtpd/internal/envelope"
+	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/internal/stats"
 	"smtpd/proto"
@@ -256,15 +257,19 @@ func (q *Queue) commitBatch(batch []commit) {
 		c.msg.body.Close()
 		failed[i] = q.store.Stage(c.id, c.msg.envs)
 	}
+	monkey.Crash("queue.before-sync")
 	syncErr := q.store.Sync()
+	monkey.Crash("queue.after-sync")
 	for i, c := range batch {
 		if failed[i] == nil && syncErr == nil {
 			failed[i] = q.store.Publish(c.id)
 		}
 	}
+	monkey.Crash("queue.after-publish")
 	if syncErr == nil {
 		syncErr = q.store.Sync()
 	}
+	monkey.Crash("queue.after-commit")
 	for i, c := range batch {
 		err := failed[i]
 		if err == nil {

@@ -12,6 +12,7 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/logging"
+	"smtpd/internal/monkey"
 	"smtpd/internal/stats"
 	"smtpd/proto"
 )
@@ -25,8 +26,9 @@ type Scheduler struct {
 	deliver func(*envelope.Envelope, *os.File) error
 	log     *logging.Logger
 	// OnPermfail is told of every envelope that failed for good, before
-	// the envelope is removed: it sends the notification to the sender.
-	OnPermfail func(e *envelope.Envelope, reason string)
+	// the envelope is removed: it commits the notification to the
+	// sender. If it cannot, the envelope stays and is tried again.
+	OnPermfail func(e *envelope.Envelope, reason string) error
 	// OnDelay is told once of an envelope still undelivered after
 	// limits.BounceWarn, to warn the sender.
 	OnDelay func(e *envelope.Envelope, reason string)
@@ -184,44 +186,56 @@ func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 		s.stats.Increment("scheduler.delivery.ok", 1)
 		s.drop(en)
 	case proto.StatusPermfail:
-		s.log.Infof("%016x: permanent failure for <%s>: %s", e.ID, e.Dest, text)
-		s.stats.Increment("scheduler.delivery.permfail", 1)
 		// the notification is committed before the envelope goes, so
 		// that a crash in between sends it twice rather than never
 		go func() {
 			if s.OnPermfail != nil {
-				s.OnPermfail(e, text)
+				if err := s.OnPermfail(e, text); err != nil {
+					s.log.Warnf("%016x: permanent failure for <%s>, but no notice yet (%v): kept for another try", e.ID, e.Dest, err)
+					s.retry(en, text)
+					s.poke()
+					return
+				}
 			}
+			s.log.Infof("%016x: permanent failure for <%s>: %s", e.ID, e.Dest, text)
+			s.stats.Increment("scheduler.delivery.permfail", 1)
+			monkey.Crash("queue.after-bounce")
 			s.drop(en)
 			s.poke()
 		}()
 		return
 	default:
 		s.stats.Increment("scheduler.delivery.tempfail", 1)
-		e.Retries++
-		e.LastTry = time.Now()
-		e.LastError = envelope.CleanText(text)
-		warn := !e.Warned && e.LastTry.Sub(e.Created) >= s.limits.BounceWarn && s.OnDelay != nil
-		if warn {
-			e.Warned = true
-		}
-		if err := s.store.Update(e); err != nil {
-			s.log.Warnf("%016x: %v", e.ID, err)
-		}
-		s.log.Infof("%016x: temporary failure for <%s>: %s (retry %d)", e.ID, e.Dest, text, e.Retries)
-		if warn {
-			// a copy: the envelope itself may change while the warning goes out
-			ec := *e
-			go s.OnDelay(&ec, text)
-		}
-		s.mu.Lock()
-		en.inflight = false
-		en.next = e.LastTry.Add(s.backoff(e.Retries))
-		s.inflight--
-		heap.Push(&s.waiting, en)
-		s.mu.Unlock()
+		s.retry(en, text)
 	}
 	s.poke()
+}
+
+// retry records a failed try of an envelope and puts it back to wait.
+func (s *Scheduler) retry(en *entry, text string) {
+	e := en.env
+	e.Retries++
+	e.LastTry = time.Now()
+	e.LastError = envelope.CleanText(text)
+	warn := !e.Warned && e.LastTry.Sub(e.Created) >= s.limits.BounceWarn && s.OnDelay != nil
+	if warn {
+		e.Warned = true
+	}
+	if err := s.store.Update(e); err != nil {
+		s.log.Warnf("%016x: %v", e.ID, err)
+	}
+	s.log.Infof("%016x: temporary failure for <%s>: %s (retry %d)", e.ID, e.Dest, text, e.Retries)
+	if warn {
+		// a copy: the envelope itself may change while the warning goes out
+		ec := *e
+		go s.OnDelay(&ec, text)
+	}
+	s.mu.Lock()
+	en.inflight = false
+	en.next = e.LastTry.Add(s.backoff(e.Retries))
+	s.inflight--
+	heap.Push(&s.waiting, en)
+	s.mu.Unlock()
 }
 
 func (s *Scheduler) drop(en *entry) {

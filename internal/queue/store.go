@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtpd/internal/envelope"
+	"smtpd/internal/monkey"
 )
 
 // ErrNoSpace is returned when the spool's file system is nearly full.
@@ -43,6 +44,9 @@ func NewStore(root string) (*Store, error) {
 	}
 	s := &Store{Root: root}
 	s.Sync = func() error {
+		if err := monkey.Fail("queue.sync"); err != nil {
+			return err
+		}
 		if err := unix.Syncfs(int(d.Fd())); err != nil {
 			return fmt.Errorf("queue: syncfs: %w", err)
 		}
@@ -96,6 +100,9 @@ func (s *Store) CheckSpace() error {
 // Create makes a new message: a unique id and its body file in
 // temporary/, created exclusively.
 func (s *Store) Create() (uint32, *os.File, error) {
+	if err := monkey.Fail("queue.write"); err != nil {
+		return 0, nil, err
+	}
 	if err := s.CheckSpace(); err != nil {
 		return 0, nil, err
 	}
@@ -125,6 +132,9 @@ func (s *Store) Discard(id uint32) {
 // Stage is the first step of a commit: the message's envelopes and body
 // go into incoming/<msgid>/. Nothing is durable until Sync.
 func (s *Store) Stage(id uint32, envs []*envelope.Envelope) error {
+	if err := monkey.Fail("queue.write"); err != nil {
+		return err
+	}
 	dir := s.path(DirIncoming, msgName(id))
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
@@ -144,6 +154,9 @@ func (s *Store) Stage(id uint32, envs []*envelope.Envelope) error {
 // content must be durable already (Sync after Stage), so that once the
 // rename is durable (Sync after Publish) the message is whole.
 func (s *Store) Publish(id uint32) error {
+	if err := monkey.Fail("queue.rename"); err != nil {
+		return err
+	}
 	b := s.path(DirQueue, bucket(id))
 	if err := os.Mkdir(b, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("queue: publish: %w", err)
@@ -186,6 +199,9 @@ func writeEnvelope(path string, e *envelope.Envelope, sync bool) error {
 
 // Update rewrites a committed envelope durably.
 func (s *Store) Update(e *envelope.Envelope) error {
+	if err := monkey.Fail("queue.update"); err != nil {
+		return err
+	}
 	return writeEnvelope(filepath.Join(s.messageDir(e.MsgID()), fmt.Sprintf("%016x", e.ID)), e, true)
 }
 

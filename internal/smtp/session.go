@@ -16,6 +16,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
+	"smtpd/internal/monkey"
 	"smtpd/proto"
 )
 
@@ -264,6 +265,7 @@ func (sess *session) Data(r io.Reader) error {
 	default:
 		return sess.internalErr(fmt.Errorf("queue answered %s", env.Type))
 	}
+	monkey.Crash("smtp.before-250")
 	sess.mails++
 	sess.s.stats.Increment("smtp.message", 1)
 	sess.s.log.Infof("%016x: message %08x accepted from <%s> for %d recipients", sess.info.ID, msgid, sess.info.Sender, len(sess.rcpts))
