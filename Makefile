@@ -21,7 +21,7 @@ FUZZ_TARGETS = \
 	./internal/mta:FuzzReadReply \
 	./internal/enqueue:FuzzReadMessage
 
-.PHONY: all build run test test-deps users fuzz bench install clean
+.PHONY: all build run test test-deps users fuzz bench install clean monkey
 
 all: build
 
@@ -39,7 +39,15 @@ run: build
 
 test: test-deps build
 	$(GO) vet ./...
+	$(GO) vet -tags monkey ./...
 	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -tags monkey -run '^(TestMonkey|TestCrashMatrix)$$' ./regress
+
+# One monkey run of COUNT messages with all fault injection points on;
+# SEED=n replays the run a failure names.
+COUNT ?= 2000
+monkey:
+	SMTPD_MONKEY_SEED=$(SEED) MONKEY_COUNT=$(COUNT) $(GO) test -count=1 -tags monkey -run '^TestMonkey$$' -v ./regress
 
 test-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do \

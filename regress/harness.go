@@ -29,11 +29,12 @@ type Binaries struct {
 	Smtpd, Smtpctl string
 }
 
-// Build compiles smtpd and smtpctl from the module at root into dir.
-func Build(root, dir string) (Binaries, error) {
+// Build compiles smtpd and smtpctl from the module at root into dir,
+// with the build tags given ("monkey" for fault injection).
+func Build(root, dir string, tags ...string) (Binaries, error) {
 	b := Binaries{Smtpd: filepath.Join(dir, "smtpd"), Smtpctl: filepath.Join(dir, "smtpctl")}
 	for out, pkg := range map[string]string{b.Smtpd: "./smtpd", b.Smtpctl: "./smtpctl"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd := exec.Command("go", "build", "-tags", strings.Join(tags, ","), "-o", out, pkg)
 		cmd.Dir = root
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			return b, fmt.Errorf("go build %s: %v\n%s", pkg, err, msg)
@@ -148,6 +149,8 @@ type Options struct {
 	// Credential, if set, runs the daemon as another user; the test
 	// directory is handed to that user.
 	Credential *syscall.Credential
+	// Env is added to the daemon's environment (monkey settings).
+	Env []string
 }
 
 // Start starts a daemon in the foreground on DefaultConfig and waits
@@ -192,6 +195,9 @@ func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 	}
 	d.Cmd = exec.Command(bin.Smtpd, "-d", "-v", "-f", path)
 	d.Cmd.Stdout, d.Cmd.Stderr = d.log, d.log
+	if opts.Env != nil {
+		d.Cmd.Env = append(os.Environ(), opts.Env...)
+	}
 	if opts.Credential != nil {
 		d.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: opts.Credential}
 	}
@@ -234,6 +240,17 @@ func (d *Daemon) Wait(timeout time.Duration) int {
 		return d.Cmd.ProcessState.ExitCode()
 	case <-time.After(timeout):
 		return -1
+	}
+}
+
+// Exited waits up to timeout for the parent to exit, whatever way, and
+// reports whether it did.
+func (d *Daemon) Exited(timeout time.Duration) bool {
+	select {
+	case <-d.exited:
+		return true
+	case <-time.After(timeout):
+		return false
 	}
 }
 

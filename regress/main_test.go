@@ -19,7 +19,7 @@ func TestMain(m *testing.M) {
 	// as root, children started from here must be able to exec the binaries
 	os.Chmod(dir, 0o755)
 	root, _ := filepath.Abs("..")
-	bin, err = Build(root, dir)
+	bin, err = Build(root, dir, buildTags...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)

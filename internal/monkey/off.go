@@ -14,3 +14,7 @@ func Delay(point string) {}
 // Crash kills the process or the daemon at an armed crash point, in a
 // monkey build.
 func Crash(point string) {}
+
+// LostChild lets the parent take part in a crash of the whole daemon,
+// in a monkey build.
+func LostChild() {}

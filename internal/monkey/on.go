@@ -112,16 +112,28 @@ func Crash(point string) {
 	}
 	fmt.Fprintf(os.Stderr, "monkey: crash at %s\n", point)
 	if t.whole {
-		killDaemon()
+		// a process that dropped its privileges may not signal the
+		// others: then the parent does it when it loses this one
+		killFamily(os.Getppid())
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 }
 
-// killDaemon kills the parent and every other process it started.
-func killDaemon() {
-	// find the siblings first: once the parent is gone they are
-	// someone else's children
-	parent := os.Getppid()
+// LostChild is called by the parent when a child died: if a crash of
+// the whole daemon is armed, the parent kills every other process and
+// itself, at once, rather than stopping them in order.
+func LostChild() {
+	t := get()
+	if t.crash == "" || !t.whole {
+		return
+	}
+	killFamily(os.Getpid())
+}
+
+// killFamily kills parent and every process it started.
+func killFamily(parent int) {
+	// find the children first: once the parent is gone they are
+	// someone else's
 	victims := []int{parent}
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, f := range stats {
@@ -142,7 +154,8 @@ func killDaemon() {
 			}
 		}
 	}
-	for _, pid := range victims {
+	// the parent last: a parent that kills itself first stops there
+	for _, pid := range append(victims[1:], victims[0]) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }

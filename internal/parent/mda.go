@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"smtpd/internal/envelope"
 	"smtpd/internal/lookup"
+	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/proto"
 )
@@ -75,6 +77,14 @@ func (p *Parent) startMDA(acct lookup.Account) (*mdaWorker, error) {
 	cmd := p.selfCommand("mda", theirs)
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "USER=" + acct.Name, "HOME=" + acct.Directory}
+	if monkey.Enabled {
+		// the fault injection settings reach deliveries too
+		for _, v := range os.Environ() {
+			if strings.HasPrefix(v, "SMTPD_") {
+				cmd.Env = append(cmd.Env, v)
+			}
+		}
+	}
 	if privsep.Privileged() {
 		// the delivery runs as the recipient, with no other groups
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(acct.UID), Gid: uint32(acct.GID), Groups: []uint32{}}

@@ -19,6 +19,7 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/logging"
 	"smtpd/internal/lookup"
+	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/internal/queue"
 	"smtpd/internal/stats"
@@ -122,6 +123,7 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 					continue
 				}
 			}
+			monkey.LostChild()
 			switch {
 			case ev.exit:
 				log.Warnf("lost child: %s (%v)", ev.proc, p.children[ev.proc].cmd.ProcessState)
