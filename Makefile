@@ -19,7 +19,11 @@ FUZZ_TARGETS = \
 	./internal/config:FuzzLoad \
 	./internal/envelope:FuzzUnmarshal \
 	./internal/mta:FuzzReadReply \
-	./internal/enqueue:FuzzReadMessage
+	./internal/enqueue:FuzzReadMessage \
+	./internal/smtp:FuzzSession \
+	./internal/lookup:FuzzParseAddress \
+	./internal/lookup:FuzzParseForward \
+	./internal/lookup:FuzzAliases
 
 .PHONY: all build run test test-deps users fuzz bench install clean monkey
 

@@ -45,6 +45,14 @@ func New(name string, foreground, verbose bool) *Logger {
 	return l
 }
 
+// NewWriter returns a logger for the process name that writes to w,
+// for tests.
+func NewWriter(name string, w io.Writer, verbose bool) *Logger {
+	l := &Logger{name: name, out: w}
+	l.verbose.Store(verbose)
+	return l
+}
+
 type level int
 
 const (
