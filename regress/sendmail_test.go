@@ -222,3 +222,36 @@ func TestSendmailOffline(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestNewaliasesMakemap: newaliases reloads the alias table files of the
+// running daemon; makemap checks a table file and writes it sorted.
+func TestNewaliasesMakemap(t *testing.T) {
+	sbin := installed(t)
+	dir := t.TempDir()
+	aliases := filepath.Join(dir, "aliases")
+	os.WriteFile(aliases, []byte("postmaster: root\nroot: sink\n"), 0o644)
+	conf := strings.Replace(DefaultConfig, `  virtual  = { "@" = "sink" }`, `  alias    = table.aliases`, 1)
+	conf = strings.Replace(conf, `table "domains"`, `table "aliases" { file = "`+aliases+`" }
+table "domains"`, 1)
+	d := StartWith(t, bin, Options{Config: conf})
+	if out, err := run(t, nil, "", filepath.Join(sbin, "newaliases"), "-C", d.Config); err != nil || out != "table aliases reloaded\n" {
+		t.Errorf("newaliases: %v %q", err, out)
+	}
+	d.WaitStat("lookup.table.reload", "1", 5*time.Second)
+
+	makemap := filepath.Join(sbin, "makemap")
+	if out, err := run(t, nil, "", makemap, "-t", "aliases", aliases); err != nil || out != aliases+": 2 entries (map)\n" {
+		t.Errorf("makemap: %v %q", err, out)
+	}
+	sorted := filepath.Join(dir, "sorted")
+	if out, err := run(t, nil, "", makemap, "-o", sorted, aliases); err != nil {
+		t.Errorf("makemap -o: %v %q", err, out)
+	}
+	if b, _ := os.ReadFile(sorted); string(b) != "postmaster\troot\nroot\tsink\n" {
+		t.Errorf("makemap wrote %q", b)
+	}
+	os.WriteFile(aliases, []byte("a: b\na: c\n"), 0o644)
+	if out, err := run(t, nil, "", makemap, aliases); err == nil || !strings.Contains(out, "line 2") {
+		t.Errorf("makemap on a broken file: %v %q", err, out)
+	}
+}

@@ -69,6 +69,10 @@ func (p *Parent) injectFile(path string) error {
 	if !ok || !fi.Mode().IsRegular() || st.Nlink != 1 {
 		return errors.New("not a regular file with a single link: left alone")
 	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		// sendmail makes them 0600: someone else may have changed it
+		return fmt.Errorf("mode %v, writable by others: left alone", fi.Mode().Perm())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), injectTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, p.opts.Executable, "-x", "offline", "-f", p.cfg.Path)
