@@ -20,7 +20,7 @@ import (
 // or a notice and before the queue could record it, the message may
 // arrive twice: never less than once.
 func TestCrashMatrix(t *testing.T) {
-	w := startMonkeyWorld(t)
+	w := startRelayWorld(t)
 	type run struct{ point, mode string }
 	var runs []run
 	for _, p := range monkey.CrashPoints {

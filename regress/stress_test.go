@@ -11,8 +11,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"smtpd/internal/dns/dnstest"
 )
 
 // TestStressSessionCap opens the session cap plus 100 connections at
@@ -114,32 +112,9 @@ func TestStressSlowloris(t *testing.T) {
 // (VmHWM) of every process of both daemons.
 func TestStressRelay(t *testing.T) {
 	const n = 10000
-	port := FreePort(t)
-	far := StartWith(t, bin, Options{Addr: fmt.Sprintf("127.0.0.2:%d", port), Config: strings.Replace(DefaultConfig, `retry_base = "1s"`, "retry_base = \"1s\"\n  mails_per_session = 100000", 1)})
-	dnsSrv, err := dnstest.Start("example.test. 300 IN MX 10 mx.example.test.", "mx.example.test. 300 IN A 127.0.0.2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dnsSrv.Close)
-	conf := fmt.Sprintf(`
-hostname       = "relay.example.net"
-spool          = "spool"
-control_socket = "run/smtpd.sock"
-resolver       = ["%s"]
-mx_port        = %d
-limits {
-  retry_base        = "1s"
-  mails_per_session = 100000
-}
-listen "in" { address = "{{ADDR}}" }
-action "out" { relay = "mx" }
-match {
-  from   = "any"
-  for    = "example.test"
-  action = action.out
-}
-`, dnsSrv.Addr, port)
-	d := StartWith(t, bin, Options{Config: conf})
+	w := startRelayWorld(t)
+	far := w.far
+	d := StartWith(t, bin, Options{Config: w.config()})
 	start := time.Now()
 	body := "Subject: stress\r\n\r\n" + strings.Repeat("stress test line of some length, to make a message of about 2 KB\r\n", 30)
 	sendMany(t, d.SMTPAddr, n, 8, body, func(i int) string { return fmt.Sprintf("r%d@example.test", i%100) })

@@ -12,6 +12,8 @@ import (
 	"net/mail"
 	"strings"
 	"time"
+
+	"smtpd/internal/header"
 )
 
 // MaxHeader bounds the header a program may give us, which is held in
@@ -74,7 +76,7 @@ func ReadMessage(r io.Reader, ignoreDots bool) (*Message, error) {
 		case (line[0] == ' ' || line[0] == '\t') && len(m.fields) > 0:
 			last := &m.fields[len(m.fields)-1]
 			last.raw = append(last.raw, line...)
-		case isFieldStart(line):
+		case header.IsFieldStart(line):
 			name, _, _ := bytes.Cut(line, []byte(":"))
 			m.fields = append(m.fields, field{name: strings.ToLower(strings.TrimSpace(string(name))), raw: bytes.Clone(line)})
 		default:
@@ -95,21 +97,6 @@ func ReadMessage(r io.Reader, ignoreDots bool) (*Message, error) {
 
 func isEmptyLine(line []byte) bool {
 	return string(line) == "\n" || string(line) == "\r\n"
-}
-
-// isFieldStart reports whether line starts a header field: a name of
-// printable characters other than the colon, then a colon (RFC 5322 §2.2).
-func isFieldStart(line []byte) bool {
-	i := bytes.IndexByte(line, ':')
-	if i <= 0 {
-		return false
-	}
-	for _, c := range line[:i] {
-		if c <= ' ' || c > '~' {
-			return false
-		}
-	}
-	return true
 }
 
 // Has reports whether the header has a field called name.

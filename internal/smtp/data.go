@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"smtpd/internal/header"
 )
 
 // errBareLineEnding is a CR or LF that is not part of a CRLF pair.
@@ -93,16 +94,7 @@ func isHeaderLine(line []byte) bool {
 	if line[0] == ' ' || line[0] == '\t' {
 		return true
 	}
-	i := bytes.IndexByte(line, ':')
-	if i <= 0 {
-		return false
-	}
-	for _, c := range line[:i] {
-		if c <= ' ' || c > '~' {
-			return false
-		}
-	}
-	return true
+	return header.IsFieldStart(line)
 }
 
 func fieldName(line []byte) string {
