@@ -167,7 +167,13 @@ func TestQueueCommands(t *testing.T) {
 		t.Errorf("queue after remove: %q", out)
 	}
 	if os.Geteuid() == 0 {
-		for _, args := range [][]string{{"show", "queue"}, {"remove", "all"}} {
+		// any user may read the counters
+		cmd := exec.Command(bin.Smtpctl, "-s", d.Socket, "show", "stats")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "uptime=") {
+			t.Errorf("non-root show stats: %v %s", err, out)
+		}
+		for _, args := range [][]string{{"show", "queue"}, {"remove", "all"}, {"pause", "smtp"}, {"log", "verbose"}, {"show", "message", "00000001"}} {
 			cmd := exec.Command(bin.Smtpctl, append([]string{"-s", d.Socket}, args...)...)
 			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 			out, err := cmd.CombinedOutput()
