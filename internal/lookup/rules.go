@@ -125,7 +125,9 @@ func ParseAddress(s string) (Address, error) {
 		return Address{User: s}, nil
 	}
 	a := Address{User: s[:i], Domain: strings.ToLower(strings.TrimSuffix(s[i+1:], "."))}
-	if a.User == "" || a.Domain == "" {
+	// a domain has no empty label (RFC 5321 §4.1.2): "a@.." is not
+	// "a@." made absolute
+	if a.User == "" || a.Domain == "" || strings.HasPrefix(a.Domain, ".") || strings.Contains(a.Domain, "..") || strings.HasSuffix(a.Domain, ".") {
 		return Address{}, fmt.Errorf("lookup: invalid address %q", s)
 	}
 	return a, nil
