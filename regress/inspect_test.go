@@ -94,6 +94,9 @@ func TestLogAndTrace(t *testing.T) {
 		}
 	}
 	d.Smtpctl("untrace", "all")
+	// every process applies it when it reads control's frame: let
+	// those in flight pass
+	time.Sleep(time.Second)
 	n := strings.Count(d.Log(), "trace ")
 	send()
 	d.WaitMail(4, 10*time.Second)
