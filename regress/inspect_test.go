@@ -62,6 +62,7 @@ func TestLogAndTrace(t *testing.T) {
 	if out, _, code := d.Smtpctl("log", "brief"); code != 0 || out != "verbose off\n" {
 		t.Fatalf("log brief: %d %q", code, out)
 	}
+	time.Sleep(500 * time.Millisecond) // until every process has it
 	before := sessions()
 	send()
 	d.WaitMail(1, 10*time.Second)
@@ -69,6 +70,7 @@ func TestLogAndTrace(t *testing.T) {
 		t.Errorf("debug lines after log brief")
 	}
 	d.Smtpctl("log", "verbose")
+	time.Sleep(500 * time.Millisecond)
 	send()
 	d.WaitMail(2, 10*time.Second)
 	if sessions() != before+1 {
