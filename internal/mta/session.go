@@ -327,7 +327,7 @@ func (m *MTA) send(c *client, t *task) bool {
 		return true
 	}
 	var accepted []*envelope.Envelope
-	for _, e := range t.envs {
+	for i, e := range t.envs {
 		rcpt := fmt.Sprintf("RCPT TO:<%s>", e.Dest)
 		if dsn && e.Notify != "" {
 			rcpt += " NOTIFY=" + e.Notify
@@ -335,8 +335,15 @@ func (m *MTA) send(c *client, t *task) bool {
 		if dsn && e.ORcpt != "" {
 			rcpt += " ORCPT=" + xtext(e.ORcpt)
 		}
+		if err := monkey.Fail("mta.session"); err != nil {
+			// as if the remote host answered 451, without asking it
+			m.result(e, proto.StatusTempfail, "451 4.3.0 "+err.Error())
+			continue
+		}
 		rep, err := c.cmd(timeoutCommand, "%s", rcpt)
 		if err != nil {
+			// the recipients refused so far have their results
+			t.envs = append(accepted, t.envs[i:]...)
 			m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost at RCPT: "+err.Error())
 			return false
 		}
