@@ -30,7 +30,10 @@ func TestCrashMatrix(t *testing.T) {
 		}
 	}
 	durable := []string{"queue.after-publish", "queue.after-commit", "smtp.before-250"}
-	mayRepeat := []string{"mda.after-deliver", "mta.after-250", "mta.before-250", "queue.after-bounce"}
+	// once a message is durable its delivery may start at once and
+	// finish before the crash reaches every process: the queue never
+	// records it, and delivers it again after the restart
+	mayRepeat := append([]string{"mda.after-deliver", "mta.after-250", "mta.before-250", "queue.after-bounce"}, durable...)
 	for n, r := range runs {
 		t.Run(r.point+"/"+r.mode, func(t *testing.T) {
 			d := StartWith(t, bin, Options{Config: w.config(), Env: []string{"SMTPD_CRASH=" + r.point, "SMTPD_CRASH_MODE=" + r.mode}})
