@@ -63,6 +63,16 @@ func NewChannel(f *os.File, local, remote Proc) (*Channel, error) {
 	return NewChannelConn(uc, local, remote), nil
 }
 
+// DialControl connects a client (smtpctl, sendmail) to the control
+// socket at path.
+func DialControl(path string) (*Channel, error) {
+	uc, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to %s: is smtpd running? (%w)", path, err)
+	}
+	return NewChannelConn(uc, ProcClient, ProcControl), nil
+}
+
 // NewChannelConn makes a channel of a connected unixpacket socket.
 func NewChannelConn(uc *net.UnixConn, local, remote Proc) *Channel {
 	return &Channel{

@@ -26,8 +26,8 @@ func TestShowEnvelopeMessageStatus(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "stuck@cmd.example.test") || !strings.Contains(out, "mailbox busy") || !strings.Contains(out, "author@example.test") {
 		t.Errorf("show envelope: %d %q %q", code, out, errOut)
 	}
-	if _, errOut, code := d.Smtpctl("show", "envelope", "0123456789abcdef"); code != 0 && !strings.Contains(errOut, "no such") {
-		t.Errorf("unknown envelope: %d %q", code, errOut)
+	if out, errOut, code := d.Smtpctl("show", "envelope", "0123456789abcdef"); code != 0 || out != "no such envelope: 0123456789abcdef\n" {
+		t.Errorf("unknown envelope: %d %q %q", code, out, errOut)
 	}
 	for _, id := range []string{evpid, evpid[:8]} {
 		out, errOut, code = d.Smtpctl("sh", "mess", id)

@@ -3,7 +3,9 @@ package regress
 import (
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,12 +118,21 @@ func TestSendmailHeaders(t *testing.T) {
 	if out, err := run(t, nil, msg, filepath.Join(sbin, "sendmail"), "-C", d.Config, "-t"); err != nil {
 		t.Fatalf("sendmail -t: %v\n%s", err, out)
 	}
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// From carries the full name from the password database, if any
+	from := regexp.MustCompile(`\nFrom: (.* <)?` + regexp.QuoteMeta(me.Username+"@mx.example.test") + `>?\n`)
 	for _, u := range []string{"u1", "u2", "u3"} {
 		m := waitMaildir(t, d, u, 1)[0]
-		for _, want := range []string{"Subject: headers\n", "\nFrom: root@mx.example.test\n", "\nDate: ", "\nMessage-Id: <", "Received: from localhost (user root uid 0)"} {
-			if !strings.Contains(m, want) && !(want == "\nFrom: root@mx.example.test\n" && strings.Contains(m, "@mx.example.test>\n")) {
+		for _, want := range []string{"Subject: headers\n", "\nDate: ", "\nMessage-Id: <", "Received: from localhost (user " + me.Username + " uid " + me.Uid + ")"} {
+			if !strings.Contains(m, want) {
 				t.Errorf("%s: no %q in\n%s", u, want, m)
 			}
+		}
+		if !from.MatchString(m) {
+			t.Errorf("%s: no From of %s in\n%s", u, me.Username, m)
 		}
 		if strings.Contains(strings.ToLower(m), "bcc") {
 			t.Errorf("%s: Bcc left in\n%s", u, m)

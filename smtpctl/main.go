@@ -17,7 +17,6 @@ import (
 	"strings"
 	"time"
 
-	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/logging"
 	"smtpd/internal/stats"
@@ -80,19 +79,11 @@ type cmdEnv struct {
 // environment reads the configuration (-f, or the default one if it
 // exists) for the control socket and the spool.
 func environment(flagSocket, cfgPath string) (*cmdEnv, error) {
-	env := &cmdEnv{socket: config.DefaultControlSocket, spool: config.DefaultSpoolDir}
-	if cfgPath == "" {
-		if _, err := os.Stat(config.DefaultPath); err == nil {
-			cfgPath = config.DefaultPath
-		}
+	cfg, err := loadConfig(cfgPath)
+	if err != nil {
+		return nil, err
 	}
-	if cfgPath != "" {
-		cfg, err := config.LoadSkippingTableFiles(cfgPath)
-		if err != nil {
-			return nil, err
-		}
-		env.socket, env.spool = cfg.ControlSocket, cfg.SpoolDir
-	}
+	env := &cmdEnv{socket: cfg.ControlSocket, spool: cfg.SpoolDir}
 	if flagSocket != "" {
 		env.socket = flagSocket
 	}
@@ -269,7 +260,7 @@ func showMTA(what string) command {
 // request sends req to control and hands each answer to more until it
 // returns false; a ControlError ends the request with its text.
 func request(socket string, req proto.Message, more func(proto.Message) bool) error {
-	ch, err := dial(socket)
+	ch, err := proto.DialControl(socket)
 	if err != nil {
 		return err
 	}
@@ -328,14 +319,6 @@ func parseCommand(words []string) (command, string, error) {
 	}
 	sort.Strings(found)
 	return nil, "", fmt.Errorf("ambiguous command %q: %s", strings.Join(words, " "), strings.Join(found, ", "))
-}
-
-func dial(socket string) (*proto.Channel, error) {
-	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: socket, Net: "unixpacket"})
-	if err != nil {
-		return nil, fmt.Errorf("cannot connect to %s: is smtpd running? (%w)", socket, err)
-	}
-	return proto.NewChannelConn(conn, proto.ProcClient, proto.ProcControl), nil
 }
 
 // stats reads every counter from control.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sort"
 	"sync/atomic"
 	"time"
 
@@ -127,8 +126,7 @@ func isTemporary(err error) bool {
 func (s *Server) session(conn *net.UnixConn) {
 	defer conn.Close()
 	s.Stats.Apply([]proto.StatChange{{Key: "control.session", Op: proto.StatIncrement, Value: 1}})
-	uid, known := peerUID(conn)
-	root := known && uid == 0
+	peer := peerOf(conn)
 	ch := proto.NewChannelConn(conn, proto.ProcControl, proto.ProcClient)
 	for {
 		env, err := ch.Recv()
@@ -138,30 +136,29 @@ func (s *Server) session(conn *net.UnixConn) {
 			}
 			return
 		}
-		if m, ok := env.Msg.(*proto.ControlEnqueue); ok && known {
-			if err := s.enqueue(ch, m, uid, env.PeerID); err != nil {
-				s.logf("client dropped: %v", err)
-				return
-			}
-			continue
-		}
-		if err := s.request(ch, env, root); err != nil {
+		if err := s.request(ch, env, peer); err != nil {
 			s.logf("client dropped: %v", err)
 			return
 		}
 	}
 }
 
-func (s *Server) request(ch *proto.Channel, env *proto.Envelope, root bool) error {
+func (s *Server) request(ch *proto.Channel, env *proto.Envelope, peer peer) error {
 	switch env.Msg.(type) {
 	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP, *proto.ControlLog:
 		// the queue shows who writes to whom, and these change state:
-		// root only; any user may read the stats
-		if !root {
+		// root only; any user may read the stats and submit mail
+		if !peer.known || peer.uid != 0 {
 			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
 		}
+	case *proto.ControlEnqueue:
+		if !peer.known {
+			return ch.Send(&proto.ControlError{Text: "permission denied: unknown user"}, env.PeerID)
+		}
 	}
-	switch env.Msg.(type) {
+	switch m := env.Msg.(type) {
+	case *proto.ControlEnqueue:
+		return s.enqueue(ch, m, peer.uid, env.PeerID)
 	case *proto.ControlShowStats:
 		values := s.values()
 		for len(values) > 0 {
@@ -257,21 +254,26 @@ func (s *Server) setLog(ch *proto.Channel, l proto.LogSetting, id uint32) error 
 	return ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{l.What + " " + word}, Last: true}}, id)
 }
 
-// peerUID returns the user id of the client, from the socket's peer
-// credentials (SO_PEERCRED).
-func peerUID(conn *net.UnixConn) (uint32, bool) {
+// peer is who a control client is, from the socket's peer credentials
+// (SO_PEERCRED); known is false if the kernel would not tell.
+type peer struct {
+	uid   uint32
+	known bool
+}
+
+func peerOf(conn *net.UnixConn) peer {
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return 0, false
+		return peer{}
 	}
 	var cred *unix.Ucred
 	raw.Control(func(fd uintptr) {
 		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	})
 	if err != nil || cred == nil {
-		return 0, false
+		return peer{}
 	}
-	return cred.Uid, true
+	return peer{uid: cred.Uid, known: true}
 }
 
 // enqueue gets the client an SMTP session from smtp: any local user may
@@ -296,10 +298,6 @@ func (s *Server) enqueue(ch *proto.Channel, m *proto.ControlEnqueue, uid uint32,
 	case <-time.After(10 * time.Second):
 		return ch.Send(&proto.ControlError{Text: "smtp did not answer"}, id)
 	}
-}
-
-func sortValues(v []proto.StatValue) {
-	sort.Slice(v, func(i, j int) bool { return v[i].Key < v[j].Key })
 }
 
 // statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -65,7 +66,7 @@ func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
 
 // values are the counters and the uptime, sorted by key.
 func (s *Server) values() []proto.StatValue {
-	values := append(s.Stats.Snapshot(), proto.StatValue{Key: "uptime", Value: int64(time.Since(s.Started) / time.Second)})
-	sortValues(values)
-	return values
+	values := s.Stats.Snapshot()
+	i, _ := slices.BinarySearchFunc(values, "uptime", func(v proto.StatValue, key string) int { return strings.Compare(v.Key, key) })
+	return slices.Insert(values, i, proto.StatValue{Key: "uptime", Value: int64(time.Since(s.Started) / time.Second)})
 }

@@ -18,6 +18,7 @@ import (
 	gosmtp "github.com/emersion/go-smtp"
 
 	"smtpd/internal/config"
+	"smtpd/internal/queue"
 	"smtpd/proto"
 )
 
@@ -95,7 +96,7 @@ func (c *Client) Deliver(o Options, r io.Reader) error {
 			return &Error{ExitTempFail, err}
 		}
 		if err := c.writeOffline(sender, rcpts, msg); err != nil {
-			return &Error{ExitTempFail, fmt.Errorf("%v, and the message cannot be kept in %s: %w", down, filepath.Join(c.Spool, "offline"), err)}
+			return &Error{ExitTempFail, fmt.Errorf("%v, and the message cannot be kept in %s: %w", down, filepath.Join(c.Spool, queue.DirOffline), err)}
 		}
 		return nil
 	}
@@ -105,19 +106,18 @@ func (c *Client) Deliver(o Options, r io.Reader) error {
 // daemonDown is a control socket nobody listens on.
 type daemonDown struct{ err error }
 
-func (d *daemonDown) Error() string { return "smtpd is not running: " + d.err.Error() }
+func (d *daemonDown) Error() string { return d.err.Error() }
 
 // Session asks control for an SMTP session in the name of the user and
 // returns its socket.
 func (c *Client) Session() (net.Conn, error) {
-	uc, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: c.Socket, Net: "unixpacket"})
+	ch, err := proto.DialControl(c.Socket)
 	if err != nil {
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, &daemonDown{err}
 		}
-		return nil, fmt.Errorf("control socket %s: %w", c.Socket, err)
+		return nil, err
 	}
-	ch := proto.NewChannelConn(uc, proto.ProcClient, proto.ProcControl)
 	defer ch.Close()
 	if err := ch.Send(&proto.ControlEnqueue{User: c.User}, 1); err != nil {
 		return nil, fmt.Errorf("control: %w", err)
@@ -194,7 +194,7 @@ const offlineMagic = "smtpd-offline 1\n"
 // injects half a message. The file is the user's, mode 0600, in a
 // sticky directory: no other user can read or replace it.
 func (c *Client) writeOffline(sender string, rcpts []string, msg io.WriterTo) error {
-	dir := filepath.Join(c.Spool, "offline")
+	dir := filepath.Join(c.Spool, queue.DirOffline)
 	b := make([]byte, 8)
 	rand.Read(b)
 	name := fmt.Sprintf("%d.%s", c.Now().Unix(), hex.EncodeToString(b))
@@ -263,13 +263,8 @@ func (c *Client) Inject(r io.Reader) error {
 	if err != nil {
 		return &Error{ExitTempFail, err}
 	}
-	return c.submit(conn, sender, rcpts, readerTo{br})
+	return c.submit(conn, sender, rcpts, br)
 }
-
-// readerTo writes what a reader holds.
-type readerTo struct{ r io.Reader }
-
-func (t readerTo) WriteTo(w io.Writer) (int64, error) { return io.Copy(w, t.r) }
 
 // SMTP connects standard input and output to an SMTP session (-bs).
 func (c *Client) SMTP(in io.Reader, out io.Writer) error {

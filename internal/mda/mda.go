@@ -57,13 +57,7 @@ func deliver(cfg *config.Config, acct lookup.Account, data []byte, body *os.File
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
 	}
 	res := proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusOK}
-	err = monkey.Fail("mda.tempfail")
-	if err != nil {
-		err = tempError{err}
-	} else {
-		err = deliverEnvelope(cfg, acct, e, body)
-	}
-	if err != nil {
+	if err := deliverEnvelope(cfg, acct, e, body); err != nil {
 		res.Status, res.Text = proto.StatusPermfail, err.Error()
 		var t tempError
 		if errors.As(err, &t) {
@@ -76,6 +70,9 @@ func deliver(cfg *config.Config, acct lookup.Account, data []byte, body *os.File
 // deliverEnvelope delivers as acct, the account the parent resolved and
 // started this process as.
 func deliverEnvelope(cfg *config.Config, acct lookup.Account, e *envelope.Envelope, body *os.File) error {
+	if err := monkey.Fail("mda.tempfail"); err != nil {
+		return tempError{err}
+	}
 	act := cfg.Action(e.Action)
 	if act == nil {
 		return tempError{fmt.Errorf("mda: no action %q in the configuration", e.Action)}

@@ -20,6 +20,9 @@ const (
 	authFailureDelay  = time.Second
 	authFailureLimit  = 5
 	authFailureWindow = 10 * time.Minute
+	// maxAuthFailureAddresses is the size at which the table of
+	// failing addresses is swept of old entries
+	maxAuthFailureAddresses = 10000
 )
 
 var (
@@ -33,14 +36,13 @@ var (
 
 // authFailures counts failed authentications per client address.
 type authFailures struct {
-	mu    sync.Mutex
-	byIP  map[string][]time.Time
-	now   func() time.Time
-	limit int
+	mu   sync.Mutex
+	byIP map[string][]time.Time
+	now  func() time.Time
 }
 
 func newAuthFailures() *authFailures {
-	return &authFailures{byIP: map[string][]time.Time{}, now: time.Now, limit: authFailureLimit}
+	return &authFailures{byIP: map[string][]time.Time{}, now: time.Now}
 }
 
 // recent returns the failures of ip within the window, dropping older ones.
@@ -62,13 +64,20 @@ func (a *authFailures) recent(ip string) []time.Time {
 func (a *authFailures) blocked(ip string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.recent(ip)) >= a.limit
+	return len(a.recent(ip)) >= authFailureLimit
 }
 
 func (a *authFailures) add(ip string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.byIP[ip] = append(a.recent(ip), a.now())
+	if len(a.byIP) > maxAuthFailureAddresses {
+		// many addresses failing at once: forget those whose window
+		// has passed, so that the table stays bounded
+		for other := range a.byIP {
+			a.recent(other)
+		}
+	}
 }
 
 // AuthMechanisms lists what the session offers; go-smtp announces them

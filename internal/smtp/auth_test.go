@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -62,5 +63,14 @@ func TestAuthFailures(t *testing.T) {
 	now = now.Add(authFailureWindow + time.Second)
 	if a.blocked("192.0.2.1") || len(a.byIP) != 0 {
 		t.Fatalf("old failures kept: %v", a.byIP)
+	}
+	// addresses that never come back are swept once the table is large
+	for i := range maxAuthFailureAddresses {
+		a.add(fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255))
+	}
+	now = now.Add(authFailureWindow + time.Second)
+	a.add("192.0.2.9")
+	if len(a.byIP) != 1 {
+		t.Errorf("%d addresses kept, want 1", len(a.byIP))
 	}
 }

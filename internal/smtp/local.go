@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -72,7 +73,7 @@ func (s *Server) newLocalSession(m *proto.ControlSMTPSession) (*os.File, error) 
 	}
 	lc := &localConn{Conn: conn, uid: m.UID, user: m.User}
 	if s.paused.Load() {
-		conn.Write([]byte("421 4.3.2 Service paused, try again later\r\n"))
+		io.WriteString(conn, pausedReply)
 		conn.Close()
 		return theirs, nil
 	}

@@ -199,6 +199,8 @@ func (s *Server) serve(lc *config.Listener, ln net.Listener) {
 type traceWriter struct{ log *logging.Logger }
 
 func (t traceWriter) Write(p []byte) (int, error) {
+	// asked first: boxing p for Tracef would cost an allocation on
+	// every read and write of every session
 	if t.log.Tracing("smtp") {
 		t.log.Tracef("smtp", "%q", p)
 	}
@@ -285,6 +287,9 @@ func (l *connLimiter) release(ip string) {
 	}
 }
 
+// pausedReply greets sessions while smtp is paused (smtpctl pause smtp).
+const pausedReply = "421 4.3.2 Service paused, try again later\r\n"
+
 // limitListener refuses sessions over the limits with a 421 before
 // go-smtp greets them, and bounds every session's life.
 type limitListener struct {
@@ -306,7 +311,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		ip := remoteIP(c)
 		if l.s.paused.Load() {
 			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, "421 4.3.2 Service paused, try again later\r\n")
+			io.WriteString(c, pausedReply)
 			c.Close()
 			continue
 		}
