@@ -13,8 +13,8 @@ import (
 	"smtpd/internal/monkey"
 )
 
-// Envelope is one received message with its header.
-type Envelope struct {
+// Frame is one received message with its header.
+type Frame struct {
 	Header
 	Msg Message
 }
@@ -114,7 +114,7 @@ func (c *Channel) Send(m Message, id uint32) error {
 
 // Recv reads and decodes the next frame. It returns io.EOF when the peer
 // closed its end; any other error means the peer broke the protocol.
-func (c *Channel) Recv() (*Envelope, error) {
+func (c *Channel) Recv() (*Frame, error) {
 	n, oobn, flags, _, err := c.conn.ReadMsgUnix(c.rbuf, c.oob)
 	if err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, unix.ECONNRESET) {
@@ -156,7 +156,7 @@ func (c *Channel) Recv() (*Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Envelope{Header: h, Msg: m}, nil
+	return &Frame{Header: h, Msg: m}, nil
 }
 
 func parseRights(oob []byte) ([]int, error) {

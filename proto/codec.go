@@ -220,3 +220,35 @@ func (r *Reader) Finish() error {
 	}
 	return nil
 }
+
+// Count reads the length of a list whose items take at least size bytes
+// each on the wire; a length the payload cannot hold fails the reader
+// and reads as 0, so that no decoder allocates for a forged count.
+func (r *Reader) Count(size int, what string) int {
+	n := r.U32()
+	if int64(n)*int64(size) > MaxPayload {
+		r.Fail(fmt.Errorf("%w: %d %s", ErrBadFrame, n, what))
+		return 0
+	}
+	return int(n)
+}
+
+// enum8 reads a one-byte enumeration and fails the reader unless the
+// value lies in [lo, hi]. Every enumerated field is decoded by it or by
+// enum32, so that no process acts on a value it has no name for.
+func enum8[T ~uint8](r *Reader, lo, hi T, what string) T {
+	v := T(r.U8())
+	if r.err == nil && (v < lo || v > hi) {
+		r.Fail(fmt.Errorf("%w: bad %s %d", ErrBadFrame, what, v))
+	}
+	return v
+}
+
+// enum32 is enum8 for four-byte enumerations.
+func enum32[T ~uint32](r *Reader, lo, hi T, what string) T {
+	v := T(r.U32())
+	if r.err == nil && (v < lo || v > hi) {
+		r.Fail(fmt.Errorf("%w: bad %s %d", ErrBadFrame, what, v))
+	}
+	return v
+}

@@ -32,7 +32,7 @@ func (m *LookupAuthResult) Encode(w *Writer) {
 	w.U8(uint8(m.Status))
 	w.String(m.Text)
 }
-func (m *LookupAuthResult) Decode(r *Reader) { m.Status, m.Text = Status(r.U8()), r.String() }
+func (m *LookupAuthResult) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }
 
 // ControlEnqueue is a local client (sendmail) asking for an SMTP session
 // to submit mail in. User is the name the client gives for itself;

@@ -79,10 +79,7 @@ func (m *SMTPFilterQuery) Encode(w *Writer) {
 	w.String(m.Rcpt)
 }
 func (m *SMTPFilterQuery) Decode(r *Reader) {
-	m.Phase = Phase(r.U8())
-	if m.Phase < PhaseConnect || m.Phase > PhaseCommit {
-		r.Fail(fmt.Errorf("%w: phase %d", ErrBadFrame, m.Phase))
-	}
+	m.Phase = enum8(r, PhaseConnect, PhaseCommit, "phase")
 	m.Session.decode(r)
 	m.Rcpt = r.String()
 }
@@ -131,10 +128,7 @@ func (m *MFAFilterVerdict) Encode(w *Writer) {
 	m.Reply.encode(w)
 }
 func (m *MFAFilterVerdict) Decode(r *Reader) {
-	m.Verdict = Verdict(r.U8())
-	if m.Verdict < VerdictProceed || m.Verdict > VerdictDisconnect {
-		r.Fail(fmt.Errorf("%w: verdict %d", ErrBadFrame, m.Verdict))
-	}
+	m.Verdict = enum8(r, VerdictProceed, VerdictDisconnect, "verdict")
 	m.Reply.decode(r)
 }
 
@@ -171,13 +165,7 @@ const (
 	StatusPermfail
 )
 
-func decodeStatus(r *Reader) Status {
-	s := Status(r.U8())
-	if s < StatusOK || s > StatusPermfail {
-		r.Fail(fmt.Errorf("%w: status %d", ErrBadFrame, s))
-	}
-	return s
-}
+func decodeStatus(r *Reader) Status { return enum8(r, StatusOK, StatusPermfail, "status") }
 
 // Destination is one envelope a recipient expands to.
 type Destination struct {
@@ -220,11 +208,7 @@ func (m *LookupExpandResult) Decode(r *Reader) {
 	m.Status = decodeStatus(r)
 	m.Reply.decode(r)
 	m.More = r.Bool()
-	n := r.U32()
-	if n > MaxPayload/20 {
-		r.Fail(fmt.Errorf("%w: %d destinations", ErrBadFrame, n))
-		return
-	}
+	n := r.Count(20, "destinations")
 	m.Destinations = make([]Destination, 0, n)
 	for range n {
 		m.Destinations = append(m.Destinations, Destination{

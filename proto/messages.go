@@ -1,7 +1,6 @@
 package proto
 
 import (
-	"fmt"
 	"os"
 )
 
@@ -69,73 +68,6 @@ const (
 	typeEnd
 )
 
-var typeNames = [...]string{
-	TypeSetupPeer:        "SetupPeer",
-	TypeSetupListener:    "SetupListener",
-	TypeSetupControl:     "SetupControl",
-	TypeSetupDone:        "SetupDone",
-	TypeSetupReady:       "SetupReady",
-	TypeStatUpdate:       "StatUpdate",
-	TypeControlShowStats: "ControlShowStats",
-	TypeControlStats:     "ControlStats",
-	TypeControlError:     "ControlError",
-
-	TypeSMTPFilterQuery:       "SMTPFilterQuery",
-	TypeMFAFilterVerdict:      "MFAFilterVerdict",
-	TypeSMTPExpandRcpt:        "SMTPExpandRcpt",
-	TypeLookupExpandResult:    "LookupExpandResult",
-	TypeSMTPMessageCreate:     "SMTPMessageCreate",
-	TypeQueueMessageCreated:   "QueueMessageCreated",
-	TypeSMTPEnvelopeSubmit:    "SMTPEnvelopeSubmit",
-	TypeSMTPMessageCommit:     "SMTPMessageCommit",
-	TypeQueueMessageCommitted: "QueueMessageCommitted",
-	TypeSMTPMessageRollback:   "SMTPMessageRollback",
-	TypeQueueFailure:          "QueueFailure",
-	TypeQueueDeliverLocal:     "QueueDeliverLocal",
-	TypeParentDeliveryResult:  "ParentDeliveryResult",
-	TypeParentMDADeliver:      "ParentMDADeliver",
-	TypeMDADeliveryResult:     "MDADeliveryResult",
-	TypeQueueExpandRcpt:       "QueueExpandRcpt",
-	TypeLookupForwardOpen:     "LookupForwardOpen",
-	TypeParentForwardFile:     "ParentForwardFile",
-	TypeParentForwardNone:     "ParentForwardNone",
-	TypeParentTablesReload:    "ParentTablesReload",
-	TypeQueueTransfer:         "QueueTransfer",
-	TypeMTADeliveryResult:     "MTADeliveryResult",
-	TypeMTAResolveMX:          "MTAResolveMX",
-	TypeLookupMXResult:        "LookupMXResult",
-	TypeMTAResolvePTR:         "MTAResolvePTR",
-	TypeLookupPTRResult:       "LookupPTRResult",
-	TypeControlShowMTA:        "ControlShowMTA",
-	TypeControlMTAQuery:       "ControlMTAQuery",
-	TypeMTAObjects:            "MTAObjects",
-	TypeControlText:           "ControlText",
-	TypeControlQueue:          "ControlQueue",
-	TypeControlQueueForward:   "ControlQueueForward",
-	TypeQueueLines:            "QueueLines",
-	TypeControlUpdateTable:    "ControlUpdateTable",
-	TypeControlTableReload:    "ControlTableReload",
-	TypeLookupTableReloaded:   "LookupTableReloaded",
-	TypeControlPauseSMTP:      "ControlPauseSMTP",
-	TypeControlSMTPPause:      "ControlSMTPPause",
-	TypeSMTPAuthQuery:         "SMTPAuthQuery",
-	TypeLookupAuthResult:      "LookupAuthResult",
-	TypeControlEnqueue:        "ControlEnqueue",
-	TypeControlSMTPSession:    "ControlSMTPSession",
-	TypeSMTPSessionFile:       "SMTPSessionFile",
-	TypeControlFile:           "ControlFile",
-	TypeControlLog:            "ControlLog",
-	TypeControlLogLevel:       "ControlLogLevel",
-	TypeQueueMessageFile:      "QueueMessageFile",
-}
-
-func (t Type) String() string {
-	if t > 0 && t < typeEnd {
-		return typeNames[t]
-	}
-	return fmt.Sprintf("type(%d)", uint32(t))
-}
-
 // Message is one typed message. Encode must write exactly what Decode
 // reads; Decode reports errors through the Reader.
 type Message interface {
@@ -149,125 +81,6 @@ type FileMessage interface {
 	Message
 	File() *os.File
 	setFile(f *os.File)
-}
-
-// New returns an empty message of type t, or false for an unknown type.
-func New(t Type) (Message, bool) {
-	switch t {
-	case TypeSetupPeer:
-		return &SetupPeer{}, true
-	case TypeSetupListener:
-		return &SetupListener{}, true
-	case TypeSetupControl:
-		return &SetupControl{}, true
-	case TypeSetupDone:
-		return &SetupDone{}, true
-	case TypeSetupReady:
-		return &SetupReady{}, true
-	case TypeStatUpdate:
-		return &StatUpdate{}, true
-	case TypeControlShowStats:
-		return &ControlShowStats{}, true
-	case TypeControlStats:
-		return &ControlStats{}, true
-	case TypeControlError:
-		return &ControlError{}, true
-	case TypeSMTPFilterQuery:
-		return &SMTPFilterQuery{}, true
-	case TypeMFAFilterVerdict:
-		return &MFAFilterVerdict{}, true
-	case TypeSMTPExpandRcpt:
-		return &SMTPExpandRcpt{}, true
-	case TypeLookupExpandResult:
-		return &LookupExpandResult{}, true
-	case TypeSMTPMessageCreate:
-		return &SMTPMessageCreate{}, true
-	case TypeQueueMessageCreated:
-		return &QueueMessageCreated{}, true
-	case TypeSMTPEnvelopeSubmit:
-		return &SMTPEnvelopeSubmit{}, true
-	case TypeSMTPMessageCommit:
-		return &SMTPMessageCommit{}, true
-	case TypeQueueMessageCommitted:
-		return &QueueMessageCommitted{}, true
-	case TypeSMTPMessageRollback:
-		return &SMTPMessageRollback{}, true
-	case TypeQueueFailure:
-		return &QueueFailure{}, true
-	case TypeQueueDeliverLocal:
-		return &QueueDeliverLocal{}, true
-	case TypeParentDeliveryResult:
-		return &ParentDeliveryResult{}, true
-	case TypeParentMDADeliver:
-		return &ParentMDADeliver{}, true
-	case TypeMDADeliveryResult:
-		return &MDADeliveryResult{}, true
-	case TypeQueueExpandRcpt:
-		return &QueueExpandRcpt{}, true
-	case TypeLookupForwardOpen:
-		return &LookupForwardOpen{}, true
-	case TypeParentForwardFile:
-		return &ParentForwardFile{}, true
-	case TypeParentForwardNone:
-		return &ParentForwardNone{}, true
-	case TypeParentTablesReload:
-		return &ParentTablesReload{}, true
-	case TypeQueueTransfer:
-		return &QueueTransfer{}, true
-	case TypeMTADeliveryResult:
-		return &MTADeliveryResult{}, true
-	case TypeMTAResolveMX:
-		return &MTAResolveMX{}, true
-	case TypeLookupMXResult:
-		return &LookupMXResult{}, true
-	case TypeMTAResolvePTR:
-		return &MTAResolvePTR{}, true
-	case TypeLookupPTRResult:
-		return &LookupPTRResult{}, true
-	case TypeControlShowMTA:
-		return &ControlShowMTA{}, true
-	case TypeControlMTAQuery:
-		return &ControlMTAQuery{}, true
-	case TypeMTAObjects:
-		return &MTAObjects{}, true
-	case TypeControlText:
-		return &ControlText{}, true
-	case TypeControlQueue:
-		return &ControlQueue{}, true
-	case TypeControlQueueForward:
-		return &ControlQueueForward{}, true
-	case TypeQueueLines:
-		return &QueueLines{}, true
-	case TypeControlUpdateTable:
-		return &ControlUpdateTable{}, true
-	case TypeControlTableReload:
-		return &ControlTableReload{}, true
-	case TypeLookupTableReloaded:
-		return &LookupTableReloaded{}, true
-	case TypeControlPauseSMTP:
-		return &ControlPauseSMTP{}, true
-	case TypeControlSMTPPause:
-		return &ControlSMTPPause{}, true
-	case TypeSMTPAuthQuery:
-		return &SMTPAuthQuery{}, true
-	case TypeLookupAuthResult:
-		return &LookupAuthResult{}, true
-	case TypeControlEnqueue:
-		return &ControlEnqueue{}, true
-	case TypeControlSMTPSession:
-		return &ControlSMTPSession{}, true
-	case TypeSMTPSessionFile:
-		return &SMTPSessionFile{}, true
-	case TypeControlFile:
-		return &ControlFile{}, true
-	case TypeControlLog:
-		return &ControlLog{}, true
-	case TypeControlLogLevel:
-		return &ControlLogLevel{}, true
-	case TypeQueueMessageFile:
-		return &QueueMessageFile{}, true
-	}
-	return nil, false
 }
 
 // fileField implements FileMessage for the structs that embed it.
@@ -291,10 +104,7 @@ func NewSetupPeer(peer Proc, fd *os.File) *SetupPeer {
 func (*SetupPeer) Type() Type         { return TypeSetupPeer }
 func (m *SetupPeer) Encode(w *Writer) { w.U32(uint32(m.Peer)) }
 func (m *SetupPeer) Decode(r *Reader) {
-	m.Peer = Proc(r.U32())
-	if m.Peer < ProcSMTP || m.Peer > ProcControl {
-		r.Fail(fmt.Errorf("%w: bad peer %d", ErrBadFrame, m.Peer))
-	}
+	m.Peer = enum32(r, ProcSMTP, ProcControl, "peer")
 }
 
 // SetupListener hands smtp a listening socket bound by the parent.
@@ -367,20 +177,10 @@ func (m *StatUpdate) Encode(w *Writer) {
 	}
 }
 func (m *StatUpdate) Decode(r *Reader) {
-	n := r.U32()
-	// each change takes at least 13 bytes: refuse counts the payload cannot hold
-	if n > MaxPayload/13 {
-		r.Fail(fmt.Errorf("%w: %d stat changes", ErrBadFrame, n))
-		return
-	}
+	n := r.Count(13, "stat changes")
 	m.Changes = make([]StatChange, 0, n)
 	for range n {
-		c := StatChange{Key: r.String(), Op: StatOp(r.U8()), Value: r.I64()}
-		if c.Op < StatIncrement || c.Op > StatSet {
-			r.Fail(fmt.Errorf("%w: bad stat op %d", ErrBadFrame, c.Op))
-			return
-		}
-		m.Changes = append(m.Changes, c)
+		m.Changes = append(m.Changes, StatChange{Key: r.String(), Op: enum8(r, StatIncrement, StatSet, "stat op"), Value: r.I64()})
 	}
 }
 
@@ -415,11 +215,7 @@ func (m *ControlStats) Encode(w *Writer) {
 }
 func (m *ControlStats) Decode(r *Reader) {
 	m.Last = r.Bool()
-	n := r.U32()
-	if n > MaxPayload/12 {
-		r.Fail(fmt.Errorf("%w: %d stat values", ErrBadFrame, n))
-		return
-	}
+	n := r.Count(12, "stat values")
 	m.Values = make([]StatValue, 0, n)
 	for range n {
 		m.Values = append(m.Values, StatValue{Key: r.String(), Value: r.I64()})
@@ -465,11 +261,7 @@ func (t *TextLines) encode(w *Writer) {
 
 func (t *TextLines) decode(r *Reader) {
 	t.Last = r.Bool()
-	n := r.U32()
-	if n > MaxPayload/4 {
-		r.Fail(fmt.Errorf("%w: %d lines", ErrBadFrame, n))
-		return
-	}
+	n := r.Count(4, "lines")
 	t.Lines = make([]string, 0, n)
 	for range n {
 		t.Lines = append(t.Lines, r.String())

@@ -1,7 +1,6 @@
 package proto
 
 import (
-	"fmt"
 	"os"
 )
 
@@ -68,19 +67,11 @@ func (m *LookupMXResult) Encode(w *Writer) {
 }
 func (m *LookupMXResult) Decode(r *Reader) {
 	m.Status, m.Text = decodeStatus(r), r.String()
-	n := r.U32()
-	if n > MaxPayload/12 {
-		r.Fail(fmt.Errorf("%w: %d exchangers", ErrBadFrame, n))
-		return
-	}
+	n := r.Count(12, "exchangers")
 	m.MXs = make([]MXHost, 0, n)
 	for range n {
 		mx := MXHost{Preference: r.U32(), Host: r.String()}
-		k := r.U32()
-		if k > MaxPayload/4 {
-			r.Fail(fmt.Errorf("%w: %d addresses", ErrBadFrame, k))
-			return
-		}
+		k := r.Count(4, "addresses")
 		for range k {
 			mx.Addrs = append(mx.Addrs, r.String())
 		}

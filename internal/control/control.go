@@ -52,7 +52,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], reqs: proto.NewRequests(), child: c}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], reqs: c.Requests, child: c}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -77,7 +77,7 @@ func Run(c *privsep.Child) {
 }
 
 // HandlePeer handles a message from another process of the daemon.
-func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Envelope) error {
+func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Frame) error {
 	switch m := env.Msg.(type) {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
@@ -143,7 +143,7 @@ func (s *Server) session(conn *net.UnixConn) {
 	}
 }
 
-func (s *Server) request(ch *proto.Channel, env *proto.Envelope, peer peer) error {
+func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 	switch env.Msg.(type) {
 	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP, *proto.ControlLog:
 		// the queue shows who writes to whom, and these change state:
@@ -202,42 +202,35 @@ func (s *Server) request(ch *proto.Channel, env *proto.Envelope, peer peer) erro
 	return ch.Send(&proto.ControlError{Text: "unsupported request " + env.Type.String()}, env.PeerID)
 }
 
+// answerTimeout bounds the wait for another process's answer to a
+// client's request.
+const answerTimeout = 10 * time.Second
+
 // forward passes a request on to another process and its lines of
 // text back to the client.
 func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message, id uint32) error {
 	if to == nil {
 		return ch.Send(&proto.ControlError{Text: "no such process"}, id)
 	}
-	rid, answers := s.reqs.Open()
-	defer s.reqs.Close(rid)
-	if err := to.Send(req, rid); err != nil {
-		return err
-	}
-	for {
-		select {
-		case env := <-answers:
-			var t proto.TextLines
-			switch m := env.Msg.(type) {
-			case *proto.MTAObjects:
-				t = m.TextLines
-			case *proto.QueueLines:
-				t = m.TextLines
-			case *proto.LookupTableReloaded:
-				t = m.TextLines
-			case *proto.QueueMessageFile:
-				defer m.File().Close()
-				return ch.Send(proto.NewControlFile(m.File()), id)
-			}
-			if err := ch.Send(&proto.ControlText{TextLines: t}, id); err != nil {
-				return err
-			}
-			if t.Last {
-				return nil
-			}
-		case <-time.After(10 * time.Second):
-			return ch.Send(&proto.ControlError{Text: to.Remote.String() + " did not answer"}, id)
+	err := s.reqs.Stream(to, req, answerTimeout, func(env *proto.Frame) error {
+		var t proto.TextLines
+		switch m := env.Msg.(type) {
+		case *proto.MTAObjects:
+			t = m.TextLines
+		case *proto.QueueLines:
+			t = m.TextLines
+		case *proto.LookupTableReloaded:
+			t = m.TextLines
+		case *proto.QueueMessageFile:
+			defer m.File().Close()
+			return ch.Send(proto.NewControlFile(m.File()), id)
 		}
+		return ch.Send(&proto.ControlText{TextLines: t}, id)
+	})
+	if errors.Is(err, proto.ErrNoAnswer) {
+		return ch.Send(&proto.ControlError{Text: to.Remote.String() + " did not answer"}, id)
 	}
+	return err
 }
 
 // setLog applies a log setting here and in every other child.
@@ -279,25 +272,22 @@ func peerOf(conn *net.UnixConn) peer {
 // enqueue gets the client an SMTP session from smtp: any local user may
 // submit mail, as the user the socket says it is.
 func (s *Server) enqueue(ch *proto.Channel, m *proto.ControlEnqueue, uid uint32, id uint32) error {
-	rid, answers := s.reqs.Open()
-	defer s.reqs.Close(rid)
-	if err := s.smtp.Send(&proto.ControlSMTPSession{UID: uid, User: m.User}, rid); err != nil {
-		return err
-	}
-	select {
-	case env := <-answers:
-		switch a := env.Msg.(type) {
-		case *proto.SMTPSessionFile:
-			defer a.File().Close()
-			s.Stats.Apply([]proto.StatChange{{Key: "control.enqueue", Op: proto.StatIncrement, Value: 1}})
-			return ch.Send(proto.NewControlFile(a.File()), id)
-		case *proto.ControlError:
-			return ch.Send(a, id)
-		}
-		return ch.Send(&proto.ControlError{Text: "smtp answered " + env.Type.String()}, id)
-	case <-time.After(10 * time.Second):
+	frames, err := s.reqs.Ask(s.smtp, &proto.ControlSMTPSession{UID: uid, User: m.User}, answerTimeout)
+	if errors.Is(err, proto.ErrNoAnswer) {
 		return ch.Send(&proto.ControlError{Text: "smtp did not answer"}, id)
 	}
+	if err != nil {
+		return err
+	}
+	switch a := frames[0].Msg.(type) {
+	case *proto.SMTPSessionFile:
+		defer a.File().Close()
+		s.Stats.Apply([]proto.StatChange{{Key: "control.enqueue", Op: proto.StatIncrement, Value: 1}})
+		return ch.Send(proto.NewControlFile(a.File()), id)
+	case *proto.ControlError:
+		return ch.Send(a, id)
+	}
+	return ch.Send(&proto.ControlError{Text: "smtp answered " + frames[0].Type.String()}, id)
 }
 
 // statsPerFrame keeps a ControlStats frame well inside proto.MaxPayload

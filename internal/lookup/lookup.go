@@ -25,15 +25,14 @@ func Run(c *privsep.Child) {
 	if err != nil {
 		c.Log.Fatalf("%v", err)
 	}
-	reqs := proto.NewRequests()
-	r.Forward = func(acct Account) ([]string, error) { return askForward(c, reqs, acct) }
+	r.Forward = func(acct Account) ([]string, error) { return askForward(c, acct) }
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
-	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+	c.Serve(func(ch *proto.Channel, env *proto.Frame) error {
 		switch env.Msg.(type) {
 		case *proto.ParentForwardFile, *proto.ParentForwardNone:
-			if !reqs.Deliver(env) {
+			if !c.Requests.Deliver(env) {
 				return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 			}
 			return nil
@@ -157,17 +156,19 @@ func sendExpansion(c *privsep.Child, ch *proto.Channel, res proto.LookupExpandRe
 	}
 }
 
+// forwardTimeout bounds the wait for the parent to open a .forward.
+const forwardTimeout = time.Minute
+
 // MaxForward bounds the .forward file read.
 const MaxForward = 64 * 1024
 
 // askForward has the parent open a user's ~/.forward and reads it.
-func askForward(c *privsep.Child, reqs *proto.Requests, acct Account) ([]string, error) {
-	id, answers := reqs.Open()
-	defer reqs.Close(id)
-	if err := c.Send(c.Parent, &proto.LookupForwardOpen{User: acct.Name, UID: uint32(acct.UID), Dir: acct.Directory}, id); err != nil {
+func askForward(c *privsep.Child, acct Account) ([]string, error) {
+	frames, err := c.Requests.Ask(c.Parent, &proto.LookupForwardOpen{User: acct.Name, UID: uint32(acct.UID), Dir: acct.Directory}, forwardTimeout)
+	if err != nil {
 		return nil, err
 	}
-	env := <-answers
+	env := frames[0]
 	switch m := env.Msg.(type) {
 	case *proto.ParentForwardNone:
 		if m.Status != proto.StatusOK {

@@ -19,7 +19,7 @@ func Run(c *privsep.Child) {
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
-	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+	c.Serve(func(ch *proto.Channel, env *proto.Frame) error {
 		q, ok := env.Msg.(*proto.SMTPFilterQuery)
 		if !ok {
 			return fmt.Errorf("unexpected %s", env.Type)

@@ -111,7 +111,7 @@ func New(c *privsep.Child) *MTA {
 		roots = x509.NewCertPool()
 	}
 	return &MTA{
-		cfg: c.Config, child: c, roots: roots, reqs: proto.NewRequests(),
+		cfg: c.Config, child: c, roots: roots, reqs: c.Requests,
 		relays: map[string]*relay{}, domains: map[string]*domain{},
 		hosts: map[netip.Addr]*host{}, routes: map[string]*route{},
 	}
@@ -126,7 +126,7 @@ func (m *MTA) Run() {
 	m.child.Serve(m.handle)
 }
 
-func (m *MTA) handle(ch *proto.Channel, env *proto.Envelope) error {
+func (m *MTA) handle(ch *proto.Channel, env *proto.Frame) error {
 	switch msg := env.Msg.(type) {
 	case *proto.QueueTransfer:
 		e, err := envelope.Unmarshal(msg.Envelope)
@@ -295,18 +295,16 @@ func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
 	return d.mxs, d.err, d.perm
 }
 
-func (m *MTA) ask(to proto.Proc, msg proto.Message) (*proto.Envelope, error) {
-	id, answers := m.reqs.Open()
-	defer m.reqs.Close(id)
-	if err := m.child.Send(m.child.Peers[to], msg, id); err != nil {
+// lookupTimeout bounds the wait for lookup's answer; DNS answers take
+// at most a minute there.
+const lookupTimeout = 2 * time.Minute
+
+func (m *MTA) ask(to proto.Proc, msg proto.Message) (*proto.Frame, error) {
+	frames, err := m.reqs.Ask(m.child.Peers[to], msg, lookupTimeout)
+	if err != nil {
 		return nil, err
 	}
-	select {
-	case env := <-answers:
-		return env, nil
-	case <-time.After(2 * time.Minute):
-		return nil, fmt.Errorf("no answer from %s", to)
-	}
+	return frames[0], nil
 }
 
 // candidate is a host to try, with its route.

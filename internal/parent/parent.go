@@ -62,7 +62,7 @@ type Parent struct {
 
 type event struct {
 	proc proto.Proc
-	env  *proto.Envelope
+	env  *proto.Frame
 	err  error
 	exit bool
 }

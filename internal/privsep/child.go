@@ -40,6 +40,9 @@ type Child struct {
 	// the parent during setup.
 	Listeners     []Listener
 	ControlSocket *os.File
+	// Requests carries the requests this process makes to others and
+	// matches their answers.
+	Requests *proto.Requests
 	// Stats sends counters to control; nil in control itself.
 	Stats *stats.Sender
 	// Chrooted is set once Drop locked the process into its directory.
@@ -77,6 +80,7 @@ func Attach(p proto.Proc, cfgPath string, foreground, verbose bool) (*Child, err
 		return nil, err
 	}
 	c.Config = cfg
+	c.Requests = proto.NewRequests(c.Send)
 	f := os.NewFile(ParentFD, "parent")
 	if f == nil {
 		return nil, errors.New("privsep: no channel to the parent on fd 3 (-x is for the parent's use)")
@@ -155,11 +159,11 @@ func (c *Child) Send(ch *proto.Channel, m proto.Message, id uint32) error {
 const peerGrace = 250 * time.Millisecond
 
 // Handler handles one message received on ch. An error is fatal.
-type Handler func(ch *proto.Channel, env *proto.Envelope) error
+type Handler func(ch *proto.Channel, env *proto.Frame) error
 
 type received struct {
 	ch  *proto.Channel
-	env *proto.Envelope
+	env *proto.Frame
 	err error
 }
 

@@ -109,20 +109,13 @@ func (q *Queue) commitNotice(e *envelope.Envelope, kind notice, reason string) e
 
 // expand asks lookup where mail to addr goes, as mail from this host.
 func (q *Queue) expand(addr string) ([]proto.Destination, error) {
-	id, answers := q.reqs.Open()
-	defer q.reqs.Close(id)
 	req := &proto.QueueExpandRcpt{SMTPExpandRcpt: proto.SMTPExpandRcpt{Session: proto.Session{Local: true, Helo: q.hostname}, Rcpt: addr}}
-	if err := q.send(q.lookup, req, id); err != nil {
+	frames, err := q.reqs.Ask(q.lookup, req, lookupTimeout)
+	if err != nil {
 		return nil, err
 	}
 	var dests []proto.Destination
-	for {
-		var env *proto.Envelope
-		select {
-		case env = <-answers:
-		case <-time.After(5 * time.Minute):
-			return nil, fmt.Errorf("no answer from lookup")
-		}
+	for _, env := range frames {
 		res, ok := env.Msg.(*proto.LookupExpandResult)
 		if !ok {
 			return nil, fmt.Errorf("lookup answered %s", env.Type)
@@ -134,11 +127,12 @@ func (q *Queue) expand(addr string) ([]proto.Destination, error) {
 			return nil, fmt.Errorf("sender cannot be resolved now: %d %s", res.Reply.Code, res.Reply.Text)
 		}
 		dests = append(dests, res.Destinations...)
-		if !res.More {
-			return dests, nil
-		}
 	}
+	return dests, nil
 }
+
+// lookupTimeout bounds the wait for lookup's answer about a sender.
+const lookupTimeout = 5 * time.Minute
 
 // writeDSN writes the notification: a multipart/report with a human
 // part, the machine-readable delivery-status, and the original header

@@ -67,7 +67,7 @@ func Run(c *privsep.Child) {
 
 		hostname: c.Config.Hostname,
 		lookup:   c.Peers[proto.ProcLookup],
-		reqs:     proto.NewRequests(),
+		reqs:     c.Requests,
 		child:    c,
 	}
 	rec, err := store.Load()
@@ -107,7 +107,7 @@ func Run(c *privsep.Child) {
 	c.Serve(q.handle)
 }
 
-func (q *Queue) handle(ch *proto.Channel, env *proto.Envelope) error {
+func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 	switch m := env.Msg.(type) {
 	case *proto.SMTPMessageCreate:
 		id, f, err := q.store.Create()

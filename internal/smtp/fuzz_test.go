@@ -49,6 +49,7 @@ func startFuzzServer(t testing.TB, dir string) *Server {
 		t.Fatal(err)
 	}
 	child := &privsep.Child{Proc: proto.ProcSMTP, Config: cfg, Log: logging.NewWriter("smtp", io.Discard, false), Peers: map[proto.Proc]*proto.Channel{}}
+	child.Requests = proto.NewRequests(nil)
 	s, err := New(child)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func startFuzzServer(t testing.TB, dir string) *Server {
 				if err != nil {
 					return
 				}
-				s.reqs.Deliver(env)
+				child.Requests.Deliver(env)
 			}
 		}()
 		go fakePeer(theirs, resolver, dir)

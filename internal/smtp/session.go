@@ -186,19 +186,12 @@ func (sess *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if err := sess.filter(proto.PhaseRcpt, to); err != nil {
 		return err
 	}
-	id, answers := sess.s.reqs.Open()
-	defer sess.s.reqs.Close(id)
-	if err := sess.s.child.Send(sess.s.lookup, &proto.SMTPExpandRcpt{Session: sess.info, Rcpt: to}, id); err != nil {
+	frames, err := sess.s.child.Requests.Ask(sess.s.lookup, &proto.SMTPExpandRcpt{Session: sess.info, Rcpt: to}, peerTimeout)
+	if err != nil {
 		return sess.internalErr(err)
 	}
 	r := rcpt{addr: to, opts: opts}
-	for {
-		var env *proto.Envelope
-		select {
-		case env = <-answers:
-		case <-time.After(5 * time.Minute):
-			return sess.internalErr(errors.New("no answer from lookup"))
-		}
+	for _, env := range frames {
 		res, ok := env.Msg.(*proto.LookupExpandResult)
 		if !ok {
 			return sess.internalErr(fmt.Errorf("lookup answered %s", env.Type))
@@ -208,9 +201,6 @@ func (sess *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 			return replyErr(res.Reply)
 		}
 		r.dests = append(r.dests, res.Destinations...)
-		if !res.More {
-			break
-		}
 	}
 	sess.rcpts = append(sess.rcpts, r)
 	return nil

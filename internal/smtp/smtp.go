@@ -34,7 +34,6 @@ type Server struct {
 	tls   map[string]*tls.Config // by listener name
 
 	mfa, lookup, queue *proto.Channel
-	reqs               *proto.Requests
 
 	active *connLimiter
 	// filtered lists the phases some filter block checks; the others
@@ -52,7 +51,7 @@ type Server struct {
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, reqs: proto.NewRequests(), tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures(), local: newLocalListener()}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures(), local: newLocalListener()}
 	for _, f := range c.Config.Filters {
 		if p, ok := proto.ParsePhase(f.Phase); ok {
 			s.filtered[p] = true
@@ -115,7 +114,7 @@ func (s *Server) Run() {
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
-	c.Serve(func(ch *proto.Channel, env *proto.Envelope) error {
+	c.Serve(func(ch *proto.Channel, env *proto.Frame) error {
 		switch m := env.Msg.(type) {
 		case *proto.ControlSMTPPause:
 			s.paused.Store(m.Paused)
@@ -134,7 +133,7 @@ func (s *Server) Run() {
 		if ch.Remote == proto.ProcControl || ch.Remote == proto.ProcParent {
 			return fmt.Errorf("unexpected %s", env.Type)
 		}
-		if !s.reqs.Deliver(env) {
+		if !c.Requests.Deliver(env) {
 			return fmt.Errorf("answer %s to request %d that nobody asked", env.Type, env.PeerID)
 		}
 		return nil
@@ -212,19 +211,18 @@ type errorLog struct{ log *logging.Logger }
 func (e errorLog) Printf(format string, v ...any) { e.log.Debugf(format, v...) }
 func (e errorLog) Println(v ...any)               { e.log.Debugf("%s", fmt.Sprintln(v...)) }
 
-// ask sends a request to a peer and waits for its first answer.
-func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Envelope, error) {
-	id, answers := s.reqs.Open()
-	defer s.reqs.Close(id)
-	if err := s.child.Send(ch, m, id); err != nil {
+// peerTimeout bounds the wait for an answer from another process: a
+// client waits for its reply at most as long as RFC 5321 4.5.3.2 lets
+// it wait for any.
+const peerTimeout = 5 * time.Minute
+
+// ask sends a request to a peer and waits for its answer.
+func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Frame, error) {
+	frames, err := s.child.Requests.Ask(ch, m, peerTimeout)
+	if err != nil {
 		return nil, err
 	}
-	select {
-	case env := <-answers:
-		return env, nil
-	case <-time.After(5 * time.Minute):
-		return nil, errors.New("smtp: no answer from " + ch.Remote.String())
-	}
+	return frames[0], nil
 }
 
 // connectCheck asks mfa whether a client may connect at all; if not, it
