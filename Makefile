@@ -87,6 +87,7 @@ fuzz:
 	done
 
 bench:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # smtpctl is also the sendmail interface, by the name it is called by.

@@ -346,10 +346,21 @@ type ParentMDADeliver struct {
 	Account Account
 }
 
-// Account is a local user as a delivery needs it.
+// Account is a local user: a delivery runs as it, in its directory.
 type Account struct {
 	Name, Directory string
 	UID, GID        uint32
+}
+
+func (a *Account) encode(w *Writer) {
+	w.String(a.Name)
+	w.String(a.Directory)
+	w.U32(a.UID)
+	w.U32(a.GID)
+}
+
+func (a *Account) decode(r *Reader) {
+	*a = Account{Name: r.String(), Directory: r.String(), UID: r.U32(), GID: r.U32()}
 }
 
 // NewParentMDADeliver returns a ParentMDADeliver carrying body.
@@ -360,14 +371,11 @@ func NewParentMDADeliver(evp []byte, acct Account, body *os.File) *ParentMDADeli
 func (*ParentMDADeliver) Type() Type { return TypeParentMDADeliver }
 func (m *ParentMDADeliver) Encode(w *Writer) {
 	m.envelopeBody.Encode(w)
-	w.String(m.Account.Name)
-	w.String(m.Account.Directory)
-	w.U32(m.Account.UID)
-	w.U32(m.Account.GID)
+	m.Account.encode(w)
 }
 func (m *ParentMDADeliver) Decode(r *Reader) {
 	m.envelopeBody.Decode(r)
-	m.Account = Account{Name: r.String(), Directory: r.String(), UID: r.U32(), GID: r.U32()}
+	m.Account.decode(r)
 }
 
 // MDADeliveryResult is an mda process's outcome of one delivery.
@@ -425,3 +433,81 @@ type ParentTablesReload struct{ Name string }
 func (*ParentTablesReload) Type() Type         { return TypeParentTablesReload }
 func (m *ParentTablesReload) Encode(w *Writer) { w.String(m.Name) }
 func (m *ParentTablesReload) Decode(r *Reader) { m.Name = r.String() }
+
+// TableKey says how a key is looked up in a table.
+type TableKey uint8
+
+// The kinds of key: a plain key (lowercased), an IP address matched
+// against addresses and networks, a mail address matched whole, by
+// domain or by the catch-all.
+const (
+	TableKeyPlain TableKey = iota + 1
+	TableKeyIP
+	TableKeyAddress
+)
+
+// MFATableQuery asks lookup whether Key is in the table Table (its
+// index in the configuration): mfa holds no table contents itself.
+type MFATableQuery struct {
+	Table uint32
+	Kind  TableKey
+	Key   string
+}
+
+func (*MFATableQuery) Type() Type { return TypeMFATableQuery }
+func (m *MFATableQuery) Encode(w *Writer) {
+	w.U32(m.Table)
+	w.U8(uint8(m.Kind))
+	w.String(m.Key)
+}
+func (m *MFATableQuery) Decode(r *Reader) {
+	m.Table, m.Kind, m.Key = r.U32(), enum8(r, TableKeyPlain, TableKeyAddress, "table key"), r.String()
+}
+
+// LookupTableResult answers MFATableQuery: StatusOK found, StatusPermfail
+// not found, StatusTempfail the table cannot tell now (Text says why).
+type LookupTableResult struct {
+	Status Status
+	Text   string
+}
+
+func (*LookupTableResult) Type() Type { return TypeLookupTableResult }
+func (m *LookupTableResult) Encode(w *Writer) {
+	w.U8(uint8(m.Status))
+	w.String(m.Text)
+}
+func (m *LookupTableResult) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }
+
+// ParentAccountQuery asks lookup for the account a local delivery of
+// action Action to user User runs as: the parent runs no rule engine
+// and reads no table.
+type ParentAccountQuery struct {
+	Action, User string
+}
+
+func (*ParentAccountQuery) Type() Type { return TypeParentAccountQuery }
+func (m *ParentAccountQuery) Encode(w *Writer) {
+	w.String(m.Action)
+	w.String(m.User)
+}
+func (m *ParentAccountQuery) Decode(r *Reader) { m.Action, m.User = r.String(), r.String() }
+
+// LookupAccountResult answers ParentAccountQuery: with StatusOK the
+// account; StatusPermfail, no such user; StatusTempfail, the userbase
+// cannot tell now. Text says why.
+type LookupAccountResult struct {
+	Status  Status
+	Text    string
+	Account Account
+}
+
+func (*LookupAccountResult) Type() Type { return TypeLookupAccountResult }
+func (m *LookupAccountResult) Encode(w *Writer) {
+	w.U8(uint8(m.Status))
+	w.String(m.Text)
+	m.Account.encode(w)
+}
+func (m *LookupAccountResult) Decode(r *Reader) {
+	m.Status, m.Text = decodeStatus(r), r.String()
+	m.Account.decode(r)
+}

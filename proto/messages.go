@@ -65,6 +65,13 @@ const (
 	TypeControlLog
 	TypeControlLogLevel
 	TypeQueueMessageFile
+	TypeMTACredentialsQuery
+	TypeLookupCredentials
+	TypeParentTablesReloaded
+	TypeMFATableQuery
+	TypeLookupTableResult
+	TypeParentAccountQuery
+	TypeLookupAccountResult
 	typeEnd
 )
 

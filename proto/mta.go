@@ -92,3 +92,47 @@ type LookupPTRResult struct{ Name string }
 func (*LookupPTRResult) Type() Type         { return TypeLookupPTRResult }
 func (m *LookupPTRResult) Encode(w *Writer) { w.String(m.Name) }
 func (m *LookupPTRResult) Decode(r *Reader) { m.Name = r.String() }
+
+// MTACredentialsQuery asks lookup for the credentials of a relay: the
+// entry Label of the table Table (its index in the configuration). mta
+// asks once per relay and keeps the answer only as long as the relay.
+type MTACredentialsQuery struct {
+	Table uint32
+	Label string
+}
+
+func (*MTACredentialsQuery) Type() Type { return TypeMTACredentialsQuery }
+func (m *MTACredentialsQuery) Encode(w *Writer) {
+	w.U32(m.Table)
+	w.String(m.Label)
+}
+func (m *MTACredentialsQuery) Decode(r *Reader) { m.Table, m.Label = r.U32(), r.String() }
+
+// LookupCredentials answers MTACredentialsQuery: with StatusOK, the
+// user name and password to authenticate with; otherwise Text says why
+// there are none (StatusPermfail: no such entry, StatusTempfail: the
+// table cannot tell now).
+type LookupCredentials struct {
+	Status         Status
+	Text           string
+	User, Password string
+}
+
+func (*LookupCredentials) Type() Type { return TypeLookupCredentials }
+func (m *LookupCredentials) Encode(w *Writer) {
+	w.U8(uint8(m.Status))
+	w.String(m.Text)
+	w.String(m.User)
+	w.String(m.Password)
+}
+func (m *LookupCredentials) Decode(r *Reader) {
+	m.Status, m.Text, m.User, m.Password = decodeStatus(r), r.String(), r.String(), r.String()
+}
+
+// ParentTablesReloaded tells mta that the tables were read again, so
+// that it drops the answers it keeps.
+type ParentTablesReloaded struct{}
+
+func (*ParentTablesReloaded) Type() Type     { return TypeParentTablesReloaded }
+func (*ParentTablesReloaded) Encode(*Writer) {}
+func (*ParentTablesReloaded) Decode(*Reader) {}

@@ -79,6 +79,13 @@ func samples(t *testing.T) []struct {
 		{ProcClient, ProcControl, &ControlLog{LogSetting{What: "verbose", On: true}}},
 		{ProcControl, ProcMTA, &ControlLogLevel{LogSetting{What: "smtp", On: false}}},
 		{ProcQueue, ProcControl, NewQueueMessageFile(f)},
+		{ProcMTA, ProcLookup, &MTACredentialsQuery{Table: 3, Label: "smarthost"}},
+		{ProcLookup, ProcMTA, &LookupCredentials{Status: StatusOK, User: "relay", Password: "secret"}},
+		{ProcParent, ProcMTA, &ParentTablesReloaded{}},
+		{ProcMFA, ProcLookup, &MFATableQuery{Table: 1, Kind: TableKeyIP, Key: "192.0.2.1"}},
+		{ProcLookup, ProcMFA, &LookupTableResult{Status: StatusTempfail, Text: "table unreadable"}},
+		{ProcParent, ProcLookup, &ParentAccountQuery{Action: "local", User: "b"}},
+		{ProcLookup, ProcParent, &LookupAccountResult{Status: StatusOK, Account: Account{"b", "/home/b", 1000, 100}}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
 	}
 }

@@ -105,6 +105,14 @@ var registry = [...]spec{
 	TypeControlLog:          {"ControlLog", func() Message { return &ControlLog{} }, one(procs(ProcClient), procs(ProcControl))},
 	TypeControlLogLevel:     {"ControlLogLevel", func() Message { return &ControlLogLevel{} }, one(procs(ProcControl), others)},
 	TypeQueueMessageFile:    {"QueueMessageFile", func() Message { return &QueueMessageFile{} }, one(procs(ProcQueue), procs(ProcControl))},
+
+	TypeMTACredentialsQuery:  {"MTACredentialsQuery", func() Message { return &MTACredentialsQuery{} }, one(procs(ProcMTA), procs(ProcLookup))},
+	TypeLookupCredentials:    {"LookupCredentials", func() Message { return &LookupCredentials{} }, one(procs(ProcLookup), procs(ProcMTA))},
+	TypeParentTablesReloaded: {"ParentTablesReloaded", func() Message { return &ParentTablesReloaded{} }, one(procs(ProcParent), procs(ProcMTA))},
+	TypeMFATableQuery:        {"MFATableQuery", func() Message { return &MFATableQuery{} }, one(procs(ProcMFA), procs(ProcLookup))},
+	TypeLookupTableResult:    {"LookupTableResult", func() Message { return &LookupTableResult{} }, one(procs(ProcLookup), procs(ProcMFA))},
+	TypeParentAccountQuery:   {"ParentAccountQuery", func() Message { return &ParentAccountQuery{} }, one(procs(ProcParent), procs(ProcLookup))},
+	TypeLookupAccountResult:  {"LookupAccountResult", func() Message { return &LookupAccountResult{} }, one(procs(ProcLookup), procs(ProcParent))},
 }
 
 // lookupSpec returns the registry entry of t, or false for an unknown type.

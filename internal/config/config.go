@@ -105,6 +105,9 @@ func DefaultLimits() Limits {
 // Table is a named table block, or an inline list or map written in a
 // match rule or an action.
 type Table struct {
+	// ID is the table's place in Config.Tables, the same in every
+	// process: others name a table to lookup by it.
+	ID   int
 	Name string
 	// Inline is set for tables written in place rather than in a block.
 	Inline bool

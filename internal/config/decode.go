@@ -279,7 +279,7 @@ var tableSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 }}
 
 func (d *decoder) table(b *hcl.Block) {
-	t := &Table{Name: b.Labels[0], Range: b.DefRange}
+	t := &Table{Name: b.Labels[0], Range: b.DefRange, ID: len(d.cfg.Tables)}
 	d.cfg.Tables = append(d.cfg.Tables, t)
 	content, diags := b.Body.Content(tableSchema)
 	d.diags = append(d.diags, diags...)
@@ -410,6 +410,7 @@ func (d *decoder) inlineTable(a *hcl.Attribute, v cty.Value, what string) *Table
 		d.errorf(a.Expr.Range(), "Table expected", "%s", detail)
 		return nil
 	}
+	t.ID = len(d.cfg.Tables)
 	d.cfg.Tables = append(d.cfg.Tables, t)
 	return t
 }
