@@ -31,11 +31,11 @@ control_socket = "run/smtpd.sock"
 `)
 	uid, gid := -1, -1
 	if os.Geteuid() == 0 {
-		acct, err := privsep.LookupAccount("_smtpq")
+		acct, err := privsep.DaemonUser("_smtpq")
 		if err != nil {
 			t.Fatal(err)
 		}
-		uid, gid = acct.UID, acct.GID
+		uid, gid = int(acct.UID), int(acct.GID)
 	}
 	if err := queue.PrepareSpool(filepath.Join(dir, "spool"), uid, gid); err != nil {
 		t.Fatal(err)

@@ -93,7 +93,7 @@ func loadConfig(path string) (*config.Config, error) {
 		}
 		path = config.DefaultPath
 	}
-	return config.LoadSkippingTableFiles(path)
+	return config.LoadWithoutTables(path)
 }
 
 // newaliases reloads the alias tables of the running daemon; aliases are

@@ -56,7 +56,14 @@ func main() {
 		runChild(*childName, *cfgPath, *foreground, *verbose)
 		return
 	}
-	cfg, err := config.Load(*cfgPath)
+	// The daemon's parent reads no table: lookup alone holds them. A
+	// check, and the start that detaches, read them all to report any
+	// problem on the terminal; that process then exits.
+	load := config.LoadWithoutTables
+	if *check || !*foreground && os.Getenv(detachedEnv) == "" {
+		load = config.Load
+	}
+	cfg, err := load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
 		var le *config.LoadError
@@ -112,7 +119,7 @@ func detach() int {
 // owner of a message sendmail left in offline/, with the file on
 // standard input: it submits the message as that user.
 func injectOffline(cfgPath string) int {
-	cfg, err := config.LoadSkippingTableFiles(cfgPath)
+	cfg, err := config.LoadWithoutTables(cfgPath)
 	if err == nil {
 		var client *enqueue.Client
 		if client, err = enqueue.NewClient(cfg); err == nil {

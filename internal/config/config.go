@@ -135,11 +135,13 @@ func (e *LoadError) Error() string {
 // Load reads and checks the configuration at path.
 func Load(path string) (*Config, error) { return load(path, false) }
 
-// LoadSkippingTableFiles is Load for a process that runs as an ordinary
-// user (a local delivery, sendmail) and needs no table: table files and
-// certificate keys, which may be readable by root only, are left unread
-// (tables stay empty).
-func LoadSkippingTableFiles(path string) (*Config, error) { return load(path, true) }
+// LoadWithoutTables is Load for every process but lookup, which alone
+// holds table contents (DESIGN.md, data ownership): table files are not
+// read, the data of inline tables is dropped once checked, and every
+// Table is left with a nil Data, so that a process that should have
+// asked lookup fails loudly instead of finding nothing. Certificate keys
+// are not loaded to check them either: smtp and mta load their own.
+func LoadWithoutTables(path string) (*Config, error) { return load(path, true) }
 
 func load(path string, skipFiles bool) (*Config, error) {
 	abs, err := filepath.Abs(path)
@@ -176,6 +178,11 @@ func parse(src []byte, path string, skipFiles bool) (*Config, error) {
 	d.file(f.Body)
 	if d.diags.HasErrors() {
 		return nil, &LoadError{d.diags, files}
+	}
+	if skipFiles {
+		for _, t := range d.cfg.Tables {
+			t.Data = nil
+		}
 	}
 	return d.cfg, nil
 }

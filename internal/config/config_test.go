@@ -254,16 +254,23 @@ func TestArgv(t *testing.T) {
 	}
 }
 
-// TestSkippingTableFiles: a local delivery, running as the recipient,
-// loads the configuration even when a table file is unreadable to it.
-func TestSkippingTableFiles(t *testing.T) {
+// TestLoadWithoutTables: every process but lookup loads the
+// configuration without reading a table file (a local delivery runs as
+// the recipient, who may not read them) and without keeping the data of
+// inline tables either.
+func TestLoadWithoutTables(t *testing.T) {
 	dir := t.TempDir()
-	p := write(t, dir, "smtpd.conf", "table \"secrets\" { file = \"/nonexistent/secrets\" }\n")
+	p := write(t, dir, "smtpd.conf", "table \"secrets\" { file = \"/nonexistent/secrets\" }\ntable \"inline\" { map = { alice = \"s3cret\" } }\n")
 	if _, err := Load(p); err == nil {
 		t.Fatal("Load read a missing table file")
 	}
-	c, err := LoadSkippingTableFiles(p)
-	if err != nil || c.Table("secrets").Data.Len() != 0 {
-		t.Fatalf("%v", err)
+	c, err := LoadWithoutTables(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"secrets", "inline"} {
+		if tb := c.Table(name); tb == nil || tb.Data != nil {
+			t.Errorf("table %s: %+v, want no data", name, tb)
+		}
 	}
 }

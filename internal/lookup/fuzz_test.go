@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"smtpd/internal/privsep"
 	"smtpd/internal/table"
 	"smtpd/proto"
 )
@@ -66,11 +67,11 @@ match {
 }
 `)
 		r.Config.Tables[0].Data = aliases
-		r.Passwd = func(name string) (Account, error) {
+		r.Passwd = func(name string) (proto.Account, error) {
 			if len(name) == 1 {
-				return Account{Name: name, Directory: "/home/" + name}, nil
+				return proto.Account{Name: name, Directory: "/home/" + name}, nil
 			}
-			return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+			return proto.Account{}, fmt.Errorf("%w %q", privsep.ErrNoUser, name)
 		}
 		res := r.Expand(proto.Session{Local: true}, user+"@localhost")
 		switch res.Status {

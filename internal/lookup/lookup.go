@@ -25,7 +25,7 @@ func Run(c *privsep.Child) {
 	if err != nil {
 		c.Log.Fatalf("%v", err)
 	}
-	r.Forward = func(acct Account) ([]string, error) { return askForward(c, acct) }
+	r.Forward = func(acct proto.Account) ([]string, error) { return askForward(c, acct) }
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -61,6 +61,27 @@ func Run(c *privsep.Child) {
 			// hashing is slow on purpose: answer out of order
 			go func() {
 				if err := c.Send(ch, authAnswer(r, c, q), env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
+		case *proto.MFATableQuery:
+			a, err := r.tableAnswer(env.Msg.(*proto.MFATableQuery))
+			if err != nil {
+				return err
+			}
+			return c.Send(ch, a, env.PeerID)
+		case *proto.MTACredentialsQuery:
+			a, err := r.credentialsAnswer(env.Msg.(*proto.MTACredentialsQuery))
+			if err != nil {
+				return err
+			}
+			return c.Send(ch, a, env.PeerID)
+		case *proto.ParentAccountQuery:
+			q := env.Msg.(*proto.ParentAccountQuery)
+			// the password database may be slow: answer out of order
+			go func() {
+				if err := c.Send(ch, r.accountAnswer(q), env.PeerID); err != nil {
 					c.Log.Fatalf("%v", err)
 				}
 			}()
@@ -163,8 +184,8 @@ const forwardTimeout = time.Minute
 const MaxForward = 64 * 1024
 
 // askForward has the parent open a user's ~/.forward and reads it.
-func askForward(c *privsep.Child, acct Account) ([]string, error) {
-	frames, err := c.Requests.Ask(c.Parent, &proto.LookupForwardOpen{User: acct.Name, UID: uint32(acct.UID), Dir: acct.Directory}, forwardTimeout)
+func askForward(c *privsep.Child, acct proto.Account) ([]string, error) {
+	frames, err := c.Requests.Ask(c.Parent, &proto.LookupForwardOpen{User: acct.Name, UID: acct.UID, Dir: acct.Directory}, forwardTimeout)
 	if err != nil {
 		return nil, err
 	}

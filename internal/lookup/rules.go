@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/user"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
+	"smtpd/internal/privsep"
 	"smtpd/internal/table"
 	"smtpd/proto"
 )
@@ -26,15 +26,6 @@ const MaxDepth = 10
 // SubAddressDelimiter separates a user from a tag: user+tag@domain.
 const SubAddressDelimiter = "+"
 
-// Account is a local user as deliveries need it.
-type Account struct {
-	Name, Directory string
-	UID, GID        int
-}
-
-// ErrNoAccount is returned by a userbase for a name it does not know.
-var ErrNoAccount = errors.New("lookup: no such user")
-
 // Resolver matches and expands recipients under a configuration.
 type Resolver struct {
 	Config *config.Config
@@ -43,10 +34,10 @@ type Resolver struct {
 	LocalDomains []string
 	// Passwd looks up a user in the system password database; a test
 	// may replace it.
-	Passwd func(name string) (Account, error)
+	Passwd func(name string) (proto.Account, error)
 	// Forward returns the entries of a user's ~/.forward, none if the
 	// user has no usable one; nil means .forward files are not read.
-	Forward func(Account) ([]string, error)
+	Forward func(proto.Account) ([]string, error)
 
 	// mu lets Reload replace table contents while expansions run.
 	mu sync.RWMutex
@@ -91,22 +82,8 @@ func NewResolver(cfg *config.Config) *Resolver {
 	return &Resolver{
 		Config:       cfg,
 		LocalDomains: []string{strings.ToLower(cfg.Hostname), "localhost", "localhost.localdomain"},
-		Passwd:       systemAccount,
+		Passwd:       privsep.LookupUser,
 	}
-}
-
-func systemAccount(name string) (Account, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		var unknown user.UnknownUserError
-		if errors.As(err, &unknown) {
-			return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
-		}
-		return Account{}, fmt.Errorf("lookup: user %q: %w", name, err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return Account{Name: u.Username, Directory: u.HomeDir, UID: uid, GID: gid}, nil
 }
 
 // Address is a parsed mail address; User may carry a +tag.
@@ -392,7 +369,7 @@ func (x *expansion) local(idx int, act *config.Action, a Address, depth int, for
 	}
 	acct, err := x.r.account(act, account)
 	if err != nil {
-		if errors.Is(err, ErrNoAccount) {
+		if errors.Is(err, privsep.ErrNoUser) {
 			return reject(550, "5.1.1", "Invalid recipient: <%s>", a)
 		}
 		return err
@@ -416,7 +393,7 @@ func (x *expansion) local(idx int, act *config.Action, a Address, depth int, for
 // forward expands the entries of a user's .forward: addresses, other
 // users, "|command" and "/file" deliveries run as the user, and
 // "\user", a delivery to the user's own mailbox.
-func (x *expansion) forward(idx int, act *config.Action, a Address, acct Account, entries []string, depth int) error {
+func (x *expansion) forward(idx int, act *config.Action, a Address, acct proto.Account, entries []string, depth int) error {
 	for _, t := range entries {
 		var err error
 		switch {
@@ -451,28 +428,28 @@ func ParseForward(data []byte) []string {
 
 // Account resolves a user through the action's userbase table, whose
 // values are "uid:gid:directory", or else the password database.
-func (r *Resolver) account(act *config.Action, name string) (Account, error) {
+func (r *Resolver) account(act *config.Action, name string) (proto.Account, error) {
 	if act == nil || act.Userbase == nil {
 		return r.Passwd(name)
 	}
 	v, ok := act.Userbase.Data.Lookup(name)
 	if !ok {
-		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+		return proto.Account{}, fmt.Errorf("%w %q", privsep.ErrNoUser, name)
 	}
 	f := strings.SplitN(v, ":", 3)
 	if len(f) != 3 {
-		return Account{}, fmt.Errorf("lookup: userbase entry of %q is not uid:gid:directory", name)
+		return proto.Account{}, fmt.Errorf("lookup: userbase entry of %q is not uid:gid:directory", name)
 	}
-	uid, err1 := strconv.Atoi(f[0])
-	gid, err2 := strconv.Atoi(f[1])
+	uid, err1 := strconv.ParseUint(f[0], 10, 32)
+	gid, err2 := strconv.ParseUint(f[1], 10, 32)
 	if err1 != nil || err2 != nil {
-		return Account{}, fmt.Errorf("lookup: userbase entry of %q is not uid:gid:directory", name)
+		return proto.Account{}, fmt.Errorf("lookup: userbase entry of %q is not uid:gid:directory", name)
 	}
-	return Account{Name: name, UID: uid, GID: gid, Directory: f[2]}, nil
+	return proto.Account{Name: name, UID: uint32(uid), GID: uint32(gid), Directory: f[2]}, nil
 }
 
 // Account resolves the local account name of an envelope of action.
-func (r *Resolver) Account(action, name string) (Account, error) {
+func (r *Resolver) Account(action, name string) (proto.Account, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.account(r.Config.Action(action), name)

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"smtpd/internal/config"
+	"smtpd/internal/privsep"
 	"smtpd/proto"
 )
 
@@ -16,14 +17,14 @@ func resolver(t *testing.T, conf string) *Resolver {
 		t.Fatal(err)
 	}
 	r := NewResolver(cfg)
-	r.Passwd = func(name string) (Account, error) {
+	r.Passwd = func(name string) (proto.Account, error) {
 		switch name {
 		case "a", "b", "c", "sink", "alice", "root":
-			return Account{Name: name, Directory: "/home/" + name, UID: 1000, GID: 1000}, nil
+			return proto.Account{Name: name, Directory: "/home/" + name, UID: 1000, GID: 1000}, nil
 		case "broken":
-			return Account{}, fmt.Errorf("passwd unreadable")
+			return proto.Account{}, fmt.Errorf("passwd unreadable")
 		}
-		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+		return proto.Account{}, fmt.Errorf("%w %q", privsep.ErrNoUser, name)
 	}
 	return r
 }
@@ -191,11 +192,11 @@ match {
   action = action.local
 }
 `)
-	r.Passwd = func(name string) (Account, error) {
+	r.Passwd = func(name string) (proto.Account, error) {
 		if name == "nobody" || len(name) == 1 {
-			return Account{Name: name}, nil
+			return proto.Account{Name: name}, nil
 		}
-		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+		return proto.Account{}, fmt.Errorf("%w %q", privsep.ErrNoUser, name)
 	}
 	res := r.Expand(remote, "prog@example.org")
 	if res.Status != proto.StatusOK || len(res.Destinations) != 2 {
@@ -234,17 +235,17 @@ match {
 		"b": "c\n",
 		"c": "b\n", // a loop back to b
 	}
-	r.Forward = func(acct Account) ([]string, error) {
+	r.Forward = func(acct proto.Account) ([]string, error) {
 		if acct.Name == "broken" {
 			return nil, fmt.Errorf("unreadable")
 		}
 		return ParseForward([]byte(forwards[acct.Name])), nil
 	}
-	r.Passwd = func(name string) (Account, error) {
+	r.Passwd = func(name string) (proto.Account, error) {
 		if name == "x" || name == "broken" || len(name) == 1 {
-			return Account{Name: name, Directory: "/home/" + name}, nil
+			return proto.Account{Name: name, Directory: "/home/" + name}, nil
 		}
-		return Account{}, fmt.Errorf("%w %q", ErrNoAccount, name)
+		return proto.Account{}, fmt.Errorf("%w %q", privsep.ErrNoUser, name)
 	}
 	res := r.Expand(remote, "a@example.org")
 	var got []string

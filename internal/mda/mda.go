@@ -33,8 +33,7 @@ func Run(c *privsep.Child) {
 		if !ok {
 			c.Log.Fatalf("unexpected %s", env.Type)
 		}
-		acct := lookup.Account{Name: m.Account.Name, Directory: m.Account.Directory, UID: int(m.Account.UID), GID: int(m.Account.GID)}
-		res := deliver(c.Config, acct, m.Envelope, m.File())
+		res := deliver(c.Config, m.Account, m.Envelope, m.File())
 		m.File().Close()
 		if res.Status == proto.StatusOK {
 			monkey.Crash("mda.after-deliver")
@@ -51,7 +50,7 @@ type tempError struct{ err error }
 func (t tempError) Error() string { return t.err.Error() }
 func (t tempError) Unwrap() error { return t.err }
 
-func deliver(cfg *config.Config, acct lookup.Account, data []byte, body *os.File) proto.DeliveryResult {
+func deliver(cfg *config.Config, acct proto.Account, data []byte, body *os.File) proto.DeliveryResult {
 	e, err := envelope.Unmarshal(data)
 	if err != nil {
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
@@ -69,7 +68,7 @@ func deliver(cfg *config.Config, acct lookup.Account, data []byte, body *os.File
 
 // deliverEnvelope delivers as acct, the account the parent resolved and
 // started this process as.
-func deliverEnvelope(cfg *config.Config, acct lookup.Account, e *envelope.Envelope, body *os.File) error {
+func deliverEnvelope(cfg *config.Config, acct proto.Account, e *envelope.Envelope, body *os.File) error {
 	if err := monkey.Fail("mda.tempfail"); err != nil {
 		return tempError{err}
 	}
@@ -81,7 +80,7 @@ func deliverEnvelope(cfg *config.Config, acct lookup.Account, e *envelope.Envelo
 		Dest:   splitAddress(e.Dest),
 		Rcpt:   splitAddress(e.Rcpt),
 		Sender: splitAddress(e.Sender),
-		User:   config.UserInfo{Name: acct.Name, Directory: acct.Directory, UID: acct.UID, GID: acct.GID},
+		User:   config.UserInfo{Name: acct.Name, Directory: acct.Directory, UID: int(acct.UID), GID: int(acct.GID)},
 	}
 	switch t := e.Target; {
 	case strings.HasPrefix(t, "|"):
@@ -118,7 +117,7 @@ func deliverEnvelope(cfg *config.Config, acct lookup.Account, e *envelope.Envelo
 }
 
 // commandEnv is the environment of an mda command, as OpenSMTPD sets it.
-func commandEnv(e *envelope.Envelope, acct lookup.Account) []string {
+func commandEnv(e *envelope.Envelope, acct proto.Account) []string {
 	dest := splitAddress(e.Dest)
 	local, _, _ := strings.Cut(dest.User, lookup.SubAddressDelimiter)
 	_, ext, _ := strings.Cut(splitAddress(e.Rcpt).User, lookup.SubAddressDelimiter)

@@ -1,9 +1,11 @@
 package mfa
 
 import (
+	"errors"
 	"testing"
 
 	"smtpd/internal/config"
+	"smtpd/internal/lookup"
 	"smtpd/proto"
 )
 
@@ -34,6 +36,7 @@ filter {
 	if err != nil {
 		t.Fatal(err)
 	}
+	resolver := lookup.NewResolver(cfg)
 	ok := proto.Session{Remote: "198.51.100.7", Helo: "mail.example.org", Sender: "a@example.org"}
 	tests := []struct {
 		phase   proto.Phase
@@ -58,9 +61,27 @@ filter {
 		{proto.PhaseData, proto.Session{Sender: "bulk-1@example.org"}, "", proto.VerdictReject, 554},
 	}
 	for i, tt := range tests {
-		v := Decide(cfg.Filters, &proto.SMTPFilterQuery{Phase: tt.phase, Session: tt.sess, Rcpt: tt.rcpt})
+		v := Decide(cfg.Filters, resolver.TableHas, &proto.SMTPFilterQuery{Phase: tt.phase, Session: tt.sess, Rcpt: tt.rcpt})
 		if v.Verdict != tt.verdict || v.Reply.Code != tt.code {
 			t.Errorf("%d: %+v", i, v)
 		}
+	}
+}
+
+// A table that cannot be read makes the verdict a temporary failure,
+// never a refusal for good nor a pass.
+func TestDecideTableFailure(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+filter {
+  from = ["192.0.2.0/24"]
+}
+`), "/etc/mail/smtpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := func(uint32, proto.TableKey, string) (bool, error) { return false, errors.New("table unreadable") }
+	v := Decide(cfg.Filters, broken, &proto.SMTPFilterQuery{Phase: proto.PhaseConnect, Session: proto.Session{Remote: "192.0.2.1"}})
+	if v.Verdict != proto.VerdictTempfail || v.Reply.Code != 451 {
+		t.Errorf("verdict %+v, want a 451 tempfail", v)
 	}
 }

@@ -1,7 +1,6 @@
 package parent
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"smtpd/internal/envelope"
-	"smtpd/internal/lookup"
 	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/proto"
@@ -41,19 +39,37 @@ func (p *Parent) deliverLocal(m *proto.QueueDeliverLocal) {
 	}
 }
 
-func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.DeliveryResult {
-	acct, err := p.resolver.Account(e.Action, e.User)
+// accountTimeout bounds the wait for lookup's answer about an account.
+const accountTimeout = time.Minute
+
+// account asks lookup which account a delivery runs as: the parent runs
+// no rule engine and reads no table, so that a table's content never
+// steers code running as root. A failure is the delivery's result.
+func (p *Parent) account(e *envelope.Envelope) (proto.Account, *proto.DeliveryResult) {
+	frames, err := p.requests.Ask(p.children[proto.ProcLookup].ch, &proto.ParentAccountQuery{Action: e.Action, User: e.User}, accountTimeout)
 	if err != nil {
-		if errors.Is(err, lookup.ErrNoAccount) {
-			return proto.DeliveryResult{Status: proto.StatusPermfail, Text: err.Error()}
-		}
-		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
+		return proto.Account{}, &proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
+	}
+	a, ok := frames[0].Msg.(*proto.LookupAccountResult)
+	switch {
+	case !ok:
+		return proto.Account{}, &proto.DeliveryResult{Status: proto.StatusTempfail, Text: "lookup answered " + frames[0].Type.String()}
+	case a.Status != proto.StatusOK:
+		return proto.Account{}, &proto.DeliveryResult{Status: a.Status, Text: a.Text}
+	}
+	return a.Account, nil
+}
+
+func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.DeliveryResult {
+	acct, failed := p.account(e)
+	if failed != nil {
+		return *failed
 	}
 	w, err := p.mdas.get(acct, p.startMDA)
 	if err != nil {
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: %v", err)}
 	}
-	res := w.deliver(evp, proto.Account{Name: acct.Name, Directory: acct.Directory, UID: uint32(acct.UID), GID: uint32(acct.GID)}, body)
+	res := w.deliver(evp, acct, body)
 	if res.Status == 0 {
 		werr := w.kill()
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: no result (%v)", werr)}
@@ -63,7 +79,7 @@ func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.D
 }
 
 // startMDA starts an mda process as acct.
-func (p *Parent) startMDA(acct lookup.Account) (*mdaWorker, error) {
+func (p *Parent) startMDA(acct proto.Account) (*mdaWorker, error) {
 	mine, theirs, err := proto.Socketpair()
 	if err != nil {
 		return nil, err
@@ -87,7 +103,7 @@ func (p *Parent) startMDA(acct lookup.Account) (*mdaWorker, error) {
 	}
 	if privsep.Privileged() {
 		// the delivery runs as the recipient, with no other groups
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(acct.UID), Gid: uint32(acct.GID), Groups: []uint32{}}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: acct.UID, Gid: acct.GID, Groups: []uint32{}}
 	}
 	if fi, err := os.Stat(acct.Directory); err == nil && fi.IsDir() {
 		cmd.Dir = acct.Directory
@@ -117,7 +133,7 @@ type mdaWorker struct {
 	idle   *time.Timer
 }
 
-func mdaKey(a lookup.Account) string { return fmt.Sprintf("%d:%d:%s", a.UID, a.GID, a.Directory) }
+func mdaKey(a proto.Account) string { return fmt.Sprintf("%d:%d:%s", a.UID, a.GID, a.Directory) }
 
 // deliver hands one delivery to the worker and waits for its result; a
 // zero Status means none came and the worker is broken.
@@ -174,7 +190,7 @@ type mdaPool struct {
 func newMDAPool() *mdaPool { return &mdaPool{idle: map[string][]*mdaWorker{}} }
 
 // get returns an idle worker for acct, or starts one.
-func (pool *mdaPool) get(acct lookup.Account, start func(lookup.Account) (*mdaWorker, error)) (*mdaWorker, error) {
+func (pool *mdaPool) get(acct proto.Account, start func(proto.Account) (*mdaWorker, error)) (*mdaWorker, error) {
 	key := mdaKey(acct)
 	pool.mu.Lock()
 	for n := len(pool.idle[key]); n > 0; n = len(pool.idle[key]) {

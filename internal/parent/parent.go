@@ -18,7 +18,6 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/logging"
-	"smtpd/internal/lookup"
 	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/internal/queue"
@@ -48,7 +47,8 @@ type child struct {
 
 // Parent is the running parent process.
 type Parent struct {
-	resolver *lookup.Resolver
+	// requests are the parent's questions to lookup
+	requests *proto.Requests
 	stats    *stats.Sender
 	mdas     *mdaPool
 	fatal    chan error
@@ -72,7 +72,7 @@ type event struct {
 func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	p := &Parent{
 		cfg: cfg, opts: opts, log: log,
-		resolver: lookup.NewResolver(cfg),
+		requests: proto.NewRequests(nil),
 		mdas:     newMDAPool(),
 		children: map[proto.Proc]*child{},
 		events:   make(chan event, 16),
@@ -121,6 +121,10 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 				case *proto.LookupForwardOpen:
 					go p.openForward(m, ev.env.PeerID)
 					continue
+				case *proto.LookupAccountResult:
+					if p.requests.Deliver(ev.env) {
+						continue
+					}
 				}
 			}
 			monkey.LostChild()
@@ -241,18 +245,18 @@ func (p *Parent) prepareDirs() error {
 		return queue.PrepareSpool(cfg.SpoolDir, -1, -1)
 	}
 	for _, name := range []string{cfg.User, cfg.QueueUser} {
-		if _, err := privsep.LookupAccount(name); err != nil {
+		if _, err := privsep.DaemonUser(name); err != nil {
 			return err
 		}
 	}
-	q, _ := privsep.LookupAccount(cfg.QueueUser)
+	q, _ := privsep.DaemonUser(cfg.QueueUser)
 	if err := os.MkdirAll(cfg.EmptyDir, 0o755); err != nil {
 		return fmt.Errorf("empty dir: %w", err)
 	}
 	if entries, err := os.ReadDir(cfg.EmptyDir); err != nil || len(entries) > 0 {
 		return fmt.Errorf("empty dir %s must exist and be empty, as children chroot into it", cfg.EmptyDir)
 	}
-	return queue.PrepareSpool(cfg.SpoolDir, q.UID, q.GID)
+	return queue.PrepareSpool(cfg.SpoolDir, int(q.UID), int(q.GID))
 }
 
 // listenControl creates the control socket. A socket that answers means

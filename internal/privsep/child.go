@@ -69,11 +69,10 @@ func Attach(p proto.Proc, cfgPath string, foreground, verbose bool) (*Child, err
 	// itself; a hangup is the parent's business too.
 	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
 	c := &Child{Proc: p, Log: logging.New(p.String(), foreground, verbose), Peers: map[proto.Proc]*proto.Channel{}}
-	load := config.Load
-	if p == proto.ProcMDA {
-		// a delivery runs as the recipient, who may not read the
-		// table files; the parent tells it what it needs of them
-		load = config.LoadSkippingTableFiles
+	// lookup alone reads the tables; the others ask it
+	load := config.LoadWithoutTables
+	if p == proto.ProcLookup {
+		load = config.Load
 	}
 	cfg, err := load(cfgPath)
 	if err != nil {

@@ -40,34 +40,43 @@ func SpecFor(p proto.Proc, cfg *config.Config) Spec {
 	}
 }
 
-// ErrNoUser is returned when a configured user does not exist.
-var ErrNoUser = errors.New("privsep: no such user")
+// ErrNoUser is returned for a user name the password database does not
+// know.
+var ErrNoUser = errors.New("no such user")
 
-// Account is a resolved user.
-type Account struct {
-	Name     string
-	UID, GID int
-}
-
-// LookupAccount resolves a user name to its uid and primary gid.
-func LookupAccount(name string) (Account, error) {
+// LookupUser resolves name in the system password database: the one
+// passwd lookup of the daemon, for its own users and for the local
+// accounts deliveries run as.
+func LookupUser(name string) (proto.Account, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		var unknown user.UnknownUserError
 		if errors.As(err, &unknown) {
-			return Account{}, fmt.Errorf("%w %q: create it (make install does) or set another user in smtpd.conf", ErrNoUser, name)
+			return proto.Account{}, fmt.Errorf("%w %q", ErrNoUser, name)
 		}
-		return Account{}, fmt.Errorf("privsep: user %q: %w", name, err)
+		return proto.Account{}, fmt.Errorf("user %q: %w", name, err)
 	}
-	uid, err1 := strconv.Atoi(u.Uid)
-	gid, err2 := strconv.Atoi(u.Gid)
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
 	if err1 != nil || err2 != nil {
-		return Account{}, fmt.Errorf("privsep: user %q has a non-numeric uid or gid", name)
+		return proto.Account{}, fmt.Errorf("user %q has a non-numeric uid or gid", name)
 	}
-	if uid == 0 {
-		return Account{}, fmt.Errorf("privsep: user %q is root; an unprivileged user is needed", name)
+	return proto.Account{Name: u.Username, Directory: u.HomeDir, UID: uint32(uid), GID: uint32(gid)}, nil
+}
+
+// DaemonUser resolves a user the daemon's processes run as, which must
+// exist and must not be root.
+func DaemonUser(name string) (proto.Account, error) {
+	acct, err := LookupUser(name)
+	switch {
+	case errors.Is(err, ErrNoUser):
+		return acct, fmt.Errorf("privsep: %w: create it (make install does) or set another user in smtpd.conf", err)
+	case err != nil:
+		return acct, fmt.Errorf("privsep: %w", err)
+	case acct.UID == 0:
+		return acct, fmt.Errorf("privsep: user %q is root; an unprivileged user is needed", name)
 	}
-	return Account{Name: name, UID: uid, GID: gid}, nil
+	return acct, nil
 }
 
 // Privileged reports whether this process runs as root and so drops
@@ -83,7 +92,7 @@ func Drop(spec Spec) error {
 	if !Privileged() {
 		return nil
 	}
-	acct, err := LookupAccount(spec.User)
+	acct, err := DaemonUser(spec.User)
 	if err != nil {
 		return err
 	}
@@ -95,14 +104,15 @@ func Drop(spec Spec) error {
 			return fmt.Errorf("privsep: chdir / in %s: %w", spec.Chroot, err)
 		}
 	}
-	if err := syscall.Setgroups([]int{acct.GID}); err != nil {
+	uid, gid := int(acct.UID), int(acct.GID)
+	if err := syscall.Setgroups([]int{gid}); err != nil {
 		return fmt.Errorf("privsep: setgroups: %w", err)
 	}
-	if err := syscall.Setresgid(acct.GID, acct.GID, acct.GID); err != nil {
-		return fmt.Errorf("privsep: setresgid %d: %w", acct.GID, err)
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("privsep: setresgid %d: %w", gid, err)
 	}
-	if err := syscall.Setresuid(acct.UID, acct.UID, acct.UID); err != nil {
-		return fmt.Errorf("privsep: setresuid %d: %w", acct.UID, err)
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("privsep: setresuid %d: %w", uid, err)
 	}
 	// the drop must be irreversible
 	if err := syscall.Setuid(0); err == nil {
