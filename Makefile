@@ -21,7 +21,7 @@ FUZZ_TARGETS = \
 	./internal/mta:FuzzReadReply \
 	./internal/enqueue:FuzzReadMessage \
 	./internal/smtp:FuzzSession \
-	./internal/lookup:FuzzParseAddress \
+	./internal/address:FuzzParse \
 	./internal/lookup:FuzzParseForward \
 	./internal/lookup:FuzzAliases
 

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"smtpd/internal/address"
+
 	"errors"
 	"os"
 	"path/filepath"
@@ -96,7 +98,7 @@ match {
 	if local.Method != Maildir || local.Virtual != c.Table("virtuals") {
 		t.Errorf("local %+v", local)
 	}
-	got, err := local.Target.Eval(TemplateVars{Dest: Address{"Bob", "example.org"}})
+	got, err := local.Target.Eval(TemplateVars{Dest: address.Address{User: "Bob", Domain: "example.org"}})
 	if err != nil || got != "/var/vmail/example.org/bob" {
 		t.Errorf("template: %q %v", got, err)
 	}
@@ -238,7 +240,7 @@ func TestArgv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vars := TemplateVars{Dest: Address{"bob", "example.org"}, Sender: Address{"<;sleep 66;>", "evil example"}}
+	vars := TemplateVars{Dest: address.Address{User: "bob", Domain: "example.org"}, Sender: address.Address{User: "<;sleep 66;>", Domain: "evil example"}}
 	argv, err := c.Action("m").Target.Argv(vars)
 	if err != nil {
 		t.Fatal(err)

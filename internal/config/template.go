@@ -12,36 +12,20 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/function"
 	"github.com/zclconf/go-cty/cty/function/stdlib"
+
+	"smtpd/internal/address"
+	"smtpd/proto"
 )
-
-// Address is a mail address split for templates.
-type Address struct {
-	User, Domain string
-}
-
-// String returns user@domain, or user alone when there is no domain.
-func (a Address) String() string {
-	if a.Domain == "" {
-		return a.User
-	}
-	return a.User + "@" + a.Domain
-}
-
-// UserInfo is the local account a delivery runs as.
-type UserInfo struct {
-	Name, Directory string
-	UID, GID        int
-}
 
 // TemplateVars are the values a delivery template sees: `dest` is the
 // address after alias and virtual expansion, `rcpt` the address given at
 // RCPT TO, `sender` the MAIL FROM address, `user` the local account.
 type TemplateVars struct {
-	Dest, Rcpt, Sender Address
-	User               UserInfo
+	Dest, Rcpt, Sender address.Address
+	User               proto.Account
 }
 
-func addressVal(a Address) cty.Value {
+func addressVal(a address.Address) cty.Value {
 	return cty.ObjectVal(map[string]cty.Value{
 		"user":    cty.StringVal(a.User),
 		"domain":  cty.StringVal(a.Domain),
@@ -80,10 +64,10 @@ func templateFuncs() map[string]function.Function {
 // misspelt variable or a type error shows at load time, not at the first
 // delivery.
 var sampleVars = TemplateVars{
-	Dest:   Address{"user", "example.org"},
-	Rcpt:   Address{"user+tag", "example.org"},
-	Sender: Address{"sender", "example.net"},
-	User:   UserInfo{Name: "user", Directory: "/home/user", UID: 1000, GID: 1000},
+	Dest:   address.Address{User: "user", Domain: "example.org"},
+	Rcpt:   address.Address{User: "user+tag", Domain: "example.org"},
+	Sender: address.Address{User: "sender", Domain: "example.net"},
+	User:   proto.Account{Name: "user", Directory: "/home/user", UID: 1000, GID: 1000},
 }
 
 // Template is a delivery path or command: an HCL string template with
@@ -154,10 +138,10 @@ func (t *Template) Argv(vars TemplateVars) ([]string, error) {
 		return fmt.Sprintf("\x00%d\x00", len(values)-1)
 	}
 	marked := TemplateVars{
-		Dest:   Address{mark(vars.Dest.User), mark(vars.Dest.Domain)},
-		Rcpt:   Address{mark(vars.Rcpt.User), mark(vars.Rcpt.Domain)},
-		Sender: Address{mark(vars.Sender.User), mark(vars.Sender.Domain)},
-		User:   UserInfo{Name: mark(vars.User.Name), Directory: mark(vars.User.Directory), UID: vars.User.UID, GID: vars.User.GID},
+		Dest:   address.Address{User: mark(vars.Dest.User), Domain: mark(vars.Dest.Domain)},
+		Rcpt:   address.Address{User: mark(vars.Rcpt.User), Domain: mark(vars.Rcpt.Domain)},
+		Sender: address.Address{User: mark(vars.Sender.User), Domain: mark(vars.Sender.Domain)},
+		User:   proto.Account{Name: mark(vars.User.Name), Directory: mark(vars.User.Directory), UID: vars.User.UID, GID: vars.User.GID},
 	}
 	dir := t.dir
 	t.dir = ""

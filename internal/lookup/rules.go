@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"smtpd/internal/address"
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
@@ -22,9 +23,6 @@ import (
 
 // MaxDepth bounds alias and virtual expansion, as in OpenSMTPD.
 const MaxDepth = 10
-
-// SubAddressDelimiter separates a user from a tag: user+tag@domain.
-const SubAddressDelimiter = "+"
 
 // Resolver matches and expands recipients under a configuration.
 type Resolver struct {
@@ -86,43 +84,6 @@ func NewResolver(cfg *config.Config) *Resolver {
 	}
 }
 
-// Address is a parsed mail address; User may carry a +tag.
-type Address struct {
-	User, Domain string
-}
-
-// ParseAddress splits an address at its last '@'. An address without a
-// domain (RCPT TO:<postmaster>) has an empty Domain.
-func ParseAddress(s string) (Address, error) {
-	if s == "" || strings.ContainsAny(s, " \t\r\n<>\x00") {
-		return Address{}, fmt.Errorf("lookup: invalid address %q", s)
-	}
-	i := strings.LastIndexByte(s, '@')
-	if i < 0 {
-		return Address{User: s}, nil
-	}
-	a := Address{User: s[:i], Domain: strings.ToLower(strings.TrimSuffix(s[i+1:], "."))}
-	// a domain has no empty label (RFC 5321 §4.1.2): "a@.." is not
-	// "a@." made absolute
-	if a.User == "" || a.Domain == "" || strings.HasPrefix(a.Domain, ".") || strings.Contains(a.Domain, "..") || strings.HasSuffix(a.Domain, ".") {
-		return Address{}, fmt.Errorf("lookup: invalid address %q", s)
-	}
-	return a, nil
-}
-
-func (a Address) String() string {
-	if a.Domain == "" {
-		return a.User
-	}
-	return a.User + "@" + a.Domain
-}
-
-// base returns the user without its +tag, and the tag.
-func (a Address) base() (user, tag string) {
-	u, t, _ := strings.Cut(a.User, SubAddressDelimiter)
-	return u, t
-}
-
 // rejection is a permanent refusal with its SMTP reply.
 type rejection struct{ reply proto.Reply }
 
@@ -168,7 +129,7 @@ func (x *expansion) address(s string, depth int) error {
 	if depth > MaxDepth {
 		return reject(550, "5.4.6", "Expansion too deep for <%s>", s)
 	}
-	a, err := ParseAddress(s)
+	a, err := address.Parse(s)
 	if err != nil {
 		return reject(553, "5.1.3", "Invalid recipient address")
 	}
@@ -200,7 +161,7 @@ func (x *expansion) address(s string, depth int) error {
 		return x.virtual(idx, act, a, depth)
 	}
 	if act.Alias != nil {
-		user, _ := a.base()
+		user, _ := a.Base()
 		if v, ok := act.Alias.Data.Lookup(strings.ToLower(user)); ok {
 			return x.targets(idx, act, a, v, depth)
 		}
@@ -210,8 +171,8 @@ func (x *expansion) address(s string, depth int) error {
 
 // virtual expands through the virtual table in the order user+tag@dom,
 // user@dom, user+tag, user, @dom, @.
-func (x *expansion) virtual(idx int, act *config.Action, a Address, depth int) error {
-	user, tag := a.base()
+func (x *expansion) virtual(idx int, act *config.Action, a address.Address, depth int) error {
+	user, tag := a.Base()
 	user = strings.ToLower(user)
 	var keys []string
 	if tag != "" {
@@ -237,7 +198,7 @@ const AliasUser = "nobody"
 // targets expands a table value: comma-separated users, addresses,
 // "|command" and "/file" deliveries, ":include:/file" lists and
 // error:CODE text entries.
-func (x *expansion) targets(idx int, act *config.Action, orig Address, value string, depth int) error {
+func (x *expansion) targets(idx int, act *config.Action, orig address.Address, value string, depth int) error {
 	if depth > MaxDepth {
 		return reject(550, "5.4.6", "Expansion too deep for <%s>", orig)
 	}
@@ -267,7 +228,7 @@ func (x *expansion) targets(idx int, act *config.Action, orig Address, value str
 				return err
 			}
 		default:
-			if err := x.local(idx, act, Address{User: t, Domain: orig.Domain}, depth+1, true); err != nil {
+			if err := x.local(idx, act, address.Address{User: t, Domain: orig.Domain}, depth+1, true); err != nil {
 				return err
 			}
 		}
@@ -310,7 +271,7 @@ func includeList(data []byte) string {
 
 // program makes a delivery to a "|command" or a "/file", run as the
 // user whose .forward names it, else as the action's user or AliasUser.
-func (x *expansion) program(idx int, act *config.Action, orig Address, target, owner string) error {
+func (x *expansion) program(idx int, act *config.Action, orig address.Address, target, owner string) error {
 	key := "target:" + act.Name + ":" + owner + ":" + target
 	if x.seen[key] {
 		return nil
@@ -352,11 +313,11 @@ func aliasError(s string) error {
 // local makes a local delivery to the user of a, who must exist in the
 // userbase unless the action delivers as a fixed user. A system user's
 // ~/.forward, if the action allows it, replaces the delivery.
-func (x *expansion) local(idx int, act *config.Action, a Address, depth int, forward bool) error {
+func (x *expansion) local(idx int, act *config.Action, a address.Address, depth int, forward bool) error {
 	if depth > MaxDepth {
 		return reject(550, "5.4.6", "Expansion too deep for <%s>", a)
 	}
-	user, _ := a.base()
+	user, _ := a.Base()
 	user = strings.ToLower(user)
 	key := "user:" + act.Name + ":" + user + "@" + a.Domain
 	if x.seen[key] {
@@ -385,7 +346,7 @@ func (x *expansion) local(idx int, act *config.Action, a Address, depth int, for
 	}
 	x.out = append(x.out, proto.Destination{
 		Kind: string(envelope.MDA), Rule: uint32(idx), Action: act.Name,
-		Dest: Address{User: user, Domain: a.Domain}.String(), User: account,
+		Dest: address.Address{User: user, Domain: a.Domain}.String(), User: account,
 	})
 	return nil
 }
@@ -393,19 +354,19 @@ func (x *expansion) local(idx int, act *config.Action, a Address, depth int, for
 // forward expands the entries of a user's .forward: addresses, other
 // users, "|command" and "/file" deliveries run as the user, and
 // "\user", a delivery to the user's own mailbox.
-func (x *expansion) forward(idx int, act *config.Action, a Address, acct proto.Account, entries []string, depth int) error {
+func (x *expansion) forward(idx int, act *config.Action, a address.Address, acct proto.Account, entries []string, depth int) error {
 	for _, t := range entries {
 		var err error
 		switch {
 		case strings.HasPrefix(t, "\\"):
 			delete(x.seen, "user:"+act.Name+":"+strings.ToLower(strings.TrimPrefix(t, "\\"))+"@"+a.Domain)
-			err = x.local(idx, act, Address{User: strings.TrimPrefix(t, "\\"), Domain: a.Domain}, depth+1, false)
+			err = x.local(idx, act, address.Address{User: strings.TrimPrefix(t, "\\"), Domain: a.Domain}, depth+1, false)
 		case strings.HasPrefix(t, "|") || strings.HasPrefix(t, "/"):
 			err = x.program(idx, act, a, t, acct.Name)
 		case strings.Contains(t, "@"):
 			err = x.address(t, depth+1)
 		default:
-			err = x.local(idx, act, Address{User: t, Domain: a.Domain}, depth+1, true)
+			err = x.local(idx, act, address.Address{User: t, Domain: a.Domain}, depth+1, true)
 		}
 		if err != nil {
 			return err
@@ -483,7 +444,7 @@ func (r *Resolver) isLocal(domain string) bool {
 }
 
 // match returns the first rule whose conditions hold, and its index.
-func (r *Resolver) match(sess proto.Session, a Address) (int, *config.Match) {
+func (r *Resolver) match(sess proto.Session, a address.Address) (int, *config.Match) {
 	for i, m := range r.Config.Matches {
 		if r.fromOK(m.From, sess) && r.forOK(m.For, a.Domain) &&
 			tableHasAddress(m.Sender, sess.Sender) && tableHasAddress(m.Rcpt, a.String()) &&

@@ -11,9 +11,9 @@ import (
 	"os"
 	"strings"
 
+	"smtpd/internal/address"
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
-	"smtpd/internal/lookup"
 	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/proto"
@@ -77,10 +77,10 @@ func deliverEnvelope(cfg *config.Config, acct proto.Account, e *envelope.Envelop
 		return tempError{fmt.Errorf("mda: no action %q in the configuration", e.Action)}
 	}
 	vars := config.TemplateVars{
-		Dest:   splitAddress(e.Dest),
-		Rcpt:   splitAddress(e.Rcpt),
-		Sender: splitAddress(e.Sender),
-		User:   config.UserInfo{Name: acct.Name, Directory: acct.Directory, UID: int(acct.UID), GID: int(acct.GID)},
+		Dest:   address.Split(e.Dest),
+		Rcpt:   address.Split(e.Rcpt),
+		Sender: address.Split(e.Sender),
+		User:   acct,
 	}
 	switch t := e.Target; {
 	case strings.HasPrefix(t, "|"):
@@ -118,9 +118,9 @@ func deliverEnvelope(cfg *config.Config, acct proto.Account, e *envelope.Envelop
 
 // commandEnv is the environment of an mda command, as OpenSMTPD sets it.
 func commandEnv(e *envelope.Envelope, acct proto.Account) []string {
-	dest := splitAddress(e.Dest)
-	local, _, _ := strings.Cut(dest.User, lookup.SubAddressDelimiter)
-	_, ext, _ := strings.Cut(splitAddress(e.Rcpt).User, lookup.SubAddressDelimiter)
+	dest := address.Split(e.Dest)
+	local, _, _ := strings.Cut(dest.User, address.SubAddressDelimiter)
+	_, ext, _ := strings.Cut(address.Split(e.Rcpt).User, address.SubAddressDelimiter)
 	return []string{
 		"PATH=/usr/local/bin:/usr/bin:/bin",
 		"SHELL=/bin/sh",
@@ -134,11 +134,4 @@ func commandEnv(e *envelope.Envelope, acct proto.Account) []string {
 		"EXTENSION=" + ext,
 		"DOMAIN=" + dest.Domain,
 	}
-}
-
-func splitAddress(s string) config.Address {
-	if i := strings.LastIndexByte(s, '@'); i >= 0 {
-		return config.Address{User: s[:i], Domain: s[i+1:]}
-	}
-	return config.Address{User: s}
 }
