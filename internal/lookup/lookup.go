@@ -1,3 +1,9 @@
+// Package lookup is the lookup process, the one process that holds the
+// tables: it matches recipients against the match rules, expands them
+// through aliases, virtual tables and .forward files into destinations,
+// checks passwords, and answers the others' questions about tables,
+// relay credentials and local accounts, so that none of them holds a
+// table's contents. It also resolves DNS for all.
 package lookup
 
 import (

@@ -1,6 +1,3 @@
-// Package lookup is the lookup process: it matches recipients against
-// the match rules, expands them through aliases and virtual tables into
-// destinations, and resolves local users.
 package lookup
 
 import (
