@@ -93,7 +93,7 @@ func (d *decoder) listener(b *hcl.Block) {
 		d.errorf(b.DefRange, "Missing certificate", "Listener %q uses TLS (%s) and needs both cert and key.", l.Name, l.TLS)
 	case l.TLS == TLSNone && (attrs["cert"] != nil || attrs["key"] != nil):
 		d.errorf(b.DefRange, "Certificate without TLS", "Listener %q has a certificate but tls is \"none\".", l.Name)
-	case certOK && keyOK && !d.skipFiles:
+	case certOK && keyOK && d.reads&readKeys != 0:
 		if _, err := tls.LoadX509KeyPair(l.Cert, l.Key); err != nil {
 			d.errorf(attrs["cert"].Expr.Range(), "Unusable certificate", "%v.", err)
 		}

@@ -132,8 +132,25 @@ func (e *LoadError) Error() string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
-// Load reads and checks the configuration at path.
-func Load(path string) (*Config, error) { return load(path, false) }
+// reads are the files a load reads besides the configuration, so that
+// each process reads only what it owns (DESIGN.md, data ownership).
+type reads uint8
+
+const (
+	// readTables reads table files and keeps the data of all tables.
+	readTables reads = 1 << iota
+	// readKeys loads the certificates and private keys of the
+	// listeners to check them.
+	readKeys
+)
+
+// Load reads and checks the configuration at path with everything it
+// names: a check (smtpd -n) and the start that detaches use it.
+func Load(path string) (*Config, error) { return load(path, readTables|readKeys) }
+
+// LoadTables is Load for lookup, which holds the tables but no private
+// key.
+func LoadTables(path string) (*Config, error) { return load(path, readTables) }
 
 // LoadWithoutTables is Load for every process but lookup, which alone
 // holds table contents (DESIGN.md, data ownership): table files are not
@@ -141,9 +158,9 @@ func Load(path string) (*Config, error) { return load(path, false) }
 // Table is left with a nil Data, so that a process that should have
 // asked lookup fails loudly instead of finding nothing. Certificate keys
 // are not loaded to check them either: smtp and mta load their own.
-func LoadWithoutTables(path string) (*Config, error) { return load(path, true) }
+func LoadWithoutTables(path string) (*Config, error) { return load(path, 0) }
 
-func load(path string, skipFiles bool) (*Config, error) {
+func load(path string, r reads) (*Config, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -152,14 +169,14 @@ func load(path string, skipFiles bool) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return parse(src, abs, skipFiles)
+	return parse(src, abs, r)
 }
 
 // Parse checks the configuration src, read from the absolute path.
 // Relative paths in it are resolved against the directory of path.
-func Parse(src []byte, path string) (*Config, error) { return parse(src, path, false) }
+func Parse(src []byte, path string) (*Config, error) { return parse(src, path, readTables|readKeys) }
 
-func parse(src []byte, path string, skipFiles bool) (*Config, error) {
+func parse(src []byte, path string, r reads) (*Config, error) {
 	abs := filepath.Clean(path)
 	parser := hclparse.NewParser()
 	f, diags := parser.ParseHCL(src, abs)
@@ -173,13 +190,13 @@ func parse(src []byte, path string, skipFiles bool) (*Config, error) {
 		src:   f.Bytes,
 		files: files,
 
-		skipFiles: skipFiles,
+		reads: r,
 	}
 	d.file(f.Body)
 	if d.diags.HasErrors() {
 		return nil, &LoadError{d.diags, files}
 	}
-	if skipFiles {
+	if r&readTables == 0 {
 		for _, t := range d.cfg.Tables {
 			t.Data = nil
 		}

@@ -34,8 +34,8 @@ type decoder struct {
 	files map[string]*hcl.File
 	diags hcl.Diagnostics
 	ctx   *hcl.EvalContext
-	// skipFiles leaves table files and certificates unread.
-	skipFiles bool
+	// reads says which files besides the configuration are read.
+	reads reads
 }
 
 var fileSchema = &hcl.BodySchema{
@@ -309,7 +309,7 @@ func (d *decoder) table(b *hcl.Block) {
 // tableFile loads a table file; its problems point into the table file,
 // whose lines then show in the diagnostic like the config's own.
 func (d *decoder) tableFile(t *Table, rng hcl.Range) {
-	if d.skipFiles {
+	if d.reads&readTables == 0 {
 		return
 	}
 	data, err := os.ReadFile(t.File)

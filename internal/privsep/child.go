@@ -72,7 +72,7 @@ func Attach(p proto.Proc, cfgPath string, foreground, verbose bool) (*Child, err
 	// lookup alone reads the tables; the others ask it
 	load := config.LoadWithoutTables
 	if p == proto.ProcLookup {
-		load = config.Load
+		load = config.LoadTables
 	}
 	cfg, err := load(cfgPath)
 	if err != nil {
