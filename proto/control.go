@@ -22,17 +22,11 @@ func (m *SMTPAuthQuery) Decode(r *Reader) {
 
 // LookupAuthResult answers SMTPAuthQuery: StatusOK yes, StatusPermfail
 // no, StatusTempfail the tables could not tell (Text says why).
-type LookupAuthResult struct {
-	Status Status
-	Text   string
-}
+type LookupAuthResult struct{ Outcome }
 
-func (*LookupAuthResult) Type() Type { return TypeLookupAuthResult }
-func (m *LookupAuthResult) Encode(w *Writer) {
-	w.U8(uint8(m.Status))
-	w.String(m.Text)
-}
-func (m *LookupAuthResult) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }
+func (*LookupAuthResult) Type() Type         { return TypeLookupAuthResult }
+func (m *LookupAuthResult) Encode(w *Writer) { m.encode(w) }
+func (m *LookupAuthResult) Decode(r *Reader) { m.decode(r) }
 
 // ControlEnqueue is a local client (sendmail) asking for an SMTP session
 // to submit mail in. User is the name the client gives for itself;

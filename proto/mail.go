@@ -167,6 +167,20 @@ const (
 
 func decodeStatus(r *Reader) Status { return enum8(r, StatusOK, StatusPermfail, "status") }
 
+// Outcome is the status of an answer with the text that says why it is
+// not StatusOK.
+type Outcome struct {
+	Status Status
+	Text   string
+}
+
+func (o *Outcome) encode(w *Writer) {
+	w.U8(uint8(o.Status))
+	w.String(o.Text)
+}
+
+func (o *Outcome) decode(r *Reader) { o.Status, o.Text = decodeStatus(r), r.String() }
+
 // Destination is one envelope a recipient expands to.
 type Destination struct {
 	Kind   string // envelope.MDA or envelope.MTA
@@ -414,17 +428,11 @@ func (*ParentForwardFile) Decode(*Reader) {}
 // ParentForwardNone answers LookupForwardOpen when there is no file to
 // use: StatusOK means the user has none, StatusTempfail that it could
 // not be read now.
-type ParentForwardNone struct {
-	Status Status
-	Text   string
-}
+type ParentForwardNone struct{ Outcome }
 
-func (*ParentForwardNone) Type() Type { return TypeParentForwardNone }
-func (m *ParentForwardNone) Encode(w *Writer) {
-	w.U8(uint8(m.Status))
-	w.String(m.Text)
-}
-func (m *ParentForwardNone) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }
+func (*ParentForwardNone) Type() Type         { return TypeParentForwardNone }
+func (m *ParentForwardNone) Encode(w *Writer) { m.encode(w) }
+func (m *ParentForwardNone) Decode(r *Reader) { m.decode(r) }
 
 // ParentTablesReload asks lookup to read its file tables again; Name
 // names one table, or is empty for all.
@@ -466,17 +474,11 @@ func (m *MFATableQuery) Decode(r *Reader) {
 
 // LookupTableResult answers MFATableQuery: StatusOK found, StatusPermfail
 // not found, StatusTempfail the table cannot tell now (Text says why).
-type LookupTableResult struct {
-	Status Status
-	Text   string
-}
+type LookupTableResult struct{ Outcome }
 
-func (*LookupTableResult) Type() Type { return TypeLookupTableResult }
-func (m *LookupTableResult) Encode(w *Writer) {
-	w.U8(uint8(m.Status))
-	w.String(m.Text)
-}
-func (m *LookupTableResult) Decode(r *Reader) { m.Status, m.Text = decodeStatus(r), r.String() }
+func (*LookupTableResult) Type() Type         { return TypeLookupTableResult }
+func (m *LookupTableResult) Encode(w *Writer) { m.encode(w) }
+func (m *LookupTableResult) Decode(r *Reader) { m.decode(r) }
 
 // ParentAccountQuery asks lookup for the account a local delivery of
 // action Action to user User runs as: the parent runs no rule engine
@@ -496,18 +498,16 @@ func (m *ParentAccountQuery) Decode(r *Reader) { m.Action, m.User = r.String(), 
 // account; StatusPermfail, no such user; StatusTempfail, the userbase
 // cannot tell now. Text says why.
 type LookupAccountResult struct {
-	Status  Status
-	Text    string
+	Outcome
 	Account Account
 }
 
 func (*LookupAccountResult) Type() Type { return TypeLookupAccountResult }
 func (m *LookupAccountResult) Encode(w *Writer) {
-	w.U8(uint8(m.Status))
-	w.String(m.Text)
+	m.encode(w)
 	m.Account.encode(w)
 }
 func (m *LookupAccountResult) Decode(r *Reader) {
-	m.Status, m.Text = decodeStatus(r), r.String()
+	m.decode(r)
 	m.Account.decode(r)
 }

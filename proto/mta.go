@@ -46,15 +46,13 @@ type MXHost struct {
 // LookupMXResult answers MTAResolveMX. Text says why when Status is not
 // StatusOK; StatusPermfail is a domain that cannot receive mail.
 type LookupMXResult struct {
-	Status Status
-	Text   string
-	MXs    []MXHost
+	Outcome
+	MXs []MXHost
 }
 
 func (*LookupMXResult) Type() Type { return TypeLookupMXResult }
 func (m *LookupMXResult) Encode(w *Writer) {
-	w.U8(uint8(m.Status))
-	w.String(m.Text)
+	m.encode(w)
 	w.U32(uint32(len(m.MXs)))
 	for _, mx := range m.MXs {
 		w.U32(mx.Preference)
@@ -66,7 +64,7 @@ func (m *LookupMXResult) Encode(w *Writer) {
 	}
 }
 func (m *LookupMXResult) Decode(r *Reader) {
-	m.Status, m.Text = decodeStatus(r), r.String()
+	m.decode(r)
 	n := r.Count(12, "exchangers")
 	m.MXs = make([]MXHost, 0, n)
 	for range n {
@@ -113,20 +111,19 @@ func (m *MTACredentialsQuery) Decode(r *Reader) { m.Table, m.Label = r.U32(), r.
 // there are none (StatusPermfail: no such entry, StatusTempfail: the
 // table cannot tell now).
 type LookupCredentials struct {
-	Status         Status
-	Text           string
+	Outcome
 	User, Password string
 }
 
 func (*LookupCredentials) Type() Type { return TypeLookupCredentials }
 func (m *LookupCredentials) Encode(w *Writer) {
-	w.U8(uint8(m.Status))
-	w.String(m.Text)
+	m.encode(w)
 	w.String(m.User)
 	w.String(m.Password)
 }
 func (m *LookupCredentials) Decode(r *Reader) {
-	m.Status, m.Text, m.User, m.Password = decodeStatus(r), r.String(), r.String(), r.String()
+	m.decode(r)
+	m.User, m.Password = r.String(), r.String()
 }
 
 // ParentTablesReloaded tells mta that the tables were read again, so

@@ -66,7 +66,7 @@ func TestAskTimeoutAndLateAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lookup.Send(&LookupAuthResult{Status: StatusOK}, f.PeerID)
+	lookup.Send(&LookupAuthResult{Outcome: Outcome{Status: StatusOK}}, f.PeerID)
 	late, err := smtp.Recv()
 	if err != nil {
 		t.Fatal(err)

@@ -76,9 +76,9 @@ func (r *Resolver) tableAnswer(q *proto.MFATableQuery) (*proto.LookupTableResult
 		return nil, err
 	}
 	if found {
-		return &proto.LookupTableResult{Status: proto.StatusOK}, nil
+		return &proto.LookupTableResult{Outcome: proto.Outcome{Status: proto.StatusOK}}, nil
 	}
-	return &proto.LookupTableResult{Status: proto.StatusPermfail}, nil
+	return &proto.LookupTableResult{Outcome: proto.Outcome{Status: proto.StatusPermfail}}, nil
 }
 
 // credentialsAnswer answers mta's question about a relay's credentials.
@@ -86,11 +86,11 @@ func (r *Resolver) credentialsAnswer(q *proto.MTACredentialsQuery) (*proto.Looku
 	user, password, err := r.Credentials(q.Table, q.Label)
 	switch {
 	case errors.Is(err, ErrNoCredentials):
-		return &proto.LookupCredentials{Status: proto.StatusPermfail, Text: err.Error()}, nil
+		return &proto.LookupCredentials{Outcome: proto.Outcome{Status: proto.StatusPermfail, Text: err.Error()}}, nil
 	case err != nil:
 		return nil, err
 	}
-	return &proto.LookupCredentials{Status: proto.StatusOK, User: user, Password: password}, nil
+	return &proto.LookupCredentials{Outcome: proto.Outcome{Status: proto.StatusOK}, User: user, Password: password}, nil
 }
 
 // accountAnswer answers the parent's question about the account of a
@@ -99,9 +99,9 @@ func (r *Resolver) accountAnswer(q *proto.ParentAccountQuery) *proto.LookupAccou
 	acct, err := r.Account(q.Action, q.User)
 	switch {
 	case errors.Is(err, privsep.ErrNoUser):
-		return &proto.LookupAccountResult{Status: proto.StatusPermfail, Text: err.Error()}
+		return &proto.LookupAccountResult{Outcome: proto.Outcome{Status: proto.StatusPermfail, Text: err.Error()}}
 	case err != nil:
-		return &proto.LookupAccountResult{Status: proto.StatusTempfail, Text: err.Error()}
+		return &proto.LookupAccountResult{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: err.Error()}}
 	}
-	return &proto.LookupAccountResult{Status: proto.StatusOK, Account: acct}
+	return &proto.LookupAccountResult{Outcome: proto.Outcome{Status: proto.StatusOK}, Account: acct}
 }

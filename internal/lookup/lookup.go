@@ -143,17 +143,17 @@ func authAnswer(r *Resolver, c *privsep.Child, q *proto.SMTPAuthQuery) *proto.Lo
 		ok, err := r.CheckPassword(q.Listener, q.User, q.Value)
 		if err != nil {
 			c.Log.Warnf("auth of %q on %s: %v", q.User, q.Listener, err)
-			return &proto.LookupAuthResult{Status: proto.StatusTempfail, Text: "credentials cannot be checked"}
+			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: "credentials cannot be checked"}}
 		}
 		if ok {
-			return &proto.LookupAuthResult{Status: proto.StatusOK}
+			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 		}
 	case "sender":
 		if r.SenderAllowed(q.Listener, q.User, q.Value) {
-			return &proto.LookupAuthResult{Status: proto.StatusOK}
+			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 		}
 	}
-	return &proto.LookupAuthResult{Status: proto.StatusPermfail}
+	return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusPermfail}}
 }
 
 func statusKey(s proto.Status) string {
@@ -231,9 +231,9 @@ func resolveMX(res *dns.Resolver, q *proto.MTAResolveMX) *proto.LookupMXResult {
 		if dns.IsPermanent(err) {
 			status = proto.StatusPermfail
 		}
-		return &proto.LookupMXResult{Status: status, Text: err.Error()}
+		return &proto.LookupMXResult{Outcome: proto.Outcome{Status: status, Text: err.Error()}}
 	}
-	out := &proto.LookupMXResult{Status: proto.StatusOK}
+	out := &proto.LookupMXResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 	for _, mx := range mxs {
 		h := proto.MXHost{Preference: uint32(mx.Preference), Host: mx.Host}
 		for _, a := range mx.Addrs {

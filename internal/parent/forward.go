@@ -31,17 +31,17 @@ func (p *Parent) forward(m *proto.LookupForwardOpen) proto.Message {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	switch {
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		return &proto.ParentForwardNone{Status: proto.StatusOK}
+		return &proto.ParentForwardNone{Outcome: proto.Outcome{Status: proto.StatusOK}}
 	case errors.Is(err, syscall.ELOOP):
 		p.log.Warnf("ignoring %s: a symbolic link", path)
-		return &proto.ParentForwardNone{Status: proto.StatusOK}
+		return &proto.ParentForwardNone{Outcome: proto.Outcome{Status: proto.StatusOK}}
 	case err != nil:
-		return &proto.ParentForwardNone{Status: proto.StatusTempfail, Text: err.Error()}
+		return &proto.ParentForwardNone{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: err.Error()}}
 	}
 	if why := insecure(f, m.UID); why != "" {
 		f.Close()
 		p.log.Warnf("ignoring %s: %s", path, why)
-		return &proto.ParentForwardNone{Status: proto.StatusOK}
+		return &proto.ParentForwardNone{Outcome: proto.Outcome{Status: proto.StatusOK}}
 	}
 	return proto.NewParentForwardFile(f)
 }

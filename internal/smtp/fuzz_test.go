@@ -99,7 +99,7 @@ func fakePeer(ch *proto.Channel, resolver *lookup.Resolver, dir string) {
 			res := resolver.Expand(m.Session, m.Rcpt)
 			ch.Send(&res, env.PeerID)
 		case *proto.SMTPAuthQuery:
-			ch.Send(&proto.LookupAuthResult{Status: proto.StatusPermfail}, env.PeerID)
+			ch.Send(&proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusPermfail}}, env.PeerID)
 		case *proto.SMTPFilterQuery:
 			ch.Send(&proto.MFAFilterVerdict{Verdict: proto.VerdictProceed}, env.PeerID)
 		case *proto.SMTPMessageCreate:
