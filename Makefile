@@ -18,7 +18,7 @@ FUZZ_TARGETS = \
 	./internal/table:FuzzParse \
 	./internal/config:FuzzLoad \
 	./internal/envelope:FuzzUnmarshal \
-	./internal/mta:FuzzReadReply \
+	./internal/mta:FuzzGreeting \
 	./internal/enqueue:FuzzReadMessage \
 	./internal/smtp:FuzzSession \
 	./internal/address:FuzzParse \

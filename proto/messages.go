@@ -67,7 +67,7 @@ const (
 	TypeQueueMessageFile
 	TypeMTACredentialsQuery
 	TypeLookupCredentials
-	TypeParentTablesReloaded
+	TypeLookupTablesReloaded
 	TypeMFATableQuery
 	TypeLookupTableResult
 	TypeParentAccountQuery

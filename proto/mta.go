@@ -44,15 +44,18 @@ type MXHost struct {
 }
 
 // LookupMXResult answers MTAResolveMX. Text says why when Status is not
-// StatusOK; StatusPermfail is a domain that cannot receive mail.
+// StatusOK; StatusPermfail is a domain that cannot receive mail, and
+// NullMX says it published that it accepts none (RFC 7505).
 type LookupMXResult struct {
 	Outcome
-	MXs []MXHost
+	NullMX bool
+	MXs    []MXHost
 }
 
 func (*LookupMXResult) Type() Type { return TypeLookupMXResult }
 func (m *LookupMXResult) Encode(w *Writer) {
 	m.encode(w)
+	w.Bool(m.NullMX)
 	w.U32(uint32(len(m.MXs)))
 	for _, mx := range m.MXs {
 		w.U32(mx.Preference)
@@ -65,6 +68,7 @@ func (m *LookupMXResult) Encode(w *Writer) {
 }
 func (m *LookupMXResult) Decode(r *Reader) {
 	m.decode(r)
+	m.NullMX = r.Bool()
 	n := r.Count(12, "exchangers")
 	m.MXs = make([]MXHost, 0, n)
 	for range n {
@@ -126,10 +130,10 @@ func (m *LookupCredentials) Decode(r *Reader) {
 	m.User, m.Password = r.String(), r.String()
 }
 
-// ParentTablesReloaded tells mta that the tables were read again, so
-// that it drops the answers it keeps.
-type ParentTablesReloaded struct{}
+// LookupTablesReloaded tells mta that lookup read tables again, so
+// that it drops the answers it keeps (relay credentials).
+type LookupTablesReloaded struct{}
 
-func (*ParentTablesReloaded) Type() Type     { return TypeParentTablesReloaded }
-func (*ParentTablesReloaded) Encode(*Writer) {}
-func (*ParentTablesReloaded) Decode(*Reader) {}
+func (*LookupTablesReloaded) Type() Type     { return TypeLookupTablesReloaded }
+func (*LookupTablesReloaded) Encode(*Writer) {}
+func (*LookupTablesReloaded) Decode(*Reader) {}

@@ -81,7 +81,7 @@ func samples(t *testing.T) []struct {
 		{ProcQueue, ProcControl, NewQueueMessageFile(f)},
 		{ProcMTA, ProcLookup, &MTACredentialsQuery{Table: 3, Label: "smarthost"}},
 		{ProcLookup, ProcMTA, &LookupCredentials{Outcome: Outcome{Status: StatusOK}, User: "relay", Password: "secret"}},
-		{ProcParent, ProcMTA, &ParentTablesReloaded{}},
+		{ProcLookup, ProcMTA, &LookupTablesReloaded{}},
 		{ProcMFA, ProcLookup, &MFATableQuery{Table: 1, Kind: TableKeyIP, Key: "192.0.2.1"}},
 		{ProcLookup, ProcMFA, &LookupTableResult{Outcome: Outcome{Status: StatusTempfail, Text: "table unreadable"}}},
 		{ProcParent, ProcLookup, &ParentAccountQuery{Action: "local", User: "b"}},

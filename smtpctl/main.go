@@ -211,7 +211,8 @@ func spoolLines(spool string) ([]string, error) {
 	}
 	var lines []string
 	for _, f := range files {
-		if len(filepath.Base(f)) != 16 {
+		// the message body and leftovers of an update are beside them
+		if _, err := envelope.ParseEvpID(filepath.Base(f)); err != nil {
 			continue
 		}
 		data, err := os.ReadFile(f)

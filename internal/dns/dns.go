@@ -26,9 +26,14 @@ type Error struct {
 	Name      string
 	Permanent bool
 	Msg       string
+	// Err is the sentinel the failure is, if any (ErrNullMX).
+	Err error
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("dns: %s: %s", e.Name, e.Msg) }
+
+// Unwrap returns the sentinel the failure is, for errors.Is.
+func (e *Error) Unwrap() error { return e.Err }
 
 // IsPermanent reports whether err is a permanent DNS failure.
 func IsPermanent(err error) bool {
@@ -225,7 +230,7 @@ func (r *Resolver) MX(ctx context.Context, domain string) ([]MX, error) {
 	for _, rr := range rrs {
 		mx := rr.(*mdns.MX)
 		if mx.Mx == "." {
-			return nil, fmt.Errorf("%w: %w", &Error{Name: domain, Permanent: true, Msg: ErrNullMX.Error()}, ErrNullMX)
+			return nil, &Error{Name: domain, Permanent: true, Msg: ErrNullMX.Error(), Err: ErrNullMX}
 		}
 		mxs = append(mxs, MX{Preference: mx.Preference, Host: strings.TrimSuffix(strings.ToLower(mx.Mx), ".")})
 	}

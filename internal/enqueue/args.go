@@ -1,8 +1,3 @@
-// Package enqueue is the sendmail interface of the daemon: it takes a
-// message from a local program and submits it in a real SMTP session
-// that control obtains from smtp for the calling user, or, with the
-// daemon down, drops it into the spool's offline/ directory, from which
-// the next start injects it as that user.
 package enqueue
 
 import (

@@ -1,3 +1,8 @@
+// Package enqueue is the sendmail interface of the daemon: it takes a
+// message from a local program and submits it in a real SMTP session
+// that control obtains from smtp for the calling user, or, with the
+// daemon down, drops it into the spool's offline/ directory, from which
+// the next start injects it as that user.
 package enqueue
 
 import (
@@ -19,6 +24,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/queue"
+	"smtpd/internal/safeio"
 	"smtpd/proto"
 )
 
@@ -189,43 +195,29 @@ func smtpError(step string, err error) *Error {
 // offlineMagic starts every file of offline/.
 const offlineMagic = "smtpd-offline 1\n"
 
-// writeOffline keeps a message in offline/ for the next start: written
-// under a hidden name, synced, then renamed, so that the daemon never
-// injects half a message. The file is the user's, mode 0600, in a
-// sticky directory: no other user can read or replace it.
+// writeOffline keeps a message in offline/ for the next start, through
+// safeio.WriteFile: written under a hidden name, which the daemon skips,
+// so that it never injects half a message, and durable before sendmail
+// says it is kept. The file is created by the caller, so it is the
+// user's, mode 0600, in a sticky directory: no other user can read or
+// replace it.
 func (c *Client) writeOffline(sender string, rcpts []string, msg io.WriterTo) error {
 	dir := filepath.Join(c.Spool, queue.DirOffline)
 	b := make([]byte, 8)
 	rand.Read(b)
 	name := fmt.Sprintf("%d.%s", c.Now().Unix(), hex.EncodeToString(b))
-	tmp := filepath.Join(dir, "."+name)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriter(f)
-	fmt.Fprintf(w, "%ssender: %s\n", offlineMagic, sender)
-	for _, r := range rcpts {
-		fmt.Fprintf(w, "rcpt: %s\n", r)
-	}
-	w.WriteString("\n")
-	_, err = msg.WriteTo(w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return safeio.WriteFile(filepath.Join(dir, "."+name), filepath.Join(dir, name), 0o600, func(f *os.File) error {
+		w := bufio.NewWriter(f)
+		fmt.Fprintf(w, "%ssender: %s\n", offlineMagic, sender)
+		for _, r := range rcpts {
+			fmt.Fprintf(w, "rcpt: %s\n", r)
+		}
+		w.WriteString("\n")
+		if _, err := msg.WriteTo(w); err != nil {
+			return err
+		}
+		return w.Flush()
+	})
 }
 
 // Inject submits a message that writeOffline kept, read from r.

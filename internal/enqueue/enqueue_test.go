@@ -2,11 +2,16 @@ package enqueue
 
 import (
 	"bytes"
+	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"smtpd/internal/queue"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -133,4 +138,46 @@ func FuzzReadMessage(f *testing.F) {
 			t.Fatalf("no Message-Id in %q", b.Bytes())
 		}
 	})
+}
+
+// failingWriter is a message that breaks off after a few bytes.
+type failingWriter struct{ err error }
+
+func (f failingWriter) WriteTo(w io.Writer) (int64, error) {
+	n, _ := io.WriteString(w, "Subject: half\n")
+	return int64(n), f.err
+}
+
+func TestWriteOffline(t *testing.T) {
+	spool := t.TempDir()
+	dir := filepath.Join(spool, queue.DirOffline)
+	os.Mkdir(dir, 0o777)
+	c := &Client{Spool: spool, Now: func() time.Time { return time.Unix(1700000000, 0) }}
+	if err := c.writeOffline("a@example.org", []string{"b@example.org", "c@example.org"}, strings.NewReader("Subject: x\n\nhi\n")); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := os.ReadDir(dir)
+	if len(files) != 1 || !strings.HasPrefix(files[0].Name(), "1700000000.") {
+		t.Fatalf("offline/ holds %v", files)
+	}
+	path := filepath.Join(dir, files[0].Name())
+	if fi, err := os.Stat(path); err != nil || fi.Mode() != 0o600 {
+		t.Errorf("mode %v, %v", fi.Mode(), err)
+	}
+	got, _ := os.ReadFile(path)
+	want := offlineMagic + "sender: a@example.org\nrcpt: b@example.org\nrcpt: c@example.org\n\nSubject: x\n\nhi\n"
+	if string(got) != want {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+
+	// a message that cannot be read whole leaves nothing, not even
+	// its hidden temporary file
+	os.Remove(path)
+	broken := errors.New("stdin broke")
+	if err := c.writeOffline("a@example.org", []string{"b@example.org"}, failingWriter{broken}); !errors.Is(err, broken) {
+		t.Fatalf("got %v, want %v", err, broken)
+	}
+	if files, _ := os.ReadDir(dir); len(files) != 0 {
+		t.Errorf("offline/ keeps %v", files)
+	}
 }

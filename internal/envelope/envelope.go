@@ -31,7 +31,7 @@ const (
 
 // Envelope is one recipient of a message.
 type Envelope struct {
-	ID     uint64 // msgid<<32 | random
+	ID     uint64 // see NewEvpID
 	Kind   Kind
 	Rule   int // index of the match rule that chose the action
 	Action string
@@ -71,7 +71,7 @@ func CleanText(s string) string {
 }
 
 // MsgID returns the message part of the envelope id.
-func (e *Envelope) MsgID() uint32 { return uint32(e.ID >> 32) }
+func (e *Envelope) MsgID() uint32 { return MsgIDOf(e.ID) }
 
 // ErrCorrupt is returned for an envelope file that cannot be read.
 var ErrCorrupt = errors.New("envelope: corrupt")
@@ -94,7 +94,7 @@ func (e *Envelope) Marshal() ([]byte, error) {
 	}
 	fields := [][2]string{
 		{"version", strconv.Itoa(Version)},
-		{"id", fmt.Sprintf("%016x", e.ID)},
+		{"id", FormatEvpID(e.ID)},
 		{"kind", string(e.Kind)},
 		{"rule", strconv.Itoa(e.Rule)},
 		{"action", e.Action},
@@ -154,7 +154,7 @@ func Unmarshal(data []byte) (*Envelope, error) {
 	}
 	p := parser{fields: fields}
 	e := &Envelope{
-		ID:        p.hex("id"),
+		ID:        p.evpID("id"),
 		Kind:      Kind(p.str("kind")),
 		Rule:      p.int("rule"),
 		Action:    p.str("action"),
@@ -182,8 +182,8 @@ func Unmarshal(data []byte) (*Envelope, error) {
 			p.err = fmt.Errorf("%w: unknown key %q", ErrCorrupt, k)
 		}
 	}
-	if p.err == nil && (e.ID>>32 == 0 || uint32(e.ID) == 0) {
-		p.err = fmt.Errorf("%w: id %016x", ErrCorrupt, e.ID)
+	if p.err == nil && (MsgIDOf(e.ID) == 0 || uint32(e.ID) == 0) {
+		p.err = fmt.Errorf("%w: id %s", ErrCorrupt, FormatEvpID(e.ID))
 	}
 	if p.err == nil && e.Kind != MDA && e.Kind != MTA && e.Kind != Bounce {
 		p.err = fmt.Errorf("%w: kind %q", ErrCorrupt, e.Kind)
@@ -216,8 +216,8 @@ func (p *parser) int(k string) int {
 	return v
 }
 
-func (p *parser) hex(k string) uint64 {
-	v, err := strconv.ParseUint(p.str(k), 16, 64)
+func (p *parser) evpID(k string) uint64 {
+	v, err := ParseEvpID(p.str(k))
 	if err != nil && p.err == nil {
 		p.err = fmt.Errorf("%w: %s: %v", ErrCorrupt, k, err)
 	}
@@ -253,19 +253,23 @@ func (e *Envelope) QueueLine(state string) string {
 		}
 		return t.Unix()
 	}
-	return fmt.Sprintf("%016x|%s|%s|%s|%s|%s|%d|%d|%d|%d|%s",
-		e.ID, e.Kind, state, e.Sender, e.Rcpt, e.Dest,
+	return fmt.Sprintf("%s|%s|%s|%s|%s|%s|%d|%d|%d|%d|%s",
+		FormatEvpID(e.ID), e.Kind, state, e.Sender, e.Rcpt, e.Dest,
 		unix(e.Created), unix(e.Expire), unix(e.LastTry), e.Retries, e.LastError)
 }
 
 // Matches reports whether target names this envelope: "all", its
 // message id (8 hex digits) or its id (16).
 func (e *Envelope) Matches(target string) bool {
-	switch len(target) {
-	case 8:
-		return fmt.Sprintf("%08x", e.MsgID()) == strings.ToLower(target)
-	case 16:
-		return fmt.Sprintf("%016x", e.ID) == strings.ToLower(target)
+	if target == "all" {
+		return true
 	}
-	return target == "all"
+	msgid, evpid, err := ParseID(target)
+	switch {
+	case err != nil:
+		return false
+	case evpid != 0:
+		return evpid == e.ID
+	}
+	return msgid == e.MsgID()
 }

@@ -8,6 +8,7 @@ package lookup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -95,19 +96,17 @@ func Run(c *privsep.Child) {
 		case *proto.ControlTableReload:
 			q := env.Msg.(*proto.ControlTableReload)
 			line := "table " + q.Name + " reloaded"
-			if err := r.Reload(q.Name); err != nil {
+			err := reload(c, r, q.Name)
+			if err != nil {
 				line = err.Error()
 			}
-			c.Stats.Increment("lookup.table.reload", 1)
 			return c.Send(ch, &proto.LookupTableReloaded{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID)
 		case *proto.ParentTablesReload:
-			m := env.Msg.(*proto.ParentTablesReload)
-			if err := r.Reload(m.Name); err != nil {
+			if err := reload(c, r, env.Msg.(*proto.ParentTablesReload).Name); err != nil {
 				c.Log.Warnf("reload: %v", err)
 			} else {
 				c.Log.Infof("tables reloaded")
 			}
-			c.Stats.Increment("lookup.table.reload", 1)
 			return nil
 		}
 		var m *proto.SMTPExpandRcpt
@@ -134,6 +133,21 @@ func Run(c *privsep.Child) {
 		}
 		return fmt.Errorf("unexpected %s", env.Type)
 	})
+}
+
+// reload reads the table files again (one, or all when name is empty)
+// and tells mta, which then drops the credentials it keeps, so that the
+// next session of every relay asks again. A file that cannot be read
+// keeps its old contents; the error says which.
+func reload(c *privsep.Child, r *Resolver, name string) error {
+	err := r.Reload(name)
+	c.Stats.Increment("lookup.table.reload", 1)
+	if mta := c.Peers[proto.ProcMTA]; mta != nil {
+		if err := c.Send(mta, &proto.LookupTablesReloaded{}, 0); err != nil {
+			c.Log.Fatalf("%v", err)
+		}
+	}
+	return err
 }
 
 // authAnswer checks a password or a sender of an authenticated user.
@@ -231,7 +245,7 @@ func resolveMX(res *dns.Resolver, q *proto.MTAResolveMX) *proto.LookupMXResult {
 		if dns.IsPermanent(err) {
 			status = proto.StatusPermfail
 		}
-		return &proto.LookupMXResult{Outcome: proto.Outcome{Status: status, Text: err.Error()}}
+		return &proto.LookupMXResult{Outcome: proto.Outcome{Status: status, Text: err.Error()}, NullMX: errors.Is(err, dns.ErrNullMX)}
 	}
 	out := &proto.LookupMXResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 	for _, mx := range mxs {

@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"smtpd/internal/envelope"
+	"smtpd/internal/safeio"
 )
 
 // deliverMaildir writes the message into the maildir at dir, as the
 // maildir specification asks: a unique file in tmp/, made durable, then
-// renamed into new/, whose directory is made durable too.
+// renamed into new/ under the same name, whose directory is made durable
+// too (safeio.WriteFile).
 func deliverMaildir(dir, hostname string, e *envelope.Envelope, body *os.File) error {
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
@@ -22,39 +24,14 @@ func deliverMaildir(dir, hostname string, e *envelope.Envelope, body *os.File) e
 		}
 	}
 	now := time.Now()
-	name := fmt.Sprintf("%d.M%dP%dQ%016x.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), e.ID, strings.ReplaceAll(hostname, "/", "_"))
-	tmp := filepath.Join(dir, "tmp", name)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	name := fmt.Sprintf("%d.M%dP%dQ%s.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), envelope.FormatEvpID(e.ID), strings.ReplaceAll(hostname, "/", "_"))
+	err := safeio.WriteFile(filepath.Join(dir, "tmp", name), filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
+		return writeMessage(f, e, body)
+	})
 	if err != nil {
-		return tempError{fmt.Errorf("maildir: %w", err)}
-	}
-	err = writeMessage(f, e, body)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, "new", name))
-	}
-	if err == nil {
-		err = syncDir(filepath.Join(dir, "new"))
-	}
-	if err != nil {
-		os.Remove(tmp)
 		return tempError{fmt.Errorf("maildir: %w", err)}
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // writeMessage writes the delivery headers and the message with Unix

@@ -51,10 +51,31 @@ func TestDeliverMaildir(t *testing.T) {
 	if len(files) != 1 || len(tmps) != 0 {
 		t.Fatalf("new %v tmp %v", files, tmps)
 	}
+	if !strings.HasSuffix(files[0], "Q0000000100000002.mx.example.org") {
+		t.Errorf("name %s lacks the envelope id", filepath.Base(files[0]))
+	}
 	got, _ := os.ReadFile(files[0])
 	want := "Return-Path: <a@example.net>\nDelivered-To: b@example.org\nSubject: hi\n\nhello\n"
 	if string(got) != want {
 		t.Errorf("got %q", got)
+	}
+}
+
+// TestDeliverMaildirFails checks that a delivery that breaks off leaves
+// nothing in tmp/ or new/, and is a temporary failure.
+func TestDeliverMaildirFails(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "Maildir")
+	f, _ := os.Open(os.DevNull)
+	f.Close() // reading the body fails
+	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
+	err := deliverMaildir(dir, "mx.example.org", e, f)
+	if _, ok := err.(tempError); !ok {
+		t.Fatalf("got %v, want a temporary failure", err)
+	}
+	for _, sub := range []string{"tmp", "new"} {
+		if left, _ := os.ReadDir(filepath.Join(dir, sub)); len(left) != 0 {
+			t.Errorf("%s/ keeps %v", sub, left)
+		}
 	}
 }
 

@@ -2,274 +2,216 @@ package mta
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"strconv"
+	"net/textproto"
 	"strings"
 	"time"
 
-	"smtpd/internal/monkey"
+	"github.com/emersion/go-smtp"
 )
 
 // Client-side timeouts of RFC 5321 §4.5.3.2.
 const (
-	timeoutConnect  = 30 * time.Second
-	timeoutGreeting = 5 * time.Minute
-	timeoutCommand  = 5 * time.Minute
-	timeoutData     = 2 * time.Minute  // the 354 after DATA
-	timeoutBlock    = 3 * time.Minute  // each data block
-	timeoutEnd      = 10 * time.Minute // the reply to the final dot
+	// timeoutConnect is not in the RFC: Postfix's value.
+	timeoutConnect = 30 * time.Second
+	// timeoutCommand is go-smtp's CommandTimeout: the greeting
+	// (§4.5.3.2.1), MAIL (.2), RCPT (.3) and the other commands.
+	timeoutCommand = 5 * time.Minute
+	// timeoutData is the wait for the 354 after DATA (§4.5.3.2.4).
+	timeoutData = 2 * time.Minute
+	// timeoutBlock is each block of the message (§4.5.3.2.5).
+	timeoutBlock = 3 * time.Minute
+	// timeoutEnd is go-smtp's SubmissionTimeout: the reply to the final
+	// dot (§4.5.3.2.6).
+	timeoutEnd = 10 * time.Minute
+	// timeoutQuit is ours: nothing depends on the reply to QUIT.
+	timeoutQuit = 10 * time.Second
 )
 
-// Limits of what the client reads: a reply line and a reply's lines.
-const (
-	maxReplyLine  = 2048
-	maxReplyLines = 100
-)
+// maxReply bounds what a server may send between two of our writes.
+// go-smtp bounds a reply line (2000 bytes) but not the lines of a
+// reply, and a reply without end would grow until the timeout (OpenSMTPD's
+// CVE-2020-8794 was a long reply). 256 KiB is 100 lines of 2000 bytes
+// with room for a TLS handshake's certificates.
+const maxReply = 256 << 10
 
-// Reply is a server reply: its code and lines of text.
-type Reply struct {
-	Code  int
-	Lines []string
+// maxGreeting is the longest reply line of RFC 5321 §4.5.3.1.5: what
+// is kept of the greeting's first line.
+const maxGreeting = 512
+
+// tlsGreeting is what the go-smtp client of a TLS session reads as its
+// greeting: after STARTTLS the session starts again as after the 220
+// (RFC 3207 §4.2), and go-smtp waits for one.
+const tlsGreeting = "220 TLS session\r\n"
+
+var errReplyTooLong = fmt.Errorf("mta: the server sent more than %d bytes in one reply", maxReply)
+
+// wire is the connection under go-smtp's client. It does what the
+// client does not: it keeps the first line of the server's greeting,
+// which go-smtp reads and drops, for the mail loop check; it bounds
+// each reply (maxReply); it runs beforeRead once before the next read,
+// for the crash point between the final dot and the remote's reply;
+// and it serves pending bytes before the connection's.
+type wire struct {
+	net.Conn
+	pending []byte
+	// greeting is the greeting's first line, without its line end,
+	// once greeted.
+	greeting []byte
+	greeted  bool
+	// wrote is set at the first write: go-smtp writes nothing before
+	// it has read a 220 greeting.
+	wrote      bool
+	unanswered int // bytes read since our last write
+	beforeRead func()
 }
 
-func (r *Reply) String() string { return fmt.Sprintf("%d %s", r.Code, strings.Join(r.Lines, " ")) }
-
-// Permanent reports a 5xx reply.
-func (r *Reply) Permanent() bool { return r.Code/100 == 5 }
-
-// errBadReply is a reply that does not follow RFC 5321 §4.2.
-var errBadReply = errors.New("mta: malformed reply")
-
-// readReply reads one reply, all its lines, defensively: lines are
-// bounded, all must carry the same code, and a reply may not have more
-// than maxReplyLines lines (CVE-2020-8794 was an out-of-bounds read in
-// this place of OpenSMTPD).
-func readReply(r *bufio.Reader) (*Reply, error) {
-	rep := &Reply{}
-	for {
-		line, err := r.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			return nil, fmt.Errorf("%w: line longer than %d bytes", errBadReply, r.Size())
-		}
-		if err != nil {
-			return nil, err
-		}
-		s := strings.TrimRight(string(line), "\r\n")
-		if len(s) < 3 {
-			return nil, fmt.Errorf("%w: %q", errBadReply, s)
-		}
-		code, err := strconv.Atoi(s[:3])
-		if err != nil || code < 200 || code > 599 {
-			return nil, fmt.Errorf("%w: %q", errBadReply, s)
-		}
-		if rep.Code != 0 && code != rep.Code {
-			return nil, fmt.Errorf("%w: code changed in a multi-line reply", errBadReply)
-		}
-		rep.Code = code
-		more := len(s) > 3 && s[3] == '-'
-		if len(s) > 3 && s[3] != '-' && s[3] != ' ' {
-			return nil, fmt.Errorf("%w: %q", errBadReply, s)
-		}
-		text := ""
-		if len(s) > 4 {
-			text = s[4:]
-		}
-		rep.Lines = append(rep.Lines, text)
-		if !more {
-			return rep, nil
-		}
-		if len(rep.Lines) >= maxReplyLines {
-			return nil, fmt.Errorf("%w: more than %d lines", errBadReply, maxReplyLines)
-		}
+func (w *wire) Read(p []byte) (int, error) {
+	if f := w.beforeRead; f != nil {
+		w.beforeRead = nil
+		f()
 	}
+	if len(w.pending) > 0 {
+		n := copy(p, w.pending)
+		w.pending = w.pending[n:]
+		return n, nil
+	}
+	if w.unanswered >= maxReply {
+		return 0, errReplyTooLong
+	}
+	if room := maxReply - w.unanswered; len(p) > room {
+		p = p[:room]
+	}
+	n, err := w.Conn.Read(p)
+	w.unanswered += n
+	if !w.greeted {
+		b := p[:n]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b, w.greeted = b[:i], true
+		}
+		w.greeting = append(w.greeting, b[:min(len(b), maxGreeting-len(w.greeting))]...)
+	}
+	return n, err
 }
 
-// client is one SMTP client connection.
+func (w *wire) Write(p []byte) (int, error) {
+	w.wrote, w.unanswered = true, 0
+	return w.Conn.Write(p)
+}
+
+// greetingName is the host name the greeting announces: "220 name
+// text" or "220-name text" (RFC 5321 §4.2), up to a space or a control
+// character.
+func (w *wire) greetingName() string {
+	if !w.greeted || len(w.greeting) < 4 {
+		return ""
+	}
+	name := string(w.greeting[4:])
+	if i := strings.IndexFunc(name, func(r rune) bool { return r <= ' ' }); i >= 0 {
+		name = name[:i]
+	}
+	return name
+}
+
+// client is one outbound connection: go-smtp's client over a wire.
 type client struct {
-	conn net.Conn
-	r    *bufio.Reader
-	ext  map[string]string
-	tls  bool
-	// greeting is the server's name from its 220 line.
-	greeting string
+	*smtp.Client
+	w    *wire
+	lmtp bool
+	// tls is set once the session is encrypted, by smtps or STARTTLS.
+	tls bool
 }
 
-func newClient(conn net.Conn) *client {
-	return &client{conn: conn, r: bufio.NewReaderSize(conn, maxReplyLine)}
+// newClient starts a session over conn, speaking LMTP (RFC 2033) if
+// lmtp is set.
+func newClient(conn net.Conn, lmtp bool) *client {
+	c := &client{lmtp: lmtp}
+	c.attach(&wire{Conn: conn})
+	return c
 }
 
-// validArg refuses what could smuggle a second command into ours.
-func validArg(s string) error {
-	if strings.ContainsAny(s, "\r\n\x00") {
-		return errors.New("mta: CR, LF or NUL in a command argument")
+func (c *client) attach(w *wire) {
+	c.w = w
+	if c.lmtp {
+		c.Client = smtp.NewClientLMTP(w)
+	} else {
+		c.Client = smtp.NewClient(w)
 	}
-	return nil
+	c.CommandTimeout, c.SubmissionTimeout = timeoutCommand, timeoutEnd
 }
 
-// cmd sends one command line and reads the reply.
-func (c *client) cmd(timeout time.Duration, format string, args ...any) (*Reply, error) {
-	line := fmt.Sprintf(format, args...)
-	if err := validArg(line); err != nil {
-		return nil, err
-	}
-	c.conn.SetDeadline(time.Now().Add(timeout))
-	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
-		return nil, err
-	}
-	return readReply(c.r)
+// hello reads the greeting and introduces us as name (EHLO, HELO if
+// that is refused, LHLO in LMTP). greeted reports a 220 greeting,
+// whatever became of the rest.
+func (c *client) hello(name string) (greeted bool, err error) {
+	err = c.Hello(name)
+	return c.w.wrote, err
 }
 
-// greet reads the 220 greeting.
-func (c *client) greet() (*Reply, error) {
-	c.conn.SetDeadline(time.Now().Add(timeoutGreeting))
-	rep, err := readReply(c.r)
-	if err == nil && len(rep.Lines) > 0 {
-		c.greeting, _, _ = strings.Cut(rep.Lines[0], " ")
-	}
-	return rep, err
-}
-
-// hello sends EHLO, or HELO if EHLO is refused, and records the
-// extensions.
-func (c *client) hello(name string) (*Reply, error) {
-	rep, err := c.cmd(timeoutCommand, "EHLO %s", name)
-	if err != nil {
-		return nil, err
-	}
-	c.ext = map[string]string{}
-	if rep.Code == 250 {
-		for _, l := range rep.Lines[1:] {
-			k, v, _ := strings.Cut(l, " ")
-			c.ext[strings.ToUpper(k)] = v
-		}
-		return rep, nil
-	}
-	return c.cmd(timeoutCommand, "HELO %s", name)
-}
-
-// startTLS upgrades the connection; EHLO must be sent again after it.
+// startTLS encrypts the session (RFC 3207); the caller says EHLO again.
+// This step is ours, not go-smtp's: v0.25.1 starts TLS only from
+// NewClientStartTLS, which says EHLO localhost and gives up when the
+// server offers no STARTTLS, so opportunistic TLS would take a second
+// connection. The reply is read with net/textproto, and a new go-smtp
+// client takes the TLS session. The old client's reader is dropped
+// with anything the server sent after its reply, which must not be
+// taken for a reply in the TLS session (CVE-2011-0411).
 func (c *client) startTLS(cfg *tls.Config) error {
-	rep, err := c.cmd(timeoutCommand, "STARTTLS")
-	if err != nil {
+	raw := c.w.Conn
+	raw.SetDeadline(time.Now().Add(timeoutCommand))
+	if _, err := io.WriteString(c.w, "STARTTLS\r\n"); err != nil {
 		return err
 	}
-	if rep.Code != 220 {
-		return &replyError{rep}
+	if _, _, err := textproto.NewReader(bufio.NewReader(c.w)).ReadResponse(220); err != nil {
+		return err
 	}
-	tc := tls.Client(c.conn, cfg)
-	tc.SetDeadline(time.Now().Add(timeoutCommand))
+	tc := tls.Client(raw, cfg)
 	if err := tc.Handshake(); err != nil {
-		return fmt.Errorf("mta: TLS handshake: %w", err)
+		return fmt.Errorf("TLS handshake: %w", err)
 	}
-	// anything the server sent before the handshake is discarded with
-	// the old reader (CVE-2011-0411)
-	c.conn, c.r, c.tls = tc, bufio.NewReaderSize(tc, maxReplyLine), true
+	raw.SetDeadline(time.Time{})
+	c.attach(&wire{Conn: tc, pending: []byte(tlsGreeting), greeted: true})
+	c.tls = true
 	return nil
 }
 
-// auth authenticates with PLAIN or LOGIN (RFC 4954), only over TLS.
-func (c *client) auth(user, pass string) error {
-	if !c.tls {
-		return errors.New("mta: refusing to send credentials without TLS")
-	}
-	mechs := strings.Fields(strings.ToUpper(c.ext["AUTH"]))
-	has := func(m string) bool {
-		for _, x := range mechs {
-			if x == m {
-				return true
-			}
-		}
-		return false
-	}
-	b64 := base64.StdEncoding.EncodeToString
-	switch {
-	case has("PLAIN"):
-		rep, err := c.cmd(timeoutCommand, "AUTH PLAIN %s", b64([]byte("\x00"+user+"\x00"+pass)))
-		return authResult(rep, err)
-	case has("LOGIN"):
-		rep, err := c.cmd(timeoutCommand, "AUTH LOGIN")
-		if err != nil || rep.Code != 334 {
-			return authResult(rep, err)
-		}
-		if rep, err = c.cmd(timeoutCommand, "%s", b64([]byte(user))); err != nil || rep.Code != 334 {
-			return authResult(rep, err)
-		}
-		rep, err = c.cmd(timeoutCommand, "%s", b64([]byte(pass)))
-		return authResult(rep, err)
-	}
-	return fmt.Errorf("mta: server offers no AUTH PLAIN or LOGIN (%q)", c.ext["AUTH"])
+// sendBody writes the message to the DATA command: go-smtp's DotWriter
+// dot-stuffs it and turns bare LFs into CRLF, so no line of the body
+// can end the data early. The write deadline is renewed for every
+// block, which go-smtp does not do.
+func (c *client) sendBody(dc io.Writer, body io.Reader) error {
+	_, err := io.Copy(blockWriter{dc, c.w}, body)
+	c.w.SetWriteDeadline(time.Now().Add(timeoutBlock)) // for the final dot
+	return err
 }
 
-func authResult(rep *Reply, err error) error {
-	if err != nil {
-		return err
-	}
-	if rep.Code != 235 {
-		return &replyError{rep}
-	}
-	return nil
+// blockWriter renews the write deadline of conn for every block.
+type blockWriter struct {
+	w    io.Writer
+	conn net.Conn
 }
 
-// replyError is a reply that failed a step.
-type replyError struct{ rep *Reply }
-
-func (e *replyError) Error() string { return e.rep.String() }
-
-// data sends the message body, dot-stuffed, and returns the reply to the
-// final dot. The body is CRLF text as the spool keeps it.
-func (c *client) data(body io.Reader) (*Reply, error) {
-	rep, err := c.cmd(timeoutData, "DATA")
-	if err != nil {
-		return nil, err
-	}
-	if rep.Code != 354 {
-		return rep, nil
-	}
-	w := bufio.NewWriterSize(&deadlineWriter{c.conn}, 64*1024)
-	br := bufio.NewReaderSize(body, 64*1024)
-	atLineStart := true
-	for {
-		chunk, err := br.ReadSlice('\n')
-		if len(chunk) > 0 {
-			if atLineStart && chunk[0] == '.' {
-				w.WriteByte('.')
-			}
-			w.Write(chunk)
-			atLineStart = chunk[len(chunk)-1] == '\n'
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil && err != bufio.ErrBufferFull {
-			return nil, err
-		}
-	}
-	if !atLineStart {
-		w.WriteString("\r\n")
-	}
-	w.WriteString(".\r\n")
-	if err := w.Flush(); err != nil {
-		return nil, err
-	}
-	monkey.Crash("mta.before-250")
-	c.conn.SetDeadline(time.Now().Add(timeoutEnd))
-	return readReply(c.r)
+func (b blockWriter) Write(p []byte) (int, error) {
+	b.conn.SetWriteDeadline(time.Now().Add(timeoutBlock))
+	return b.w.Write(p)
 }
 
-// deadlineWriter renews the write deadline for every block.
-type deadlineWriter struct{ conn net.Conn }
-
-func (d *deadlineWriter) Write(p []byte) (int, error) {
-	d.conn.SetWriteDeadline(time.Now().Add(timeoutBlock))
-	return d.conn.Write(p)
-}
-
+// quit ends the session politely, without waiting long for the reply.
 func (c *client) quit() {
-	c.cmd(10*time.Second, "QUIT")
-	c.conn.Close()
+	c.CommandTimeout = timeoutQuit
+	c.Quit()
+	c.Close()
+}
+
+// isSMTPError reports a reply of the server, as opposed to a failure
+// of the connection, and returns it.
+func isSMTPError(err error) (*smtp.SMTPError, bool) {
+	var se *smtp.SMTPError
+	ok := errors.As(err, &se)
+	return se, ok
 }

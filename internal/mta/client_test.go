@@ -1,50 +1,99 @@
 package mta
 
 import (
-	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
 	"strings"
 	"testing"
 )
 
-func TestReadReply(t *testing.T) {
-	good := map[string]string{
-		"250 ok\r\n": "250 ok",
-		"250-mx.example\r\n250-SIZE 100\r\n250 DSN\r\n": "250 mx.example SIZE 100 DSN",
-		"220\r\n":        "220 ",
-		"554 5.7.1 no\n": "554 5.7.1 no",
+// chunkConn is a connection whose reads return data in pieces of at
+// most size bytes; writes go nowhere.
+type chunkConn struct {
+	net.Conn
+	data []byte
+	size int
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
 	}
-	for in, want := range good {
-		rep, err := readReply(bufio.NewReaderSize(strings.NewReader(in), maxReplyLine))
-		if err != nil || rep.String() != want {
-			t.Errorf("%q: %v %v", in, rep, err)
-		}
+	n := copy(p[:min(len(p), c.size)], c.data)
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func (c *chunkConn) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestGreetingName(t *testing.T) {
+	cases := map[string]string{
+		"220 mx.example.org ESMTP ready\r\n":         "mx.example.org",
+		"220-mx.example.org first\r\n220 second\r\n": "mx.example.org",
+		"220 mx.example.org\n":                       "mx.example.org",
+		"220 mx.example.org\r\n":                     "mx.example.org",
+		"220\r\n":                                    "",
+		"220 " + strings.Repeat("x", 1000) + "\r\n":  strings.Repeat("x", maxGreeting-4),
+		"220 unfinished":                             "",
 	}
-	bad := []string{
-		"", "25\r\n", "abc ok\r\n", "199 too low\r\n", "250-a\r\n251 b\r\n", "250x\r\n",
-		"250 " + strings.Repeat("x", 3000) + "\r\n",
-		strings.Repeat("250-x\r\n", 200) + "250 end\r\n",
-		"250-unfinished\r\n",
-	}
-	for _, in := range bad {
-		if rep, err := readReply(bufio.NewReaderSize(strings.NewReader(in), maxReplyLine)); err == nil {
-			t.Errorf("%.30q accepted: %v", in, rep)
+	for in, want := range cases {
+		for _, size := range []int{1, 3, 4096} {
+			w := &wire{Conn: &chunkConn{data: []byte(in), size: size}}
+			io.Copy(io.Discard, w)
+			if got := w.greetingName(); got != want {
+				t.Errorf("%.30q in pieces of %d: %q, want %q", in, size, got, want)
+			}
 		}
 	}
 }
 
-func FuzzReadReply(f *testing.F) {
-	f.Add([]byte("250-mx.example\r\n250 DSN\r\n"))
-	f.Add([]byte("421 4.3.0 bye\r\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		r := bufio.NewReaderSize(strings.NewReader(string(data)), maxReplyLine)
-		for range 10 {
-			rep, err := readReply(r)
-			if err != nil {
-				return
-			}
-			if rep.Code < 200 || rep.Code > 599 || len(rep.Lines) == 0 || len(rep.Lines) > maxReplyLines {
-				t.Fatalf("bad reply %+v", rep)
-			}
+// TestWireBoundsReply: a reply without end is cut at maxReply, and a
+// write starts the count again.
+func TestWireBoundsReply(t *testing.T) {
+	w := &wire{Conn: &chunkConn{data: bytes.Repeat([]byte("250-x\r\n"), maxReply), size: 4096}}
+	n, err := io.Copy(io.Discard, w)
+	if !errors.Is(err, errReplyTooLong) || n != maxReply {
+		t.Errorf("read %d bytes, %v", n, err)
+	}
+	w.Write([]byte("NOOP\r\n"))
+	if n, err := w.Read(make([]byte, 10)); n != 10 || err != nil {
+		t.Errorf("after a write: %d %v", n, err)
+	}
+}
+
+// TestWirePendingAndHook: pending bytes come first, and the hook runs
+// once, before the next read.
+func TestWirePendingAndHook(t *testing.T) {
+	w := &wire{Conn: &chunkConn{data: []byte("250 ok\r\n"), size: 100}, pending: []byte(tlsGreeting), greeted: true}
+	calls := 0
+	w.beforeRead = func() { calls++ }
+	b, _ := io.ReadAll(w)
+	if string(b) != tlsGreeting+"250 ok\r\n" || calls != 1 {
+		t.Errorf("read %q, hook called %d times", b, calls)
+	}
+}
+
+// FuzzGreeting feeds a server's first bytes through the wire in pieces:
+// whatever they are, the greeting kept is the first line, bounded, and
+// the name has no space or line end.
+func FuzzGreeting(f *testing.F) {
+	f.Add([]byte("220 mx.example.org ESMTP\r\n"), uint8(1))
+	f.Add([]byte("220-a\r\n220 b\r\n"), uint8(3))
+	f.Add([]byte("554 no\n"), uint8(200))
+	f.Fuzz(func(t *testing.T, data []byte, size uint8) {
+		w := &wire{Conn: &chunkConn{data: data, size: int(size) + 1}}
+		n, _ := io.Copy(io.Discard, w)
+		if n > maxReply || len(w.greeting) > maxGreeting {
+			t.Fatalf("read %d, kept %d", n, len(w.greeting))
+		}
+		first, _, complete := bytes.Cut(data[:min(len(data), maxReply)], []byte("\n"))
+		if complete != w.greeted || !bytes.HasPrefix(first, w.greeting) {
+			t.Fatalf("kept %q (greeted %v) of %q", w.greeting, w.greeted, data)
+		}
+		if name := w.greetingName(); strings.ContainsAny(name, " \r\n") {
+			t.Fatalf("name %q", name)
 		}
 	})
 }

@@ -4,7 +4,8 @@
 // looked up once and shared, a host is one address whose PTR is looked
 // up once, and a route (source to host) carries a penalty: a host whose
 // connects fail is left alone for 15 s x penalty², at most an hour.
-// Sessions carry many messages for the same relay.
+// Sessions carry many messages for the same relay. They speak SMTP, or
+// LMTP, with go-smtp's client; client.go holds the little it cannot do.
 package mta
 
 import (
@@ -17,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
@@ -54,6 +57,9 @@ type MTA struct {
 	domains map[string]*domain
 	hosts   map[netip.Addr]*host
 	routes  map[string]*route
+	// reloads counts the reloads of the tables: an answer asked
+	// before a reload is not kept.
+	reloads int
 }
 
 // task is one message for one relay, with the envelopes of its
@@ -72,14 +78,21 @@ type relay struct {
 	url      *url.URL // nil for MX delivery
 	tasks    []*task
 	sessions int
+	// more is closed, and replaced, when a task comes: sessions
+	// waiting for one wake up.
+	more chan struct{}
+	// creds is lookup's answer for the relay's credentials, kept for
+	// the life of the relay or until the tables are reloaded; asking
+	// is held by one session at a time, so that lookup is asked once.
+	creds  *proto.LookupCredentials
+	asking sync.Mutex
 }
 
 // domain is an MX list, shared by all relays to the domain.
 type domain struct {
 	name    string
 	mxs     []proto.MXHost
-	err     error
-	perm    bool
+	err     *deliveryError
 	expires time.Time
 	done    bool // answered; until then others wait on ready
 	ready   chan struct{}
@@ -141,10 +154,19 @@ func (m *MTA) handle(ch *proto.Channel, env *proto.Frame) error {
 		return proto.SendLines(ch, env.PeerID, lines, func(l []string, last bool) proto.Message {
 			return &proto.MTAObjects{TextLines: proto.TextLines{Lines: l, Last: last}}
 		})
-	case *proto.LookupMXResult, *proto.LookupPTRResult:
+	case *proto.LookupMXResult, *proto.LookupPTRResult, *proto.LookupCredentials:
 		if !m.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
+		return nil
+	case *proto.LookupTablesReloaded:
+		// the next session of each relay asks for its credentials again
+		m.mu.Lock()
+		m.reloads++
+		for _, r := range m.relays {
+			r.creds = nil
+		}
+		m.mu.Unlock()
 		return nil
 	}
 	return fmt.Errorf("unexpected %s", env.Type)
@@ -167,14 +189,14 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	act := m.cfg.Action(e.Action)
 	if act == nil || act.Method != config.Relay {
 		body.Close()
-		m.result(e, proto.StatusTempfail, fmt.Sprintf("mta: no relay action %q", e.Action))
+		m.report(e, "", tempfail(smtp.EnhancedCode{4, 3, 5}, nil, "no relay action %q", e.Action))
 		return
 	}
 	key, dom := relayFor(act, e.Dest)
 	m.mu.Lock()
 	r := m.relays[key]
 	if r == nil {
-		r = &relay{key: key, action: act, domain: dom, url: act.RelayURL}
+		r = &relay{key: key, action: act, domain: dom, url: act.RelayURL, more: make(chan struct{})}
 		m.relays[key] = r
 		m.stats.Increment("mta.relay", 1)
 	}
@@ -189,7 +211,7 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	if joined {
 		body.Close()
 	} else {
-		r.tasks = append(r.tasks, &task{msgid: e.MsgID(), envs: []*envelope.Envelope{e}, body: body})
+		r.add(&task{msgid: e.MsgID(), envs: []*envelope.Envelope{e}, body: body})
 		m.stats.Increment("mta.task", 1)
 	}
 	m.stats.Increment("mta.envelope", 1)
@@ -201,6 +223,14 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	if start {
 		go m.session(r)
 	}
+}
+
+// add queues a task and wakes the sessions waiting for one; m.mu is
+// held.
+func (r *relay) add(t *task) {
+	r.tasks = append(r.tasks, t)
+	close(r.more)
+	r.more = make(chan struct{})
 }
 
 // TasksPerSession is the backlog of a relay that makes it worth one more
@@ -215,9 +245,15 @@ func (r *relay) wantsSession() bool {
 	return r.sessions == 0 || len(r.tasks) > r.sessions*TasksPerSession
 }
 
-// next takes the next task of a relay, waiting up to Keepalive for one.
+// next takes the next task of a relay; with wait, it waits up to
+// Keepalive for one to come.
 func (m *MTA) next(r *relay, wait bool) *task {
-	deadline := time.Now().Add(Keepalive)
+	var expired <-chan time.Time
+	if wait {
+		timer := time.NewTimer(Keepalive)
+		defer timer.Stop()
+		expired = timer.C
+	}
 	for {
 		m.mu.Lock()
 		if len(r.tasks) > 0 {
@@ -226,38 +262,42 @@ func (m *MTA) next(r *relay, wait bool) *task {
 			m.mu.Unlock()
 			return t
 		}
+		more := r.more
 		m.mu.Unlock()
-		if !wait || time.Now().After(deadline) {
+		if !wait {
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-more:
+			// another session may have taken it: look again
+		case <-expired:
+			return nil
+		}
 	}
 }
 
-// result tells queue how one envelope went.
-func (m *MTA) result(e *envelope.Envelope, status proto.Status, text string) {
+// report tells queue how one envelope went: delivered with the remote
+// host's reply when err is nil.
+func (m *MTA) report(e *envelope.Envelope, reply string, err error) {
+	status, text := outcome(reply, err)
 	if err := m.child.Send(m.child.Peers[proto.ProcQueue], &proto.MTADeliveryResult{DeliveryResult: proto.DeliveryResult{EvpID: e.ID, Status: status, Text: text}}, 0); err != nil {
 		m.child.Log.Fatalf("%v", err)
 	}
 }
 
-// failAll ends every task of a relay with the same outcome.
-func (m *MTA) failAll(r *relay, first *task, status proto.Status, text string) {
+// failAll ends every task of a relay with the same failure.
+func (m *MTA) failAll(r *relay, first *task, err error) {
 	for t := first; t != nil; t = m.next(r, false) {
-		m.finishTask(t, status, text)
+		for _, e := range t.envs {
+			m.report(e, "", err)
+		}
+		t.body.Close()
 	}
-}
-
-func (m *MTA) finishTask(t *task, status proto.Status, text string) {
-	for _, e := range t.envs {
-		m.result(e, status, text)
-	}
-	t.body.Close()
 }
 
 // resolve returns the exchangers of a relay: the domain's MX list, looked
 // up once and shared, or the smarthost's addresses.
-func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
+func (m *MTA) resolve(r *relay) ([]proto.MXHost, error) {
 	key := r.domain
 	if r.url != nil {
 		key = "host:" + r.domain
@@ -270,19 +310,24 @@ func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
 		m.stats.Increment("mta.domain", 1)
 		m.mu.Unlock()
 		env, err := m.ask(proto.ProcLookup, &proto.MTAResolveMX{Domain: r.domain, HostOnly: r.url != nil})
+		var res *proto.LookupMXResult
+		if err == nil {
+			var ok bool
+			if res, ok = env.Msg.(*proto.LookupMXResult); !ok {
+				err = fmt.Errorf("lookup answered %s", env.Type)
+			}
+		}
 		switch {
 		case err != nil:
-			d.err = err
+			d.err = tempfail(smtp.EnhancedCode{4, 4, 3}, err, "")
+		case res.Status != proto.StatusOK:
+			d.err = mxError(res)
 		default:
-			res := env.Msg.(*proto.LookupMXResult)
 			d.mxs = res.MXs
-			if res.Status != proto.StatusOK {
-				d.err, d.perm = fmt.Errorf("%s", res.Text), res.Status == proto.StatusPermfail
-			}
 		}
 		m.mu.Lock()
 		d.expires = time.Now().Add(DomainTTL)
-		if d.err != nil && !d.perm {
+		if d.err != nil && d.err.Temporary() {
 			d.expires = time.Now() // temporary failures are asked again
 		}
 		d.done = true
@@ -292,7 +337,10 @@ func (m *MTA) resolve(r *relay) ([]proto.MXHost, error, bool) {
 		m.mu.Unlock()
 		<-d.ready
 	}
-	return d.mxs, d.err, d.perm
+	if d.err != nil {
+		return nil, d.err
+	}
+	return d.mxs, nil
 }
 
 // lookupTimeout bounds the wait for lookup's answer; DNS answers take
@@ -305,6 +353,42 @@ func (m *MTA) ask(to proto.Proc, msg proto.Message) (*proto.Frame, error) {
 		return nil, err
 	}
 	return frames[0], nil
+}
+
+// credentials returns the user name and password of a relay's
+// credentials. Lookup holds the tables: it is asked once per relay, and
+// its answer kept on the relay until the tables are reloaded; only a
+// temporary failure is asked again. No credentials, or none now, is a
+// temporary failure: the mail waits for the table to be fixed.
+func (m *MTA) credentials(r *relay) (*proto.LookupCredentials, error) {
+	r.asking.Lock()
+	defer r.asking.Unlock()
+	label, table := r.url.User.Username(), r.action.Credentials
+	m.mu.Lock()
+	a, reloads := r.creds, m.reloads
+	m.mu.Unlock()
+	if a == nil {
+		env, err := m.ask(proto.ProcLookup, &proto.MTACredentialsQuery{Table: uint32(table.ID), Label: label})
+		if err != nil {
+			return nil, tempfail(smtp.EnhancedCode{4, 7, 0}, err, "credentials %q in table %s", label, table.Name)
+		}
+		var ok bool
+		if a, ok = env.Msg.(*proto.LookupCredentials); !ok {
+			return nil, tempfail(smtp.EnhancedCode{4, 7, 0}, nil, "credentials %q in table %s: lookup answered %s", label, table.Name, env.Type)
+		}
+		m.mu.Lock()
+		if a.Status != proto.StatusTempfail && m.reloads == reloads {
+			r.creds = a
+		}
+		m.mu.Unlock()
+	}
+	switch a.Status {
+	case proto.StatusOK:
+		return a, nil
+	case proto.StatusPermfail:
+		return nil, tempfail(smtp.EnhancedCode{4, 7, 8}, nil, "no credentials %q in table %s", label, table.Name)
+	}
+	return nil, tempfail(smtp.EnhancedCode{4, 7, 0}, nil, "credentials %q in table %s: %s", label, table.Name, a.Text)
 }
 
 // candidate is a host to try, with its route.

@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
 
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
@@ -19,36 +23,22 @@ import (
 // session delivers the tasks of a relay over one connection, for as
 // long as tasks keep coming.
 func (m *MTA) session(r *relay) {
-	defer func() {
-		m.mu.Lock()
-		r.sessions--
-		m.mu.Unlock()
-	}()
+	defer m.sessionDone(r)
 	first := m.next(r, false)
 	if first == nil {
 		return
 	}
-	mxs, err, perm := m.resolve(r)
-	if err != nil {
-		status, text := proto.StatusTempfail, fmt.Sprintf("451 4.4.3 %s", err)
-		if perm {
-			status, text = proto.StatusPermfail, fmt.Sprintf("550 5.1.2 %s", err)
-			if strings.Contains(err.Error(), "null MX") {
-				text = fmt.Sprintf("556 5.1.10 %s", err)
-			}
-		}
-		m.failAll(r, first, status, text)
-		return
+	mxs, err := m.resolve(r)
+	if err == nil && r.action.Backup {
+		mxs, err = m.betterThanUs(mxs)
 	}
-	if r.action.Backup {
-		if mxs, err = m.betterThanUs(mxs); err != nil {
-			m.failAll(r, first, proto.StatusTempfail, "451 4.4.4 "+err.Error())
-			return
-		}
+	if err != nil {
+		m.failAll(r, first, err)
+		return
 	}
 	c, cand, err := m.connect(r, mxs)
 	if err != nil {
-		m.failAll(r, first, proto.StatusTempfail, "451 4.4.1 "+err.Error())
+		m.failAll(r, first, err)
 		return
 	}
 	defer func() {
@@ -58,19 +48,14 @@ func (m *MTA) session(r *relay) {
 	}()
 	m.stats.Increment("mta.session", 1)
 	if err := m.open(c, r, cand); err != nil {
-		c.conn.Close()
-		var perm *permanentError
-		if errors.As(err, &perm) {
-			m.failAll(r, first, proto.StatusPermfail, err.Error())
-		} else {
-			m.failAll(r, first, proto.StatusTempfail, err.Error())
-		}
+		c.Close()
+		m.failAll(r, first, err)
 		return
 	}
 	t := first
 	for n := 0; t != nil; n++ {
-		if !m.send(c, t) {
-			c.conn.Close()
+		if !send(c, t, m.report) {
+			c.Close()
 			return
 		}
 		if n+1 >= MessagesPerSession {
@@ -79,11 +64,14 @@ func (m *MTA) session(r *relay) {
 		t = m.next(r, true)
 	}
 	c.quit()
-	// more tasks may have come: another session takes them
+}
+
+// sessionDone ends a session. Tasks that came while it was ending, or
+// that it left, start another.
+func (m *MTA) sessionDone(r *relay) {
 	m.mu.Lock()
 	r.sessions--
 	again := r.wantsSession()
-	r.sessions++
 	if again {
 		r.sessions++
 	}
@@ -105,18 +93,13 @@ func (m *MTA) betterThanUs(mxs []proto.MXHost) ([]proto.MXHost, error) {
 				}
 			}
 			if len(better) == 0 {
-				return nil, fmt.Errorf("no exchanger is preferred to this backup MX")
+				return nil, tempfail(smtp.EnhancedCode{4, 4, 4}, nil, "no exchanger is preferred to this backup MX")
 			}
 			return better, nil
 		}
 	}
 	return mxs, nil
 }
-
-// permanentError is a failure that will not change on retry.
-type permanentError struct{ msg string }
-
-func (e *permanentError) Error() string { return e.msg }
 
 // port returns the port of a relay.
 func (m *MTA) port(r *relay) string {
@@ -140,8 +123,9 @@ func (m *MTA) port(r *relay) string {
 func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) {
 	cands := m.candidates(mxs, r.action.Source)
 	if len(cands) == 0 {
-		return nil, candidate{}, errors.New("no exchanger available: all are disabled after failures or busy")
+		return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, nil, "no exchanger available: all are disabled after failures or busy")
 	}
+	lmtp := r.url != nil && r.url.Scheme == "lmtp"
 	var lastErr error
 	for _, cd := range cands {
 		d := net.Dialer{Timeout: timeoutConnect}
@@ -158,25 +142,26 @@ func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) 
 		cd.host.sessions++
 		m.mu.Unlock()
 		m.stats.Increment("mta.connector", 1)
-		if r.url != nil && r.url.Scheme == "smtps" {
-			tc := tls.Client(conn, m.tlsConfig(r, cd.host))
-			tc.SetDeadline(time.Now().Add(timeoutCommand))
-			if err := tc.Handshake(); err != nil {
-				conn.Close()
-				m.mu.Lock()
-				cd.host.sessions--
-				m.mu.Unlock()
-				m.penalize(cd.route, err)
-				lastErr = err
-				continue
-			}
-			c := newClient(tc)
-			c.tls = true
-			return c, cd, nil
+		if r.url == nil || r.url.Scheme != "smtps" {
+			return newClient(conn, lmtp), cd, nil
 		}
-		return newClient(conn), cd, nil
+		tc := tls.Client(conn, m.tlsConfig(r, cd.host))
+		tc.SetDeadline(time.Now().Add(timeoutCommand))
+		if err := tc.Handshake(); err != nil {
+			conn.Close()
+			m.mu.Lock()
+			cd.host.sessions--
+			m.mu.Unlock()
+			m.penalize(cd.route, err)
+			lastErr = err
+			continue
+		}
+		tc.SetDeadline(time.Time{})
+		c := newClient(tc, lmtp)
+		c.tls = true
+		return c, cd, nil
 	}
-	return nil, candidate{}, fmt.Errorf("could not connect to any exchanger: %v", lastErr)
+	return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, lastErr, "could not connect to any exchanger")
 }
 
 // tlsConfig verifies certificates when TLS is required, unless the relay
@@ -197,69 +182,83 @@ func (m *MTA) tlsConfig(r *relay, h *host) *tls.Config {
 // as the relay asks.
 func (m *MTA) open(c *client, r *relay, cd candidate) error {
 	m.lookupPTR(cd.host)
-	rep, err := c.greet()
-	if err != nil {
-		m.penalize(cd.route, err)
-		return fmt.Errorf("451 4.4.2 %s: %v", cd.host.addr, err)
-	}
-	if rep.Code != 220 {
-		return replyFailure("greeting", rep)
-	}
-	if strings.EqualFold(c.greeting, m.cfg.Hostname) {
-		return &permanentError{fmt.Sprintf("554 5.4.6 mail loop: %s (%s) is this host", cd.host.name, cd.host.addr)}
-	}
-	m.healthy(cd.route)
 	helo := r.action.Helo
 	if helo == "" {
 		helo = m.cfg.Hostname
 	}
-	if rep, err = c.hello(helo); err != nil {
-		return fmt.Errorf("451 4.4.2 %s: %v", cd.host.addr, err)
+	greeted, err := c.hello(helo)
+	if !greeted {
+		if se, ok := isSMTPError(err); ok {
+			return replyError(se, "greeting")
+		}
+		m.penalize(cd.route, err)
+		return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "%s", cd.host.addr)
 	}
-	if rep.Code != 250 {
-		return replyFailure("EHLO", rep)
+	// go-smtp drops the greeting's text: the wire kept it
+	if strings.EqualFold(c.w.greetingName(), m.cfg.Hostname) {
+		return permfail(554, smtp.EnhancedCode{5, 4, 6}, "mail loop: %s (%s) is this host", cd.host.name, cd.host.addr)
+	}
+	m.healthy(cd.route)
+	if err != nil {
+		if se, ok := isSMTPError(err); ok {
+			return replyError(se, "EHLO")
+		}
+		return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "%s", cd.host.addr)
 	}
 	required := r.action.RelayTLS == "required" || r.url != nil && r.url.Scheme == "smtp+tls"
 	never := r.url != nil && (r.url.Scheme == "smtp+notls" || r.url.Scheme == "lmtp")
 	if !c.tls && !never {
-		if _, ok := c.ext["STARTTLS"]; ok {
+		if ok, _ := c.Extension("STARTTLS"); ok {
 			if err := c.startTLS(m.tlsConfig(r, cd.host)); err != nil {
-				return fmt.Errorf("451 4.7.5 STARTTLS with %s failed: %v", cd.host.addr, err)
+				return tempfail(smtp.EnhancedCode{4, 7, 5}, err, "STARTTLS with %s failed", cd.host.addr)
 			}
-			if rep, err = c.hello(helo); err != nil || rep.Code != 250 {
-				return fmt.Errorf("451 4.4.2 EHLO after STARTTLS with %s failed", cd.host.addr)
+			if err := c.Hello(helo); err != nil {
+				return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "EHLO after STARTTLS with %s failed", cd.host.addr)
 			}
 			m.stats.Increment("mta.tls", 1)
 		} else if required {
-			return fmt.Errorf("451 4.7.4 TLS required but %s (%s) does not offer STARTTLS", cd.host.name, cd.host.addr)
+			return tempfail(smtp.EnhancedCode{4, 7, 4}, nil, "TLS required but %s (%s) does not offer STARTTLS", cd.host.name, cd.host.addr)
 		} else {
 			// opportunistic TLS falls back to plain text: say so
 			m.stats.Increment("mta.plaintext", 1)
 			m.child.Log.Infof("%s (%s) offers no STARTTLS: sending in plain text", cd.host.name, cd.host.addr)
 		}
 	}
-	if r.url != nil && r.url.User != nil && r.action.Credentials != nil {
-		label := r.url.User.Username()
-		secret, ok := r.action.Credentials.Data.Lookup(label)
-		user, pass, found := strings.Cut(secret, ":")
-		if !ok || !found {
-			return fmt.Errorf("451 4.7.8 no credentials %q in table %s", label, r.action.Credentials.Name)
-		}
-		if err := c.auth(user, pass); err != nil {
-			// refused credentials are a configuration problem to fix,
-			// not a reason to return the mail
-			return fmt.Errorf("451 4.7.8 authentication with %s failed: %v", cd.host.addr, err)
-		}
-	}
-	return nil
+	return m.authenticate(c, r, cd)
 }
 
-// replyFailure turns a refused step into the failure of the session.
-func replyFailure(step string, rep *Reply) error {
-	if rep.Permanent() {
-		return &permanentError{fmt.Sprintf("%s (at %s)", rep, step)}
+// authenticate logs in to a smarthost whose relay names credentials,
+// with PLAIN or else LOGIN (RFC 4954), only over TLS. Refused
+// credentials are a configuration problem to fix, not a reason to
+// return the mail: every failure here is temporary.
+func (m *MTA) authenticate(c *client, r *relay, cd candidate) error {
+	if r.url == nil || r.url.User == nil || r.action.Credentials == nil {
+		return nil
 	}
-	return fmt.Errorf("%s (at %s)", rep, step)
+	if !c.tls {
+		return tempfail(smtp.EnhancedCode{4, 7, 8}, nil, "authentication with %s failed: refusing to send credentials without TLS", cd.host.addr)
+	}
+	cr, err := m.credentials(r)
+	if err != nil {
+		return err
+	}
+	var mech sasl.Client
+	switch {
+	case c.SupportsAuth(sasl.Plain):
+		mech = sasl.NewPlainClient("", cr.User, cr.Password)
+	case c.SupportsAuth(sasl.Login):
+		mech = sasl.NewLoginClient(cr.User, cr.Password)
+	default:
+		_, offered := c.Extension("AUTH")
+		return tempfail(smtp.EnhancedCode{4, 7, 8}, nil, "authentication with %s failed: it offers no AUTH PLAIN or LOGIN (%q)", cd.host.addr, offered)
+	}
+	if err := c.Auth(mech); err != nil {
+		if se, ok := isSMTPError(err); ok {
+			err = replyError(se, "")
+		}
+		return tempfail(smtp.EnhancedCode{4, 7, 8}, err, "authentication with %s failed", cd.host.addr)
+	}
+	return nil
 }
 
 // lookupPTR asks once per host for its name, for the logs.
@@ -272,133 +271,222 @@ func (m *MTA) lookupPTR(h *host) {
 		return
 	}
 	if env, err := m.ask(proto.ProcLookup, &proto.MTAResolvePTR{Addr: h.addr.String()}); err == nil {
-		m.mu.Lock()
-		h.ptr = env.Msg.(*proto.LookupPTRResult).Name
-		m.mu.Unlock()
+		if res, ok := env.Msg.(*proto.LookupPTRResult); ok {
+			m.mu.Lock()
+			h.ptr = res.Name
+			m.mu.Unlock()
+		}
 	}
 }
 
+// reportFunc receives the outcome of one envelope: delivered with the
+// remote host's reply when err is nil.
+type reportFunc func(e *envelope.Envelope, reply string, err error)
+
 // send delivers one task and reports each recipient's outcome. It
 // returns false when the connection is unusable.
-func (m *MTA) send(c *client, t *task) bool {
+func send(c *client, t *task, report reportFunc) bool {
 	defer t.body.Close()
+	reportAll := func(envs []*envelope.Envelope, err error) {
+		for _, e := range envs {
+			report(e, "", err)
+		}
+	}
+	// refused reports a step that failed for envs: a reply leaves the
+	// connection usable, anything else lost it
+	refused := func(envs []*envelope.Envelope, err error, step string) bool {
+		if se, ok := isSMTPError(err); ok {
+			reportAll(envs, replyError(se, ""))
+			c.Reset()
+			return true
+		}
+		reportAll(envs, tempfail(smtp.EnhancedCode{4, 4, 2}, err, "connection lost at %s", step))
+		return false
+	}
 	e0 := t.envs[0]
 	utf8Needed := !isASCII(e0.Sender)
 	for _, e := range t.envs {
 		utf8Needed = utf8Needed || !isASCII(e.Dest)
 	}
-	_, hasUTF8 := c.ext["SMTPUTF8"]
-	if utf8Needed && !hasUTF8 {
-		m.finishAll(t, proto.StatusPermfail, "553 5.6.7 the recipient's server does not accept internationalised addresses (SMTPUTF8)")
+	if ok, _ := c.Extension("SMTPUTF8"); utf8Needed && !ok {
+		reportAll(t.envs, permfail(553, smtp.EnhancedCode{5, 6, 7}, "the recipient's server does not accept internationalised addresses (SMTPUTF8)"))
 		return true
 	}
-	mail := fmt.Sprintf("MAIL FROM:<%s>", e0.Sender)
+	// go-smtp adds BODY=8BITMIME, and SIZE and the DSN parameters
+	// where the server offers them
+	opts := mailOptions(e0)
+	opts.UTF8 = utf8Needed
 	if fi, err := t.body.Stat(); err == nil {
-		if _, ok := c.ext["SIZE"]; ok {
-			mail += fmt.Sprintf(" SIZE=%d", fi.Size())
-		}
-	}
-	if _, ok := c.ext["8BITMIME"]; ok {
-		mail += " BODY=8BITMIME"
-	}
-	if utf8Needed {
-		mail += " SMTPUTF8"
-	}
-	_, dsn := c.ext["DSN"]
-	if dsn && e0.Ret != "" {
-		mail += " RET=" + e0.Ret
-	}
-	if dsn && e0.EnvID != "" {
-		mail += " ENVID=" + xtext(e0.EnvID)
+		opts.Size = fi.Size()
 	}
 	if err := monkey.Fail("mta.session"); err != nil {
-		c.conn.Close()
-		m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost before MAIL: "+err.Error())
+		c.Close()
+		reportAll(t.envs, tempfail(smtp.EnhancedCode{4, 4, 2}, err, "connection lost before MAIL"))
 		return false
 	}
-	rep, err := c.cmd(timeoutCommand, "%s", mail)
-	if err != nil {
-		m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost at MAIL: "+err.Error())
-		return false
-	}
-	if rep.Code/100 != 2 {
-		m.finishAll(t, statusOf(rep), rep.String())
-		c.cmd(timeoutCommand, "RSET")
-		return true
+	if err := c.Mail(e0.Sender, opts); err != nil {
+		return refused(t.envs, err, "MAIL")
 	}
 	var accepted []*envelope.Envelope
 	for i, e := range t.envs {
-		rcpt := fmt.Sprintf("RCPT TO:<%s>", e.Dest)
-		if dsn && e.Notify != "" {
-			rcpt += " NOTIFY=" + e.Notify
-		}
-		if dsn && e.ORcpt != "" {
-			rcpt += " ORCPT=" + xtext(e.ORcpt)
-		}
 		if err := monkey.Fail("mta.session"); err != nil {
 			// as if the remote host answered 451, without asking it
-			m.result(e, proto.StatusTempfail, "451 4.3.0 "+err.Error())
+			report(e, "", tempfail(smtp.EnhancedCode{4, 3, 0}, err, ""))
 			continue
 		}
-		rep, err := c.cmd(timeoutCommand, "%s", rcpt)
-		if err != nil {
-			// the recipients refused so far have their results
-			t.envs = append(accepted, t.envs[i:]...)
-			m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost at RCPT: "+err.Error())
-			return false
-		}
-		if rep.Code/100 == 2 {
+		err := c.Rcpt(e.Dest, rcptOptions(e))
+		if err == nil {
 			accepted = append(accepted, e)
-		} else {
-			m.result(e, statusOf(rep), rep.String())
+			continue
 		}
+		if se, ok := isSMTPError(err); ok {
+			report(e, "", replyError(se, ""))
+			continue
+		}
+		// the recipients refused so far have their results
+		reportAll(append(accepted, t.envs[i:]...), tempfail(smtp.EnhancedCode{4, 4, 2}, err, "connection lost at RCPT"))
+		return false
 	}
 	if len(accepted) == 0 {
-		c.cmd(timeoutCommand, "RSET")
+		c.Reset()
 		return true
 	}
 	if _, err := t.body.Seek(0, io.SeekStart); err != nil {
-		t.envs = accepted
-		m.finishAll(t, proto.StatusTempfail, "451 4.3.0 "+err.Error())
+		reportAll(accepted, tempfail(smtp.EnhancedCode{4, 3, 0}, err, ""))
 		return false
 	}
-	rep, err = c.data(t.body)
-	if err == nil && rep.Code/100 == 2 {
+	c.CommandTimeout = timeoutData
+	dc, err := c.Data()
+	c.CommandTimeout = timeoutCommand
+	if err != nil {
+		return refused(accepted, err, "DATA")
+	}
+	if err := c.sendBody(dc, t.body); err != nil {
+		reportAll(accepted, tempfail(smtp.EnhancedCode{4, 4, 2}, err, "connection lost during DATA"))
+		return false
+	}
+	c.w.beforeRead = func() { monkey.Crash("mta.before-250") }
+	replies, refusals, lost := c.endData(dc, accepted)
+	c.w.beforeRead = nil
+	if len(replies) > 0 {
 		monkey.Crash("mta.after-250")
-		if err = monkey.Fail("mta.session"); err != nil {
+		if err := monkey.Fail("mta.session"); err != nil {
 			// the remote host has the message: retrying duplicates it,
 			// as a connection lost at this moment does
-			c.conn.Close()
+			c.Close()
+			replies, lost = nil, err
 		}
-	}
-	if err != nil {
-		t.envs = accepted
-		m.finishAll(t, proto.StatusTempfail, "451 4.4.2 connection lost during DATA: "+err.Error())
-		return false
 	}
 	for _, e := range accepted {
-		if rep.Code/100 == 2 {
-			m.result(e, proto.StatusOK, rep.String())
-		} else {
-			m.result(e, statusOf(rep), rep.String())
+		switch {
+		case replies[e.Dest] != "":
+			report(e, replies[e.Dest], nil)
+		case refusals[e.Dest] != nil:
+			report(e, "", refusals[e.Dest])
+		default:
+			report(e, "", tempfail(smtp.EnhancedCode{4, 4, 2}, lost, "connection lost during DATA"))
 		}
 	}
-	return true
+	return lost == nil
 }
 
-func (m *MTA) finishAll(t *task, status proto.Status, text string) {
-	for _, e := range t.envs {
-		m.result(e, status, text)
+// endData sends the final dot and reads the outcome by recipient: the
+// remote host's reply for those it took, the failure of those it
+// refused. SMTP has one reply for all, LMTP one each (RFC 2033 §4.2).
+// lost is set when the connection was lost before every recipient had
+// its reply.
+func (c *client) endData(dc *smtp.DataCommand, rcpts []*envelope.Envelope) (replies map[string]string, refusals map[string]error, lost error) {
+	replies, refusals = map[string]string{}, map[string]error{}
+	if !c.lmtp {
+		resp, err := dc.CloseWithResponse()
+		if se, ok := isSMTPError(err); ok {
+			for _, e := range rcpts {
+				refusals[e.Dest] = replyError(se, "")
+			}
+			return replies, refusals, nil
+		}
+		if err != nil {
+			return replies, refusals, err
+		}
+		for _, e := range rcpts {
+			replies[e.Dest] = okReply(resp)
+		}
+		return replies, refusals, nil
 	}
+	resps, err := dc.CloseWithLMTPResponse()
+	var refused smtp.LMTPDataError
+	if errors.As(err, &refused) {
+		for rcpt, se := range refused {
+			refusals[rcpt] = replyError(se, "")
+		}
+	}
+	if _, onlyRefusals := err.(smtp.LMTPDataError); !onlyRefusals {
+		lost = err
+	}
+	for rcpt, resp := range resps {
+		replies[rcpt] = okReply(resp)
+	}
+	for _, e := range rcpts {
+		if replies[e.Dest] == "" && refusals[e.Dest] == nil && lost == nil {
+			lost = fmt.Errorf("mta: no reply for <%s>", e.Dest)
+		}
+	}
+	return replies, refusals, lost
 }
 
-// statusOf maps a reply to an outcome: 5xx permanent, anything else
-// temporary.
-func statusOf(rep *Reply) proto.Status {
-	if rep.Permanent() {
-		return proto.StatusPermfail
+// okReply is the text of a 250 to the final dot, on one line.
+func okReply(resp *smtp.DataResponse) string {
+	return "250 " + strings.ReplaceAll(resp.StatusText, "\n", " ")
+}
+
+// mailOptions carries the DSN parameters of RFC 3461 §4.3-4.4 that the
+// envelope kept. go-smtp refuses values outside the RFC before sending
+// anything; they are left out here rather than failing the delivery.
+func mailOptions(e *envelope.Envelope) *smtp.MailOptions {
+	opts := &smtp.MailOptions{}
+	switch ret := smtp.DSNReturn(strings.ToUpper(e.Ret)); ret {
+	case smtp.DSNReturnFull, smtp.DSNReturnHeaders:
+		opts.Return = ret
 	}
-	return proto.StatusTempfail
+	// ENVID is printable ASCII, at most 100 characters (§4.4)
+	if isPrintableASCII(e.EnvID) && len(e.EnvID) <= 100 {
+		opts.EnvelopeID = e.EnvID
+	}
+	return opts
+}
+
+// rcptOptions carries the DSN parameters of RFC 3461 §4.1-4.2, as
+// mailOptions does.
+func rcptOptions(e *envelope.Envelope) *smtp.RcptOptions {
+	opts := &smtp.RcptOptions{Notify: dsnNotify(e.Notify)}
+	typ, addr, _ := strings.Cut(e.ORcpt, ";")
+	switch t := smtp.DSNAddressType(strings.ToUpper(typ)); {
+	case t == smtp.DSNAddressTypeRFC822 && addr != "" && isPrintableASCII(addr),
+		t == smtp.DSNAddressTypeUTF8 && addr != "" && utf8.ValidString(addr):
+		opts.OriginalRecipientType, opts.OriginalRecipient = t, addr
+	}
+	return opts
+}
+
+// dsnNotify parses a NOTIFY value: NEVER alone, or one or more of
+// SUCCESS, FAILURE and DELAY (RFC 3461 §4.1); nil if it is neither.
+func dsnNotify(s string) []smtp.DSNNotify {
+	if s == "" {
+		return nil
+	}
+	fields := strings.Split(strings.ToUpper(s), ",")
+	if len(fields) == 1 && smtp.DSNNotify(fields[0]) == smtp.DSNNotifyNever {
+		return []smtp.DSNNotify{smtp.DSNNotifyNever}
+	}
+	var out []smtp.DSNNotify
+	for _, f := range fields {
+		n := smtp.DSNNotify(f)
+		if n != smtp.DSNNotifySuccess && n != smtp.DSNNotifyFailure && n != smtp.DSNNotifyDelayed || slices.Contains(out, n) {
+			return nil
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 func isASCII(s string) bool {
@@ -410,16 +498,11 @@ func isASCII(s string) bool {
 	return true
 }
 
-// xtext encodes a DSN parameter (RFC 3461 §4).
-func xtext(s string) string {
-	var b strings.Builder
+func isPrintableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '!' || c > '~' || c == '+' || c == '=' {
-			fmt.Fprintf(&b, "+%02X", c)
-		} else {
-			b.WriteByte(c)
+		if s[i] < ' ' || s[i] > '~' {
+			return false
 		}
 	}
-	return b.String()
+	return true
 }

@@ -49,7 +49,7 @@ func (q *Queue) bounce(e *envelope.Envelope, reason string) error {
 // warn tells the sender that delivery to e's recipient is delayed.
 func (q *Queue) warn(e *envelope.Envelope, reason string) {
 	if err := q.sendNotice(e, noticeDelayed, reason); err != nil {
-		q.warnf("%016x: no %s notice to <%s>: %v", e.ID, noticeDelayed, e.Sender, err)
+		q.warnf("%s: no %s notice to <%s>: %v", envelope.FormatEvpID(e.ID), noticeDelayed, e.Sender, err)
 	}
 }
 
@@ -63,7 +63,7 @@ func (q *Queue) sendNotice(e *envelope.Envelope, kind notice, reason string) err
 	if errors.As(err, &noRoute) {
 		// a notice that can never be delivered: there is nothing to
 		// wait for
-		q.warnf("%016x: no %s notice to <%s>: %v", e.ID, kind, e.Sender, err)
+		q.warnf("%s: no %s notice to <%s>: %v", envelope.FormatEvpID(e.ID), kind, e.Sender, err)
 		return nil
 	}
 	if err != nil {
@@ -96,7 +96,7 @@ func (q *Queue) commitNotice(e *envelope.Envelope, kind notice, reason string) e
 	p := &pending{body: f}
 	for _, d := range dests {
 		p.envs = append(p.envs, &envelope.Envelope{
-			ID:   uint64(id)<<32 | uint64(rand.Uint32()|1),
+			ID:   envelope.NewEvpID(id),
 			Kind: envelope.Kind(d.Kind), Rule: int(d.Rule), Action: d.Action,
 			Sender: "", Rcpt: e.Sender, Dest: d.Dest, User: d.User,
 			Helo: q.hostname, Created: now, Expire: now.Add(q.child.Config.Limits.QueueExpire),
@@ -140,19 +140,19 @@ const lookupTimeout = 5 * time.Minute
 func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, kind notice, reason string) error {
 	w := bufio.NewWriter(f)
 	now := time.Now()
-	boundary := fmt.Sprintf("%08x.%x/%s", id, rand.Uint64(), q.hostname)
+	boundary := fmt.Sprintf("%s.%x/%s", envelope.FormatMsgID(id), rand.Uint64(), q.hostname)
 	status, diag := dsnStatus(reason, kind)
 	subject, human := "Delivery failure: returned mail", "The delivery will not be tried again."
 	if kind == noticeDelayed {
 		subject = "Delivery delayed: still trying"
 		human = fmt.Sprintf("This is only a warning: delivery will be tried again until %s.", e.Expire.Format(time.RFC1123Z))
 	}
-	fmt.Fprintf(w, "Received: from localhost (smtpd) by %s id %08x;\r\n\t%s\r\n", q.hostname, id, now.Format(time.RFC1123Z))
+	fmt.Fprintf(w, "Received: from localhost (smtpd) by %s id %s;\r\n\t%s\r\n", q.hostname, envelope.FormatMsgID(id), now.Format(time.RFC1123Z))
 	fmt.Fprintf(w, "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n", q.hostname)
 	fmt.Fprintf(w, "To: <%s>\r\n", e.Sender)
 	fmt.Fprintf(w, "Subject: %s\r\n", subject)
 	fmt.Fprintf(w, "Date: %s\r\n", now.Format(time.RFC1123Z))
-	fmt.Fprintf(w, "Message-Id: <%d.%08x.bounce@%s>\r\n", now.Unix(), id, q.hostname)
+	fmt.Fprintf(w, "Message-Id: <%d.%s.bounce@%s>\r\n", now.Unix(), envelope.FormatMsgID(id), q.hostname)
 	fmt.Fprintf(w, "Auto-Submitted: auto-replied\r\n")
 	fmt.Fprintf(w, "MIME-Version: 1.0\r\n")
 	fmt.Fprintf(w, "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"%s\"\r\n\r\n", boundary)

@@ -1,3 +1,5 @@
+// Package queue is the queue process: it owns the spool, the durable
+// store of every message the daemon has accepted.
 package queue
 
 import (
@@ -7,7 +9,6 @@ import (
 	"sync"
 
 	"smtpd/internal/envelope"
-	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/internal/stats"
 	"smtpd/proto"
@@ -128,14 +129,14 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 		defer q.mu.Unlock()
 		p := q.pending[m.MsgID]
 		if p == nil || e.MsgID() != m.MsgID {
-			return fmt.Errorf("submit for unknown message %08x", m.MsgID)
+			return fmt.Errorf("submit for unknown message %s", envelope.FormatMsgID(m.MsgID))
 		}
 		p.envs = append(p.envs, e)
 		return nil
 	case *proto.SMTPMessageCommit:
 		p := q.take(m.MsgID)
 		if p == nil || len(p.envs) == 0 {
-			return fmt.Errorf("commit of unknown or empty message %08x", m.MsgID)
+			return fmt.Errorf("commit of unknown or empty message %s", envelope.FormatMsgID(m.MsgID))
 		}
 		q.commits <- commit{id: m.MsgID, msg: p, done: func(err error) {
 			var reply proto.Message = &proto.QueueMessageCommitted{MsgID: m.MsgID}
@@ -197,15 +198,11 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 // sendMessage answers `smtpctl show message` with the message file of a
 // queued message, or a line saying there is none.
 func (q *Queue) sendMessage(ch *proto.Channel, id uint32, target string) error {
-	var msgid uint64
-	_, err := fmt.Sscanf(target, "%x", &msgid)
-	if len(target) == 16 {
-		msgid >>= 32
-	}
-	if err != nil || len(target) != 8 && len(target) != 16 || !q.sched.HasMessage(uint32(msgid)) {
+	msgid, _, err := envelope.ParseID(target)
+	if err != nil || !q.sched.HasMessage(msgid) {
 		return ch.Send(&proto.QueueLines{TextLines: proto.TextLines{Lines: []string{"no such message: " + target}, Last: true}}, id)
 	}
-	f, err := os.Open(q.store.BodyPath(uint32(msgid)))
+	f, err := os.Open(q.store.BodyPath(msgid))
 	if err != nil {
 		return ch.Send(&proto.QueueLines{TextLines: proto.TextLines{Lines: []string{err.Error()}, Last: true}}, id)
 	}
@@ -233,8 +230,8 @@ func failureReply(err error) proto.Reply {
 
 // committer makes messages durable in batches: every commit request
 // that arrives while a batch is being written joins the next one, so
-// concurrent sessions share their syncs (group commit). No answer goes
-// out before its message is durable.
+// that concurrent sessions share their syncs (group commit, see Store).
+// No answer goes out before its message is durable.
 func (q *Queue) committer() {
 	for first := range q.commits {
 		batch := []commit{first}
@@ -251,34 +248,18 @@ func (q *Queue) committer() {
 	}
 }
 
+// commitBatch commits a batch with Store.Commit, which decides what is
+// synced when, and answers each message.
 func (q *Queue) commitBatch(batch []commit) {
-	failed := make([]error, len(batch))
+	msgs := make([]Message, len(batch))
 	for i, c := range batch {
 		c.msg.body.Close()
-		failed[i] = q.store.Stage(c.id, c.msg.envs)
+		msgs[i] = Message{ID: c.id, Envelopes: c.msg.envs}
 	}
-	monkey.Crash("queue.before-sync")
-	syncErr := q.store.Sync()
-	monkey.Crash("queue.after-sync")
+	errs := q.store.Commit(msgs)
 	for i, c := range batch {
-		if failed[i] == nil && syncErr == nil {
-			failed[i] = q.store.Publish(c.id)
-		}
-	}
-	monkey.Crash("queue.after-publish")
-	if syncErr == nil {
-		syncErr = q.store.Sync()
-	}
-	monkey.Crash("queue.after-commit")
-	for i, c := range batch {
-		err := failed[i]
-		if err == nil {
-			err = syncErr
-		}
-		if err != nil {
-			q.warnf("commit %08x: %v", c.id, err)
-			q.store.Discard(c.id)
-			os.RemoveAll(q.store.messageDir(c.id))
+		if err := errs[i]; err != nil {
+			q.warnf("commit %s: %v", envelope.FormatMsgID(c.id), err)
 			c.done(err)
 			continue
 		}

@@ -151,14 +151,14 @@ func (s *Scheduler) dispatch() time.Duration {
 			s.finish(en, proto.StatusPermfail, "message expired after "+s.limits.QueueExpire.String())
 			continue
 		}
-		s.log.Tracef("scheduler", "%016x: due (try %d), to %s for <%s>", en.env.ID, en.env.Retries+1, en.env.Kind, en.env.Dest)
+		s.log.Tracef("scheduler", "%s: due (try %d), to %s for <%s>", envelope.FormatEvpID(en.env.ID), en.env.Retries+1, en.env.Kind, en.env.Dest)
 		body, err := os.Open(s.store.BodyPath(en.env.MsgID()))
 		if err == nil {
 			err = s.deliver(en.env, body)
 			body.Close()
 		}
 		if err != nil {
-			s.log.Warnf("deliver %016x: %v", en.env.ID, err)
+			s.log.Warnf("deliver %s: %v", envelope.FormatEvpID(en.env.ID), err)
 			s.finish(en, proto.StatusTempfail, "queue: "+err.Error())
 		}
 	}
@@ -171,7 +171,7 @@ func (s *Scheduler) Result(r proto.DeliveryResult) {
 	en := s.envs[r.EvpID]
 	s.mu.Unlock()
 	if en == nil || !en.inflight {
-		s.log.Warnf("result for envelope %016x that is not being delivered", r.EvpID)
+		s.log.Warnf("result for envelope %s that is not being delivered", envelope.FormatEvpID(r.EvpID))
 		return
 	}
 	s.finish(en, r.Status, r.Text)
@@ -179,10 +179,10 @@ func (s *Scheduler) Result(r proto.DeliveryResult) {
 
 func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 	e := en.env
-	s.log.Tracef("scheduler", "%016x: result %d %s", e.ID, status, text)
+	s.log.Tracef("scheduler", "%s: result %d %s", envelope.FormatEvpID(e.ID), status, text)
 	switch status {
 	case proto.StatusOK:
-		s.log.Infof("%016x: delivered to <%s>", e.ID, e.Dest)
+		s.log.Infof("%s: delivered to <%s>", envelope.FormatEvpID(e.ID), e.Dest)
 		s.stats.Increment("scheduler.delivery.ok", 1)
 		s.drop(en)
 	case proto.StatusPermfail:
@@ -191,13 +191,13 @@ func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
 		go func() {
 			if s.OnPermfail != nil {
 				if err := s.OnPermfail(e, text); err != nil {
-					s.log.Warnf("%016x: permanent failure for <%s>, but no notice yet (%v): kept for another try", e.ID, e.Dest, err)
+					s.log.Warnf("%s: permanent failure for <%s>, but no notice yet (%v): kept for another try", envelope.FormatEvpID(e.ID), e.Dest, err)
 					s.retry(en, text)
 					s.poke()
 					return
 				}
 			}
-			s.log.Infof("%016x: permanent failure for <%s>: %s", e.ID, e.Dest, text)
+			s.log.Infof("%s: permanent failure for <%s>: %s", envelope.FormatEvpID(e.ID), e.Dest, text)
 			s.stats.Increment("scheduler.delivery.permfail", 1)
 			monkey.Crash("queue.after-bounce")
 			s.drop(en)
@@ -222,9 +222,9 @@ func (s *Scheduler) retry(en *entry, text string) {
 		e.Warned = true
 	}
 	if err := s.store.Update(e); err != nil {
-		s.log.Warnf("%016x: %v", e.ID, err)
+		s.log.Warnf("%s: %v", envelope.FormatEvpID(e.ID), err)
 	}
-	s.log.Infof("%016x: temporary failure for <%s>: %s (retry %d)", e.ID, e.Dest, text, e.Retries)
+	s.log.Infof("%s: temporary failure for <%s>: %s (retry %d)", envelope.FormatEvpID(e.ID), e.Dest, text, e.Retries)
 	if warn {
 		// a copy: the envelope itself may change while the warning goes out
 		ec := *e
@@ -240,7 +240,7 @@ func (s *Scheduler) retry(en *entry, text string) {
 
 func (s *Scheduler) drop(en *entry) {
 	if err := s.store.Remove(en.env); err != nil {
-		s.log.Warnf("%016x: %v", en.env.ID, err)
+		s.log.Warnf("%s: %v", envelope.FormatEvpID(en.env.ID), err)
 	}
 	s.mu.Lock()
 	delete(s.envs, en.env.ID)
@@ -273,18 +273,21 @@ func (s *Scheduler) Lines(target string) []string {
 // Envelope returns the envelope of id (16 hex digits) as it is kept
 // on disk, a line per field, and whether it is queued.
 func (s *Scheduler) Envelope(id string) ([]string, bool) {
+	evpid, err := envelope.ParseEvpID(id)
+	if err != nil {
+		return nil, false
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, en := range s.envs {
-		if len(id) == 16 && en.env.Matches(id) {
-			data, err := en.env.Marshal()
-			if err != nil {
-				return []string{err.Error()}, true
-			}
-			return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"), true
-		}
+	en := s.envs[evpid]
+	if en == nil {
+		return nil, false
 	}
-	return nil, false
+	data, err := en.env.Marshal()
+	if err != nil {
+		return []string{err.Error()}, true
+	}
+	return strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"), true
 }
 
 // HasMessage reports whether some queued envelope belongs to message id.
@@ -292,7 +295,7 @@ func (s *Scheduler) HasMessage(id uint32) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, en := range s.envs {
-		if uint32(en.env.ID>>32) == id {
+		if en.env.MsgID() == id {
 			return true
 		}
 	}
@@ -349,9 +352,9 @@ func (s *Scheduler) Remove(target string) int {
 	s.mu.Unlock()
 	for _, en := range gone {
 		if err := s.store.Remove(en.env); err != nil {
-			s.log.Warnf("%016x: %v", en.env.ID, err)
+			s.log.Warnf("%s: %v", envelope.FormatEvpID(en.env.ID), err)
 		}
-		s.log.Infof("%016x: removed by the administrator", en.env.ID)
+		s.log.Infof("%s: removed by the administrator", envelope.FormatEvpID(en.env.ID))
 		s.stats.Decrement("scheduler.envelope", 1)
 		s.stats.Increment("scheduler.envelope.removed", 1)
 	}

@@ -1,5 +1,3 @@
-// Package queue is the queue process: it owns the spool, the durable
-// store of every message the daemon has accepted.
 package queue
 
 import (

@@ -1,20 +1,18 @@
 package queue
 
 import (
-	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 
 	"golang.org/x/sys/unix"
 
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
+	"smtpd/internal/safeio"
 )
 
 // ErrNoSpace is returned when the spool's file system is nearly full.
@@ -26,11 +24,30 @@ const MinFreePercent = 5
 
 // Store is the spool on disk. Root is the spool directory: "/" once the
 // queue process is chrooted into it.
+//
+// What is made durable when is decided here, and only here:
+//
+//   - New messages are committed in batches (Commit). Each message is
+//     staged into incoming/<msgid>/ (its envelopes written, its body
+//     renamed in) without a sync of its own; one Sync makes every file
+//     and directory staged by the batch durable; each message is renamed
+//     to queue/<XX>/<msgid>; a second Sync makes those renames durable,
+//     in both parent directories. Two syncs per batch, whatever its
+//     size: concurrent commits share them (group commit), and none is
+//     reported committed before the second returns, since its 250 waits
+//     for that (RFC 5321 §6.1).
+//   - An envelope update (Update) goes through safeio.WriteFile, which
+//     fsyncs the new file and its message directory: a retry count or a
+//     delay warning, once recorded, is not forgotten by a crash.
+//   - Removals (Remove) and start-up moves (Load) are not synced: after
+//     a crash a delivered envelope may come back and be delivered again,
+//     a duplicate rather than a loss; a purge or a quarantine is redone
+//     by the next Load.
 type Store struct {
 	Root string
-	// Sync makes everything written to the spool durable. It is
-	// syncfs(2) on the spool's file system, shared by every message of a
-	// commit batch.
+	// Sync makes everything written to the spool durable: syncfs(2) on
+	// the spool's file system, a field so that tests can count or fail
+	// it.
 	Sync func() error
 }
 
@@ -59,27 +76,30 @@ func (s *Store) path(parts ...string) string {
 	return filepath.Join(append([]string{s.Root}, parts...)...)
 }
 
-func msgName(id uint32) string { return fmt.Sprintf("%08x", id) }
-
 func bucket(id uint32) string { return fmt.Sprintf("%02x", id>>24) }
 
 // messageDir is where a committed message lives.
 func (s *Store) messageDir(id uint32) string {
-	return s.path(DirQueue, bucket(id), msgName(id))
+	return s.path(DirQueue, bucket(id), envelope.FormatMsgID(id))
+}
+
+// incomingDir is where a message is staged during its commit.
+func (s *Store) incomingDir(id uint32) string {
+	return s.path(DirIncoming, envelope.FormatMsgID(id))
+}
+
+// temporaryPath is the body of a message being received.
+func (s *Store) temporaryPath(id uint32) string {
+	return s.path(DirTemporary, envelope.FormatMsgID(id))
+}
+
+// envelopePath is the file of a committed envelope.
+func (s *Store) envelopePath(evpid uint64) string {
+	return filepath.Join(s.messageDir(envelope.MsgIDOf(evpid)), envelope.FormatEvpID(evpid))
 }
 
 // BodyPath is the committed body of message id.
 func (s *Store) BodyPath(id uint32) string { return filepath.Join(s.messageDir(id), "message") }
-
-func randomU32() uint32 {
-	var b [4]byte
-	for {
-		rand.Read(b[:])
-		if v := binary.LittleEndian.Uint32(b[:]); v != 0 {
-			return v
-		}
-	}
-}
 
 // CheckSpace refuses new mail when less than MinFreePercent of the
 // blocks or inodes of the spool's file system are free.
@@ -107,11 +127,16 @@ func (s *Store) Create() (uint32, *os.File, error) {
 		return 0, nil, err
 	}
 	for range 100 {
-		id := randomU32()
+		id := envelope.NewMsgID()
+		// a message being committed has left temporary/ but is not in
+		// queue/ yet: its id is taken too
 		if _, err := os.Lstat(s.messageDir(id)); err == nil {
 			continue
 		}
-		f, err := os.OpenFile(s.path(DirTemporary, msgName(id)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if _, err := os.Lstat(s.incomingDir(id)); err == nil {
+			continue
+		}
+		f, err := os.OpenFile(s.temporaryPath(id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
@@ -125,35 +150,89 @@ func (s *Store) Create() (uint32, *os.File, error) {
 
 // Discard removes a message that was never committed.
 func (s *Store) Discard(id uint32) {
-	os.Remove(s.path(DirTemporary, msgName(id)))
-	os.RemoveAll(s.path(DirIncoming, msgName(id)))
+	os.Remove(s.temporaryPath(id))
+	os.RemoveAll(s.incomingDir(id))
 }
 
-// Stage is the first step of a commit: the message's envelopes and body
-// go into incoming/<msgid>/. Nothing is durable until Sync.
-func (s *Store) Stage(id uint32, envs []*envelope.Envelope) error {
+// Message is a message to commit: its body, temporary/<ID>, is written
+// and closed; Envelopes are its recipients.
+type Message struct {
+	ID        uint32
+	Envelopes []*envelope.Envelope
+}
+
+// Commit moves a batch of messages from temporary/ into queue/, durably,
+// as the Store's doc says. It returns an error per message: nil for a
+// message that is in queue/ and durable; otherwise what there was of the
+// message is gone, and it must not be acknowledged.
+func (s *Store) Commit(batch []Message) []error {
+	errs := make([]error, len(batch))
+	for i, m := range batch {
+		errs[i] = s.stage(m)
+	}
+	monkey.Crash("queue.before-sync")
+	syncErr := s.Sync()
+	monkey.Crash("queue.after-sync")
+	published := make([]bool, len(batch))
+	for i, m := range batch {
+		if errs[i] == nil && syncErr == nil {
+			errs[i] = s.publish(m.ID)
+			published[i] = errs[i] == nil
+		}
+	}
+	monkey.Crash("queue.after-publish")
+	if syncErr == nil {
+		syncErr = s.Sync()
+	}
+	monkey.Crash("queue.after-commit")
+	for i, m := range batch {
+		if errs[i] == nil {
+			errs[i] = syncErr
+		}
+		if errs[i] == nil {
+			continue
+		}
+		s.Discard(m.ID)
+		// only what this commit put in queue/: a failed rename may have
+		// met another message there
+		if published[i] {
+			os.RemoveAll(s.messageDir(m.ID))
+		}
+	}
+	return errs
+}
+
+// stage is the first step of a commit: the message's envelopes and body
+// go into incoming/<msgid>/. Nothing there is read before it moves to
+// queue/, and Load purges it, so the envelopes are written in place and
+// the batch's Sync makes them durable.
+func (s *Store) stage(m Message) error {
 	if err := monkey.Fail("queue.write"); err != nil {
 		return err
 	}
-	dir := s.path(DirIncoming, msgName(id))
+	dir := s.incomingDir(m.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
-	for _, e := range envs {
-		if err := writeEnvelope(filepath.Join(dir, fmt.Sprintf("%016x", e.ID)), e, false); err != nil {
+	for _, e := range m.Envelopes {
+		data, err := e.Marshal()
+		if err != nil {
 			return err
 		}
+		if err := os.WriteFile(filepath.Join(dir, envelope.FormatEvpID(e.ID)), data, 0o600); err != nil {
+			return fmt.Errorf("queue: stage: %w", err)
+		}
 	}
-	if err := os.Rename(s.path(DirTemporary, msgName(id)), filepath.Join(dir, "message")); err != nil {
+	if err := os.Rename(s.temporaryPath(m.ID), filepath.Join(dir, "message")); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
 	return nil
 }
 
-// Publish is the second step: the staged message moves into queue/. Its
-// content must be durable already (Sync after Stage), so that once the
-// rename is durable (Sync after Publish) the message is whole.
-func (s *Store) Publish(id uint32) error {
+// publish is the second step: the staged message moves into queue/. Its
+// content is durable already (the Sync after stage), so that once the
+// rename is durable (the Sync after publish) the message is whole.
+func (s *Store) publish(id uint32) error {
 	if err := monkey.Fail("queue.rename"); err != nil {
 		return err
 	}
@@ -161,48 +240,31 @@ func (s *Store) Publish(id uint32) error {
 	if err := os.Mkdir(b, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("queue: publish: %w", err)
 	}
-	if err := os.Rename(s.path(DirIncoming, msgName(id)), s.messageDir(id)); err != nil {
+	if err := os.Rename(s.incomingDir(id), s.messageDir(id)); err != nil {
 		return fmt.Errorf("queue: publish: %w", err)
 	}
 	return nil
 }
 
-// writeEnvelope writes an envelope through a temporary file and a
-// rename, so a reader never sees half of one; with sync set the file is
-// made durable before the rename.
-func writeEnvelope(path string, e *envelope.Envelope, sync bool) error {
-	data, err := e.Marshal()
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("queue: envelope: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil && sync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("queue: envelope: %w", err)
-	}
-	return nil
-}
-
-// Update rewrites a committed envelope durably.
+// Update rewrites a committed envelope durably. The temporary file is
+// <evpid>.tmp beside it, which Load removes if a crash leaves one.
 func (s *Store) Update(e *envelope.Envelope) error {
 	if err := monkey.Fail("queue.update"); err != nil {
 		return err
 	}
-	return writeEnvelope(filepath.Join(s.messageDir(e.MsgID()), fmt.Sprintf("%016x", e.ID)), e, true)
+	data, err := e.Marshal()
+	if err != nil {
+		return err
+	}
+	path := s.envelopePath(e.ID)
+	err = safeio.WriteFile(path+".tmp", path, 0o600, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("queue: envelope: %w", err)
+	}
+	return nil
 }
 
 // Remove deletes a delivered envelope, and its message once it was the
@@ -210,7 +272,7 @@ func (s *Store) Update(e *envelope.Envelope) error {
 // Load removes.
 func (s *Store) Remove(e *envelope.Envelope) error {
 	dir := s.messageDir(e.MsgID())
-	if err := os.Remove(filepath.Join(dir, fmt.Sprintf("%016x", e.ID))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(s.envelopePath(e.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("queue: remove: %w", err)
 	}
 	names, err := envelopeNames(dir)
@@ -228,7 +290,7 @@ func envelopeNames(dir string) ([]string, error) {
 	}
 	var names []string
 	for _, e := range entries {
-		if _, err := strconv.ParseUint(e.Name(), 16, 64); err == nil && len(e.Name()) == 16 {
+		if _, err := envelope.ParseEvpID(e.Name()); err == nil {
 			names = append(names, e.Name())
 		}
 	}
@@ -312,8 +374,8 @@ func (s *Store) loadMessage(rec *Recovery, rel string) {
 		if err == nil {
 			e, err = envelope.Unmarshal(data)
 		}
-		if err == nil && fmt.Sprintf("%016x", e.ID) != n {
-			err = fmt.Errorf("envelope id %016x in file %s", e.ID, n)
+		if err == nil && envelope.FormatEvpID(e.ID) != n {
+			err = fmt.Errorf("envelope id %s in file %s", envelope.FormatEvpID(e.ID), n)
 		}
 		if err != nil {
 			s.quarantine(rec, rel, n, fmt.Sprintf("%s/%s: %v", rel, n, err))

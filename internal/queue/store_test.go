@@ -1,7 +1,7 @@
 package queue
 
 import (
-	"fmt"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -35,13 +35,7 @@ func commitOne(t *testing.T, s *Store, rcpts ...string) (uint32, []*envelope.Env
 	for i, r := range rcpts {
 		envs = append(envs, &envelope.Envelope{ID: uint64(id)<<32 | uint64(i+1), Kind: envelope.MDA, Dest: r, Created: time.Unix(1, 0)})
 	}
-	if err := s.Stage(id, envs); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Publish(id); err != nil {
+	if err := s.Commit([]Message{{ID: id, Envelopes: envs}})[0]; err != nil {
 		t.Fatal(err)
 	}
 	return id, envs
@@ -54,7 +48,7 @@ func TestStoreLifecycle(t *testing.T) {
 	s.Create()
 	id3, f3, _ := s.Create()
 	f3.Close()
-	s.Stage(id3, nil)
+	s.stage(Message{ID: id3})
 	rec, err := s.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +83,7 @@ func TestStoreQuarantine(t *testing.T) {
 	s := newTestStore(t)
 	id, envs := commitOne(t, s, "a@example.org", "b@example.org")
 	bad := filepath.Join(s.messageDir(id), "0000000000000000")
-	os.WriteFile(filepath.Join(s.messageDir(id), fmtID(envs[1].ID)), []byte("garbage"), 0o600)
+	os.WriteFile(filepath.Join(s.messageDir(id), envelope.FormatEvpID(envs[1].ID)), []byte("garbage"), 0o600)
 	os.WriteFile(bad+".tmp", []byte("half an update"), 0o600)
 	rec, err := s.Load()
 	if err != nil {
@@ -98,8 +92,8 @@ func TestStoreQuarantine(t *testing.T) {
 	if len(rec.Envelopes) != 1 || rec.Corrupt != 1 || len(rec.Problems) != 1 {
 		t.Fatalf("recovery %+v", rec)
 	}
-	q := filepath.Join(s.Root, DirCorrupt, msgName(id))
-	for _, f := range []string{fmtID(envs[1].ID), "message"} {
+	q := filepath.Join(s.Root, DirCorrupt, envelope.FormatMsgID(id))
+	for _, f := range []string{envelope.FormatEvpID(envs[1].ID), "message"} {
 		if _, err := os.Stat(filepath.Join(q, f)); err != nil {
 			t.Errorf("quarantine lacks %s: %v", f, err)
 		}
@@ -114,9 +108,73 @@ func TestStoreQuarantine(t *testing.T) {
 	if rec.Corrupt != 1 {
 		t.Errorf("message without body: %+v", rec)
 	}
-	if _, err := os.Stat(filepath.Join(s.Root, DirCorrupt, msgName(id2))); err != nil {
+	if _, err := os.Stat(filepath.Join(s.Root, DirCorrupt, envelope.FormatMsgID(id2))); err != nil {
 		t.Error(err)
 	}
 }
 
-func fmtID(id uint64) string { return fmt.Sprintf("%016x", id) }
+// TestCommitSyncs checks the group commit: a batch costs two syncs
+// whatever its size, and a failed sync takes the whole batch back.
+func TestCommitSyncs(t *testing.T) {
+	s := newTestStore(t)
+	syncs := 0
+	var syncErr error
+	s.Sync = func() error {
+		syncs++
+		return syncErr
+	}
+	batch := func() []Message {
+		var msgs []Message
+		for range 3 {
+			id, f, err := s.Create()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			msgs = append(msgs, Message{ID: id, Envelopes: []*envelope.Envelope{{ID: envelope.NewEvpID(id), Kind: envelope.MDA, Dest: "r@example.org"}}})
+		}
+		return msgs
+	}
+	for _, err := range s.Commit(batch()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if syncs != 2 {
+		t.Errorf("%d syncs for a batch of 3, want 2", syncs)
+	}
+	syncErr = errors.New("disk on fire")
+	for _, err := range s.Commit(batch()) {
+		if !errors.Is(err, syncErr) {
+			t.Errorf("commit despite a failed sync: %v", err)
+		}
+	}
+	for _, d := range []string{DirTemporary, DirIncoming} {
+		if left, _ := os.ReadDir(filepath.Join(s.Root, d)); len(left) != 0 {
+			t.Errorf("%s keeps %v", d, left)
+		}
+	}
+	syncErr = nil
+	if rec, err := s.Load(); err != nil || len(rec.Envelopes) != 3 {
+		t.Errorf("after a failed batch: %+v, %v", rec, err)
+	}
+}
+
+// TestUpdateLeavesNoTemporary checks that an update leaves the envelope
+// alone in its directory, and refuses an envelope that was removed.
+func TestUpdateLeavesNoTemporary(t *testing.T) {
+	s := newTestStore(t)
+	id, envs := commitOne(t, s, "a@example.org")
+	envs[0].Retries = 1
+	if err := s.Update(envs[0]); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := filepath.Glob(filepath.Join(s.messageDir(id), "*"))
+	if len(names) != 2 {
+		t.Errorf("message directory holds %v", names)
+	}
+	os.RemoveAll(s.messageDir(id))
+	if err := s.Update(envs[0]); err == nil {
+		t.Error("update of a removed message succeeded")
+	}
+}

@@ -258,8 +258,8 @@ func (sess *session) Data(r io.Reader) error {
 	monkey.Crash("smtp.before-250")
 	sess.mails++
 	sess.s.stats.Increment("smtp.message", 1)
-	sess.s.log.Infof("%016x: message %08x accepted from <%s> for %d recipients", sess.info.ID, msgid, sess.info.Sender, len(sess.rcpts))
-	return smtpErr(250, gosmtp.EnhancedCode{2, 0, 0}, "%08x Message accepted for delivery", msgid)
+	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients", sess.info.ID, envelope.FormatMsgID(msgid), sess.info.Sender, len(sess.rcpts))
+	return smtpErr(250, gosmtp.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", envelope.FormatMsgID(msgid))
 }
 
 // receive writes the message into the body file: our Received field,
@@ -294,7 +294,7 @@ func (sess *session) receive(msgid uint32, body *os.File, r io.Reader) error {
 	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return smtpErr(421, gosmtp.EnhancedCode{4, 4, 2}, "Connection trouble during DATA")
 	}
-	return sess.internalErr(fmt.Errorf("writing message %08x: %w", msgid, err))
+	return sess.internalErr(fmt.Errorf("writing message %s: %w", envelope.FormatMsgID(msgid), err))
 }
 
 // writeTrace writes the fields the daemon adds at the top of a message.
@@ -322,10 +322,10 @@ func (sess *session) writeTrace(w *bufio.Writer, msgid uint32, info headerInfo) 
 	if sess.localUser != "" {
 		from = "localhost (" + sess.localUser + ")"
 	}
-	fmt.Fprintf(w, "Received: from %s\r\n\tby %s (smtpd) with %s id %08x%s%s;\r\n\t%s\r\n",
-		from, host, proto, msgid, tlsInfo, forClause, now.Format(time.RFC1123Z))
+	fmt.Fprintf(w, "Received: from %s\r\n\tby %s (smtpd) with %s id %s%s%s;\r\n\t%s\r\n",
+		from, host, proto, envelope.FormatMsgID(msgid), tlsInfo, forClause, now.Format(time.RFC1123Z))
 	if !info.hasMessageID {
-		fmt.Fprintf(w, "Message-Id: <%d.%08x.%x@%s>\r\n", now.Unix(), msgid, rand.Uint32(), host)
+		fmt.Fprintf(w, "Message-Id: <%d.%s.%x@%s>\r\n", now.Unix(), envelope.FormatMsgID(msgid), rand.Uint32(), host)
 	}
 	if !info.hasDate {
 		fmt.Fprintf(w, "Date: %s\r\n", now.Format(time.RFC1123Z))
@@ -362,7 +362,7 @@ func (sess *session) submit(msgid uint32) error {
 			}
 			seen[key] = true
 			e := &envelope.Envelope{
-				ID:   uint64(msgid)<<32 | uint64(rand.Uint32()|1),
+				ID:   envelope.NewEvpID(msgid),
 				Kind: envelope.Kind(d.Kind), Rule: int(d.Rule), Action: d.Action,
 				Sender: sess.info.Sender, Rcpt: r.addr, Dest: d.Dest, User: d.User, Target: d.Target,
 				Helo: sanitize(sess.info.Helo), Remote: sess.info.Remote,

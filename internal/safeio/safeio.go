@@ -1,0 +1,63 @@
+// Package safeio writes whole files durably: a reader sees either the
+// old file or the whole new one, never a part, and once a write returns
+// without error the file survives a crash. Queue envelope updates, the
+// messages sendmail leaves in offline/ and maildir deliveries go through
+// it, so that the sequence (temporary file, fsync, rename, fsync of the
+// directory) is written once.
+package safeio
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// WriteFile creates path durably. It creates tmp exclusively with perm
+// (less the umask), lets write fill it, fsyncs and closes it, renames it
+// to path and fsyncs path's directory, since the new name is durable
+// only once that directory is.
+//
+// tmp must be on the file system of path, and is the caller's choice so
+// that each user keeps its naming: a hidden name beside path where
+// readers skip hidden names, tmp/NAME for a maildir. It is created with
+// O_EXCL, never following a link someone else left in a shared
+// directory, and so the file belongs to the calling process's user.
+//
+// If anything before the rename fails, tmp is removed and path is left
+// as it was. If only the directory fsync fails, the file is in place but
+// not known durable: the error is returned so that the caller does not
+// acknowledge what may be lost (a retry then makes a duplicate, never a
+// loss).
+func WriteFile(tmp, path string, perm os.FileMode, write func(*os.File) error) error {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	// Close may report a write the kernel deferred (NFS): it counts
+	// unless an earlier step failed already
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}
+
+// SyncDir fsyncs directory dir, making durable the names created,
+// renamed or removed in it.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
