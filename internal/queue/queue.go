@@ -96,6 +96,8 @@ func Run(c *privsep.Child) {
 	}, c.Log)
 	q.sched.OnPermfail = q.bounce
 	q.sched.OnDelay = q.warn
+	// the gauge exists from the start, even when the spool is empty
+	c.Stats.Set("scheduler.envelope", 0)
 	for _, e := range rec.Envelopes {
 		q.sched.Add(e)
 	}
