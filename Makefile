@@ -21,6 +21,7 @@ FUZZ_TARGETS = \
 	./internal/mta:FuzzGreeting \
 	./internal/enqueue:FuzzReadMessage \
 	./internal/smtp:FuzzSession \
+	./internal/smtp/server:FuzzSession \
 	./internal/address:FuzzParse \
 	./internal/lookup:FuzzParseForward \
 	./internal/lookup:FuzzAliases

@@ -87,7 +87,7 @@ match {
 
 	for _, mech := range []string{"PLAIN", "LOGIN"} {
 		out := send(mech, "alice", "s3cret", "alice@example.net", "--tls")
-		if !strings.Contains(out, "235 2.0.0") || !strings.Contains(out, "Message accepted") {
+		if !strings.Contains(out, "235 2.7.0") || !strings.Contains(out, "Message accepted") {
 			t.Fatalf("AUTH %s:\n%s", mech, out)
 		}
 	}

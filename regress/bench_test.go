@@ -2,8 +2,11 @@ package regress
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -88,6 +91,9 @@ func benchRate(b *testing.B, deliver bool) {
 	conf := strings.Replace(DefaultConfig, `retry_base = "1s"`, "retry_base = \"1s\"\n  mails_per_session = 100000", 1)
 	d := StartWith(b, bin, Options{Config: conf})
 	body := "Subject: bench\r\n\r\n" + strings.Repeat("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n", 40)
+	procs := d.Children()
+	procs["parent"] = d.Cmd.Process.Pid
+	before := cpuTimes(procs)
 	b.ResetTimer()
 	start := time.Now()
 	benchSend(b, d.SMTPAddr, b.N, 8, body)
@@ -95,6 +101,34 @@ func benchRate(b *testing.B, deliver bool) {
 		d.WaitMail(b.N, 5*time.Minute)
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+	// CPU per message: of the smtp process, and of the whole daemon
+	// (deliveries run in mda processes that come and go: not counted)
+	after := cpuTimes(procs)
+	var total time.Duration
+	for name, t := range after {
+		total += t - before[name]
+	}
+	b.ReportMetric(float64((after["smtp"]-before["smtp"]).Microseconds())/float64(b.N), "smtp-µs/msg")
+	b.ReportMetric(float64(total.Microseconds())/float64(b.N), "cpu-µs/msg")
+}
+
+// cpuTimes returns the CPU time (user and system) each process has
+// used, from /proc/PID/stat.
+func cpuTimes(procs map[string]int) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for name, pid := range procs {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// the fields after the command name, which is in parentheses
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		utime, _ := strconv.ParseInt(f[11], 10, 64)
+		stime, _ := strconv.ParseInt(f[12], 10, 64)
+		// clock ticks of 1/100 s (USER_HZ on Linux)
+		out[name] = time.Duration(utime+stime) * 10 * time.Millisecond
+	}
+	return out
 }
 
 // BenchmarkAccept measures messages accepted per second: each one

@@ -15,11 +15,17 @@ import (
 )
 
 // dialogueConfig is the default configuration with small limits, so the
-// limit cases stay small.
+// limit cases stay small, and with a rule for the host's own name, as
+// every real configuration has, so that <Postmaster> has a place.
 var dialogueConfig = strings.Replace(DefaultConfig, `retry_base = "1s"`, `retry_base   = "1s"
   message_size = "64K"
   recipients   = 100
   line_length  = 1000`, 1) + `
+match {
+  from   = "any"
+  for    = "local"
+  action = action.local
+}
 filter {
   sender = ["@blocked.example"]
 }

@@ -209,7 +209,7 @@ match {
 		"--auth", "PLAIN", "--auth-user", "bob", "--auth-password", "bob-s3cret",
 		"--from", "bob@example.net", "--to", "friend@example.test",
 		"--header", "Subject: secrets", "--timeout", "20")
-	if !strings.Contains(out, "235 2.0.0") || !strings.Contains(out, "Message accepted") {
+	if !strings.Contains(out, "235 2.7.0") || !strings.Contains(out, "Message accepted") {
 		t.Fatalf("authenticated submission failed:\n%s", out)
 	}
 	deadline := time.Now().Add(30 * time.Second)

@@ -1,15 +1,12 @@
 package smtp
 
 import (
-	"bytes"
 	"errors"
 	"sync"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	gosmtp "github.com/emersion/go-smtp"
-
 	"smtpd/internal/config"
+	"smtpd/internal/smtp/server"
 	"smtpd/proto"
 )
 
@@ -25,13 +22,14 @@ const (
 	maxAuthFailureAddresses = 10000
 )
 
+// The replies of authentication (RFC 4954 §6).
 var (
-	errAuthInvalid = &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid"}
-	// RFC 4954 §6: 454 4.7.0 for a temporary authentication failure
-	errAuthTemporary  = &gosmtp.SMTPError{Code: 454, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "Temporary authentication failure"}
-	errAuthTooMany    = &gosmtp.SMTPError{Code: 454, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "Too many failed authentications, try again later"}
-	errAuthRequired   = &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
-	errSenderNotOwned = &gosmtp.SMTPError{Code: 553, EnhancedCode: gosmtp.EnhancedCode{5, 7, 1}, Message: "Sender address not allowed for this user"}
+	errAuthInvalid = &server.Reply{Code: 535, Enhanced: server.EnhancedCode{5, 7, 8}, Text: "Authentication credentials invalid"}
+	// 454 4.7.0 for a temporary authentication failure
+	errAuthTemporary  = &server.Reply{Code: 454, Enhanced: server.EnhancedCode{4, 7, 0}, Text: "Temporary authentication failure"}
+	errAuthTooMany    = &server.Reply{Code: 454, Enhanced: server.EnhancedCode{4, 7, 0}, Text: "Too many failed authentications, try again later"}
+	errAuthRequired   = &server.Reply{Code: 530, Enhanced: server.EnhancedCode{5, 7, 0}, Text: "Authentication required"}
+	errSenderNotOwned = &server.Reply{Code: 553, Enhanced: server.EnhancedCode{5, 7, 1}, Text: "Sender address not allowed for this user"}
 )
 
 // authFailures counts failed authentications per client address.
@@ -80,41 +78,33 @@ func (a *authFailures) add(ip string) {
 	}
 }
 
-// AuthMechanisms lists what the session offers; go-smtp announces them
-// only once the session is under TLS.
-func (sess *session) AuthMechanisms() []string {
-	if sess.listener.Auth == config.AuthNone {
-		return nil
-	}
-	return []string{sasl.Plain, sasl.Login}
-}
+// authFailuresPerSession is how many wrong credentials a session may
+// give before it is closed: a client that guesses must connect again,
+// and each connection costs it the delays of its failures.
+const authFailuresPerSession = 3
 
-// Auth starts an authentication exchange.
-func (sess *session) Auth(mech string) (sasl.Server, error) {
+// Auth checks the credentials a client gave; the engine parsed the SASL
+// exchange (PLAIN or LOGIN) and offers AUTH only under TLS. Only wrong
+// credentials count as failures, against the session and the client's
+// address, not syntax errors or cancels, which the engine answers.
+func (sess *session) Auth(mechanism, identity, user, password string) *server.Reply {
 	if sess.listener.Auth == config.AuthNone || !sess.tls() {
-		return nil, gosmtp.ErrAuthUnsupported
+		return reply(503, server.EnhancedCode{5, 5, 1}, "Authentication not available")
 	}
 	if sess.s.authFailures.blocked(sess.info.Remote) {
 		sess.s.stats.Increment("smtp.auth.refused", 1)
-		return nil, errAuthTooMany
+		return errAuthTooMany
 	}
-	switch mech {
-	case sasl.Plain:
-		return sasl.NewPlainServer(func(identity, user, password string) error {
-			if identity != "" && identity != user {
-				return errAuthInvalid
-			}
-			return sess.authenticate(user, password)
-		}), nil
-	case sasl.Login:
-		return &loginServer{check: sess.authenticate}, nil
+	if identity != "" && identity != user {
+		// acting for another user is not offered
+		return sess.authFailed(user)
 	}
-	return nil, gosmtp.ErrAuthUnknownMechanism
+	return sess.authenticate(user, password)
 }
 
 // authenticate asks lookup to check a password; a failure is answered
 // late and counted against the client's address.
-func (sess *session) authenticate(user, password string) error {
+func (sess *session) authenticate(user, password string) *server.Reply {
 	env, err := sess.s.ask(sess.s.lookup, &proto.SMTPAuthQuery{What: "password", Listener: sess.listener.Name, User: user, Value: password})
 	if err != nil {
 		sess.s.log.Warnf("%016x: auth: %v", sess.info.ID, err)
@@ -131,16 +121,27 @@ func (sess *session) authenticate(user, password string) error {
 		sess.s.log.Infof("%016x: authenticated as %q from [%s]", sess.info.ID, user, sess.info.Remote)
 		return nil
 	}
+	return sess.authFailed(user)
+}
+
+// authFailed counts wrong credentials and answers them late; past
+// authFailuresPerSession the session ends.
+func (sess *session) authFailed(user string) *server.Reply {
 	sess.s.stats.Increment("smtp.auth.fail", 1)
 	sess.s.log.Infof("%016x: authentication as %q failed from [%s]", sess.info.ID, user, sess.info.Remote)
 	sess.s.authFailures.add(sess.info.Remote)
 	time.Sleep(authFailureDelay)
+	if sess.authFailures++; sess.authFailures >= authFailuresPerSession {
+		r := *errAuthInvalid
+		r.Disconnect = true
+		return &r
+	}
 	return errAuthInvalid
 }
 
 // senderAllowed checks MAIL FROM of an authenticated session against the
 // listener's senders table.
-func (sess *session) senderAllowed(from string) error {
+func (sess *session) senderAllowed(from string) *server.Reply {
 	if sess.info.Auth == "" || sess.listener.Senders == nil {
 		return nil
 	}
@@ -157,35 +158,4 @@ func (sess *session) senderAllowed(from string) error {
 	}
 	sess.s.log.Infof("%016x: %q may not send as <%s>", sess.info.ID, sess.info.Auth, from)
 	return errSenderNotOwned
-}
-
-// loginServer is the server side of the LOGIN mechanism
-// (draft-murchison-sasl-login): the user name and the password each
-// answer a challenge; a client may send the user name with AUTH.
-type loginServer struct {
-	check func(user, password string) error
-	step  int
-	user  string
-}
-
-func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
-	switch l.step {
-	case 0:
-		l.step = 1
-		if response == nil {
-			return []byte("Username:"), false, nil
-		}
-		fallthrough
-	case 1:
-		l.step, l.user = 2, string(response)
-		return []byte("Password:"), false, nil
-	case 2:
-		l.step = 3
-		if bytes.ContainsAny(response, "\x00") || l.user == "" {
-			return nil, false, errAuthInvalid
-		}
-		err := l.check(l.user, string(response))
-		return nil, err == nil, err
-	}
-	return nil, false, sasl.ErrUnexpectedClientResponse
 }

@@ -1,52 +1,18 @@
 package smtp
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
-	"io"
+	"crypto/tls"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"time"
+
+	"smtpd/internal/envelope"
 	"smtpd/internal/header"
 )
 
-// errBareLineEnding is a CR or LF that is not part of a CRLF pair.
-var errBareLineEnding = errors.New("smtp: bare CR or LF in message")
-
-// strictReader passes message data through and fails, once, on a bare CR
-// or LF. Such line endings are how SMTP smuggling hides a second message
-// inside the first (CVE-2023-51764 and relatives): go-smtp ends DATA only
-// at CRLF.CRLF, but a server behind us might end it at LF.LF. The caller
-// still drains the data to its real end, so the dialogue stays in sync.
-type strictReader struct {
-	r      io.Reader
-	prevCR bool
-	err    error
-}
-
-func (s *strictReader) Read(p []byte) (int, error) {
-	if s.err != nil {
-		return 0, s.err
-	}
-	n, err := s.r.Read(p)
-	for i := 0; i < n; i++ {
-		switch c := p[i]; {
-		case c == '\n' && !s.prevCR:
-			s.err = errBareLineEnding
-		case c != '\n' && s.prevCR:
-			s.err = errBareLineEnding
-		}
-		if s.err != nil {
-			return i, s.err
-		}
-		s.prevCR = p[i] == '\r'
-	}
-	if err == io.EOF && s.prevCR {
-		s.err = errBareLineEnding
-		return n, s.err
-	}
-	return n, err
-}
-
-// MaxHeaderBytes bounds the header section read into memory to find
+// MaxHeaderBytes bounds the header section held in memory to find
 // missing fields and count Received lines; past it, the rest is body.
 const MaxHeaderBytes = 256 * 1024
 
@@ -56,33 +22,76 @@ type headerInfo struct {
 	hasMessageID, hasDate bool
 }
 
-// readHeader reads the header section from br: up to and including the
-// empty line that ends it, or up to the first line that is not a header
-// field, which it returns as leftover, the start of the body.
-func readHeader(br *bufio.Reader) (hdr, leftover []byte, info headerInfo, err error) {
-	var b bytes.Buffer
-	for b.Len() < MaxHeaderBytes {
-		line, err := br.ReadSlice('\n')
-		if err == bufio.ErrBufferFull || (err == nil || err == io.EOF) && len(line) > 0 && !isHeaderLine(line) {
-			return b.Bytes(), append([]byte(nil), line...), info, nil
+// bodyWriter is where the engine writes a message, as received (the
+// engine has undone dot-stuffing and checked line endings). It holds
+// the header section until its end, to learn what the daemon must add
+// and how many hops the message made, then writes the trace fields,
+// the header and everything after it straight to the body file: a
+// message body is never held in memory.
+type bodyWriter struct {
+	file *os.File
+	// trace writes the fields the daemon adds in front of the message
+	trace func(*bytes.Buffer, headerInfo)
+	// hdr holds the message until the end of its header section;
+	// scanned is how much of it was looked at
+	hdr     []byte
+	scanned int
+	done    bool
+	info    headerInfo
+}
+
+func (b *bodyWriter) Write(p []byte) (int, error) {
+	if b.done {
+		return b.file.Write(p)
+	}
+	b.hdr = append(b.hdr, p...)
+	for !b.done {
+		i := bytes.IndexByte(b.hdr[b.scanned:], '\n')
+		if i < 0 {
+			if len(b.hdr) >= MaxHeaderBytes {
+				return len(p), b.flush()
+			}
+			break
 		}
-		b.Write(line)
+		line := b.hdr[b.scanned : b.scanned+i+1]
+		if !isHeaderLine(line) {
+			// the first line that is not a field starts the body
+			return len(p), b.flush()
+		}
+		b.scanned += len(line)
 		switch fieldName(line) {
 		case "received":
-			info.received++
+			b.info.received++
 		case "message-id":
-			info.hasMessageID = true
+			b.info.hasMessageID = true
 		case "date":
-			info.hasDate = true
+			b.info.hasDate = true
 		}
-		if err == io.EOF {
-			return b.Bytes(), nil, info, nil
-		}
-		if err != nil || string(line) == "\r\n" {
-			return b.Bytes(), nil, info, err
+		if string(line) == "\r\n" || b.scanned >= MaxHeaderBytes {
+			return len(p), b.flush()
 		}
 	}
-	return b.Bytes(), nil, info, nil
+	return len(p), nil
+}
+
+// flush writes the trace fields and what was held, and lets the rest
+// of the message through.
+func (b *bodyWriter) flush() error {
+	var out bytes.Buffer
+	b.trace(&out, b.info)
+	out.Write(b.hdr)
+	b.hdr, b.done = nil, true
+	_, err := b.file.Write(out.Bytes())
+	return err
+}
+
+// finish ends the message: a message that is all header (or nothing)
+// gets its trace fields now.
+func (b *bodyWriter) finish() error {
+	if b.done {
+		return nil
+	}
+	return b.flush()
 }
 
 // isHeaderLine reports whether line is a header field, a continuation,
@@ -103,4 +112,41 @@ func fieldName(line []byte) string {
 		return ""
 	}
 	return string(bytes.ToLower(line[:i]))
+}
+
+// trace writes the fields the daemon adds at the top of a message: our
+// Received field, and Message-Id and Date if the message lacks them.
+func (sess *session) trace(w *bytes.Buffer, info headerInfo) {
+	host := sess.s.cfg.Hostname
+	proto := "ESMTP"
+	if sess.listener.Protocol == "lmtp" {
+		proto = "LMTP"
+	}
+	tlsInfo := ""
+	// RFC 3848: S for TLS, A for an authenticated client
+	if st, ok := sess.conn.TLS(); ok {
+		proto += "S"
+		tlsInfo = fmt.Sprintf("\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
+	}
+	if sess.info.Auth != "" {
+		proto += "A"
+	}
+	forClause := ""
+	if len(sess.rcpts) == 1 {
+		forClause = "\r\n\tfor <" + sanitize(sess.rcpts[0].addr) + ">"
+	}
+	now := time.Now()
+	id := envelope.FormatMsgID(sess.msgid)
+	from := fmt.Sprintf("%s ([%s])", sanitize(sess.info.Helo), sess.info.Remote)
+	if sess.localUser != "" {
+		from = "localhost (" + sess.localUser + ")"
+	}
+	fmt.Fprintf(w, "Received: from %s\r\n\tby %s (smtpd) with %s id %s%s%s;\r\n\t%s\r\n",
+		from, host, proto, id, tlsInfo, forClause, now.Format(time.RFC1123Z))
+	if !info.hasMessageID {
+		fmt.Fprintf(w, "Message-Id: <%d.%s.%x@%s>\r\n", now.Unix(), id, rand.Uint32(), host)
+	}
+	if !info.hasDate {
+		fmt.Fprintf(w, "Date: %s\r\n", now.Format(time.RFC1123Z))
+	}
 }

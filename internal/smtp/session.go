@@ -1,22 +1,17 @@
 package smtp
 
 import (
-	"bufio"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
 	"time"
 
-	gosmtp "github.com/emersion/go-smtp"
-
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
+	"smtpd/internal/smtp/server"
 	"smtpd/proto"
 )
 
@@ -24,99 +19,98 @@ import (
 // taken to be looping, as in OpenSMTPD.
 const MaxHops = 100
 
-type backend struct {
-	s        *Server
-	listener *config.Listener
-}
-
-// NewSession runs at HELO or EHLO: go-smtp greets the client itself.
-func (b *backend) NewSession(c *gosmtp.Conn) (gosmtp.Session, error) {
-	s := b.s
-	ip := remoteIP(c.Conn())
-	parsed := net.ParseIP(ip)
-	sess := &session{
-		s: s, conn: c, listener: b.listener,
-		info: proto.Session{ID: s.nextID(), Remote: ip, Local: parsed != nil && parsed.IsLoopback(), Helo: c.Hostname()},
-	}
-	family := "inet6"
-	if parsed.To4() != nil {
-		family = "inet4"
-	}
-	if lc, ok := c.Conn().(*localConn); ok {
-		// a local program, through control: the user id is the
-		// kernel's word (SO_PEERCRED), the name the program's
-		sess.info.Local, sess.localUser = true, fmt.Sprintf("user %s uid %d", sanitize(lc.user), lc.uid)
-		family = "local"
-	}
-	if err := sess.filter(proto.PhaseHelo, ""); err != nil {
-		return nil, err
-	}
-	if _, ok := c.TLSConnectionState(); ok {
-		s.stats.Increment("smtp.tls", 1)
-	}
-	s.stats.Increment("smtp.session", 1)
-	s.stats.Increment("smtp.session.total", 1)
-	s.stats.Increment("smtp.session."+family, 1)
-	sess.counted = "smtp.session." + family
-	s.log.Debugf("%016x: session from [%s] helo %q on %s", sess.info.ID, ip, c.Hostname(), b.listener.Name)
-	return sess, nil
-}
-
-// session is one SMTP session; a transaction is MAIL, RCPT..., DATA.
+// session is the daemon's policy for one SMTP session: the engine's
+// hooks, one per phase, asking mfa, lookup and queue. A transaction is
+// MAIL, RCPT..., then DATA or BDAT.
 type session struct {
 	s        *Server
-	conn     *gosmtp.Conn
+	conn     *server.Conn
 	listener *config.Listener
 	info     proto.Session
 	counted  string
 	mails    int
 	// localUser is set for sessions of local programs: who submits
-	localUser string
+	localUser  string
+	tlsCounted bool
+	// authFailures counts the wrong credentials of this session
+	authFailures int
 
 	// the current transaction
-	hasMail bool
-	mail    *gosmtp.MailOptions
-	rcpts   []rcpt
+	mail  server.MailParams
+	rcpts []rcpt
+	// the message being received, once DATA or BDAT started it
+	msgid uint32
+	body  *os.File
+	bw    *bodyWriter
 }
 
 type rcpt struct {
-	addr  string
-	opts  *gosmtp.RcptOptions
-	dests []proto.Destination
+	addr   string
+	params server.RcptParams
+	dests  []proto.Destination
 }
 
-func smtpErr(code int, enhanced gosmtp.EnhancedCode, format string, args ...any) *gosmtp.SMTPError {
-	return &gosmtp.SMTPError{Code: code, EnhancedCode: enhanced, Message: fmt.Sprintf(format, args...)}
+// newSession starts the policy of a connection the engine accepted.
+func (s *Server) newSession(lc *config.Listener, c *server.Conn) server.Session {
+	ip := remoteIP(c.NetConn())
+	parsed := net.ParseIP(ip)
+	sess := &session{
+		s: s, conn: c, listener: lc,
+		info: proto.Session{ID: s.nextID(), Remote: ip, Local: parsed != nil && parsed.IsLoopback()},
+	}
+	c.SetID(sess.info.ID)
+	family := "inet6"
+	if parsed.To4() != nil {
+		family = "inet4"
+	}
+	if l, ok := c.NetConn().(*localConn); ok {
+		// a local program, through control: the user id is the
+		// kernel's word (SO_PEERCRED), the name the program's
+		sess.info.Local, sess.localUser = true, fmt.Sprintf("user %s uid %d", sanitize(l.user), l.uid)
+		c.SetLocal(true)
+		family = "local"
+	}
+	// every connection counts, also one refused before the greeting
+	s.stats.Increment("smtp.session", 1)
+	s.stats.Increment("smtp.session.total", 1)
+	s.stats.Increment("smtp.session."+family, 1)
+	sess.counted = "smtp.session." + family
+	return sess
 }
 
-// replyErr turns a reply from mfa, lookup or queue into the error go-smtp
-// writes. Code 0 is a temporary failure.
-func replyErr(r proto.Reply) *gosmtp.SMTPError {
+// reply is a Reply of the engine.
+func reply(code int, enhanced server.EnhancedCode, format string, args ...any) *server.Reply {
+	return &server.Reply{Code: code, Enhanced: enhanced, Text: fmt.Sprintf(format, args...)}
+}
+
+// replyOf turns a reply from mfa, lookup or queue into the engine's.
+// Code 0, or one that is not a failure, is a temporary failure.
+func replyOf(r proto.Reply) *server.Reply {
 	code := int(r.Code)
 	if code < 400 || code > 599 {
 		code = 451
 	}
-	ec := gosmtp.EnhancedCode{code / 100, 0, 0}
+	ec := server.EnhancedCode{code / 100, 0, 0}
 	var a, b, c int
 	if _, err := fmt.Sscanf(r.Enhanced, "%d.%d.%d", &a, &b, &c); err == nil && a == code/100 {
-		ec = gosmtp.EnhancedCode{a, b, c}
+		ec = server.EnhancedCode{a, b, c}
 	}
 	text := r.Text
 	if text == "" {
 		text = "Temporary failure"
 	}
-	return &gosmtp.SMTPError{Code: code, EnhancedCode: ec, Message: text}
+	return &server.Reply{Code: code, Enhanced: ec, Text: text}
 }
 
 // internalErr is what a client sees when a process of ours fails: a
 // temporary failure, never a permanent one.
-func (sess *session) internalErr(err error) *gosmtp.SMTPError {
+func (sess *session) internalErr(err error) *server.Reply {
 	sess.s.log.Warnf("%016x: %v", sess.info.ID, err)
-	return smtpErr(451, gosmtp.EnhancedCode{4, 3, 0}, "Temporary server failure, try again later")
+	return reply(451, server.EnhancedCode{4, 3, 0}, "Temporary server failure, try again later")
 }
 
 // filter asks mfa about a phase, if a filter is configured for it.
-func (sess *session) filter(phase proto.Phase, rcpt string) error {
+func (sess *session) filter(phase proto.Phase, rcpt string) *server.Reply {
 	if !sess.s.filtered[phase] {
 		return nil
 	}
@@ -128,77 +122,92 @@ func (sess *session) filter(phase proto.Phase, rcpt string) error {
 	if !ok {
 		return sess.internalErr(fmt.Errorf("mfa answered %s", env.Type))
 	}
-	switch v.Verdict {
-	case proto.VerdictProceed:
+	if v.Verdict == proto.VerdictProceed {
 		return nil
-	case proto.VerdictDisconnect:
-		// go-smtp writes the reply when we return; close just after it
-		time.AfterFunc(100*time.Millisecond, func() { sess.conn.Close() })
-		return replyErr(v.Reply)
 	}
-	return replyErr(v.Reply)
+	r := replyOf(v.Reply)
+	r.Disconnect = v.Verdict == proto.VerdictDisconnect
+	return r
 }
 
-func (sess *session) Reset() {
-	sess.hasMail, sess.mail, sess.rcpts = false, nil, nil
+// Connect asks mfa whether the client may connect at all. Only a 554
+// may refuse a session at connect (RFC 5321 §3.1); a temporary refusal
+// is 421.
+func (sess *session) Connect() *server.Reply {
+	if sess.localUser != "" {
+		return nil
+	}
+	r := sess.filter(proto.PhaseConnect, "")
+	if r == nil {
+		return nil
+	}
+	sess.s.stats.Increment("smtp.session.refused", 1)
+	if r.Code < 500 || r.Disconnect {
+		return reply(421, server.EnhancedCode{4, 7, 0}, "%s", r.Text)
+	}
+	return reply(554, server.EnhancedCode{5, 7, 1}, "%s", r.Text)
 }
 
-func (sess *session) Logout() error {
-	sess.s.stats.Decrement("smtp.session", 1)
-	sess.s.stats.Decrement(sess.counted, 1)
+func (sess *session) Helo(name string, extended bool) *server.Reply {
+	sess.info.Helo = name
+	if _, ok := sess.conn.TLS(); ok && !sess.tlsCounted {
+		sess.tlsCounted = true
+		sess.s.stats.Increment("smtp.tls", 1)
+	}
+	if r := sess.filter(proto.PhaseHelo, ""); r != nil {
+		return r
+	}
+	sess.s.log.Debugf("%016x: session from [%s] helo %q on %s", sess.info.ID, sess.info.Remote, name, sess.listener.Name)
 	return nil
 }
 
-func (sess *session) Mail(from string, opts *gosmtp.MailOptions) error {
+// StartTLS lets the handshake go; the state it resets is the engine's
+// and the transaction's, which the engine aborts.
+func (sess *session) StartTLS() *server.Reply { return nil }
+
+func (sess *session) Mail(from string, p server.MailParams) *server.Reply {
 	if sess.mails >= sess.s.cfg.Limits.MailsPerSession {
-		return smtpErr(452, gosmtp.EnhancedCode{4, 5, 3}, "Too many messages in this session")
+		return reply(452, server.EnhancedCode{4, 5, 3}, "Too many messages in this session")
 	}
 	if sess.listener.TLS == config.TLSStartTLSRequire && !sess.tls() {
-		return smtpErr(530, gosmtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+		return reply(530, server.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 	}
 	if sess.listener.Auth == config.AuthRequired && sess.info.Auth == "" {
 		return errAuthRequired
 	}
-	if strings.ContainsAny(from, "\r\n\x00 ") {
-		return smtpErr(553, gosmtp.EnhancedCode{5, 1, 7}, "Invalid sender address")
+	if r := sess.senderAllowed(from); r != nil {
+		return r
 	}
-	if err := sess.senderAllowed(from); err != nil {
-		return err
-	}
-	sess.Reset()
 	sess.info.Sender = from
-	if err := sess.filter(proto.PhaseMail, ""); err != nil {
-		return err
+	if r := sess.filter(proto.PhaseMail, ""); r != nil {
+		sess.info.Sender = ""
+		return r
 	}
-	sess.hasMail, sess.mail = true, opts
+	sess.mail = p
 	return nil
 }
 
 func (sess *session) tls() bool {
-	_, ok := sess.conn.TLSConnectionState()
+	_, ok := sess.conn.TLS()
 	return ok
 }
 
-func (sess *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
-	if !sess.hasMail {
-		return smtpErr(503, gosmtp.EnhancedCode{5, 5, 1}, "Need MAIL before RCPT")
-	}
-	if err := sess.filter(proto.PhaseRcpt, to); err != nil {
-		return err
+func (sess *session) Rcpt(to string, p server.RcptParams) *server.Reply {
+	if r := sess.filter(proto.PhaseRcpt, to); r != nil {
+		return r
 	}
 	frames, err := sess.s.child.Requests.Ask(sess.s.lookup, &proto.SMTPExpandRcpt{Session: sess.info, Rcpt: to}, peerTimeout)
 	if err != nil {
 		return sess.internalErr(err)
 	}
-	r := rcpt{addr: to, opts: opts}
+	r := rcpt{addr: to, params: p}
 	for _, env := range frames {
 		res, ok := env.Msg.(*proto.LookupExpandResult)
 		if !ok {
 			return sess.internalErr(fmt.Errorf("lookup answered %s", env.Type))
 		}
 		if res.Status != proto.StatusOK {
-			sess.s.log.Infof("%016x: recipient <%s> refused: %d %s", sess.info.ID, to, res.Reply.Code, res.Reply.Text)
-			return replyErr(res.Reply)
+			return replyOf(res.Reply)
 		}
 		r.dests = append(r.dests, res.Destinations...)
 	}
@@ -206,130 +215,99 @@ func (sess *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	return nil
 }
 
-func (sess *session) Data(r io.Reader) error {
-	if len(sess.rcpts) == 0 {
-		return smtpErr(503, gosmtp.EnhancedCode{5, 5, 1}, "Need RCPT before DATA")
-	}
-	if err := sess.filter(proto.PhaseData, ""); err != nil {
-		return err
+// Data asks mfa, then queue for a message and its body file, and
+// returns where the engine writes the message: our trace fields go in
+// front of it once its header section has been seen.
+func (sess *session) Data() (io.Writer, *server.Reply) {
+	if r := sess.filter(proto.PhaseData, ""); r != nil {
+		return nil, r
 	}
 	env, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCreate{})
 	if err != nil {
-		return sess.internalErr(err)
+		return nil, sess.internalErr(err)
 	}
-	var msgid uint32
-	var body *os.File
 	switch m := env.Msg.(type) {
 	case *proto.QueueMessageCreated:
-		msgid, body = m.MsgID, m.File()
+		sess.msgid, sess.body = m.MsgID, m.File()
 	case *proto.QueueFailure:
-		return replyErr(m.Reply)
+		return nil, replyOf(m.Reply)
 	default:
-		return sess.internalErr(fmt.Errorf("queue answered %s", env.Type))
+		return nil, sess.internalErr(fmt.Errorf("queue answered %s", env.Type))
 	}
-	committed := false
-	defer func() {
-		body.Close()
-		if !committed {
-			sess.s.child.Send(sess.s.queue, &proto.SMTPMessageRollback{MsgID: msgid}, 0)
-		}
-	}()
-	if err := sess.receive(msgid, body, r); err != nil {
-		return err
+	sess.bw = &bodyWriter{file: sess.body, trace: sess.trace}
+	return sess.bw, nil
+}
+
+// Commit makes the message durable: envelopes to queue, mfa's word,
+// then queue's commit; the 250 goes out only once queue says the
+// message is on disk.
+func (sess *session) Commit() *server.Reply {
+	r := sess.commit()
+	sess.endMessage()
+	return r
+}
+
+func (sess *session) commit() *server.Reply {
+	msgid := sess.msgid
+	if err := sess.bw.finish(); err != nil {
+		return sess.internalErr(fmt.Errorf("writing message %s: %w", envelope.FormatMsgID(msgid), err))
 	}
-	if err := sess.submit(msgid); err != nil {
-		return err
+	if sess.bw.info.received > MaxHops {
+		return reply(554, server.EnhancedCode{5, 4, 6}, "Too many hops: mail loop detected")
 	}
-	if err := sess.filter(proto.PhaseCommit, ""); err != nil {
-		return err
+	if r := sess.submit(msgid); r != nil {
+		return r
 	}
-	env, err = sess.s.ask(sess.s.queue, &proto.SMTPMessageCommit{MsgID: msgid})
-	committed = true // queue owns the message from here, committed or not
+	if r := sess.filter(proto.PhaseCommit, ""); r != nil {
+		return r
+	}
+	env, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCommit{MsgID: msgid})
+	sess.msgid = 0 // queue owns the message from here, committed or not
 	if err != nil {
 		return sess.internalErr(err)
 	}
 	switch m := env.Msg.(type) {
 	case *proto.QueueMessageCommitted:
 	case *proto.QueueFailure:
-		return replyErr(m.Reply)
+		return replyOf(m.Reply)
 	default:
 		return sess.internalErr(fmt.Errorf("queue answered %s", env.Type))
 	}
 	monkey.Crash("smtp.before-250")
 	sess.mails++
 	sess.s.stats.Increment("smtp.message", 1)
-	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients", sess.info.ID, envelope.FormatMsgID(msgid), sess.info.Sender, len(sess.rcpts))
-	return smtpErr(250, gosmtp.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", envelope.FormatMsgID(msgid))
+	id := envelope.FormatMsgID(msgid)
+	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients", sess.info.ID, id, sess.info.Sender, len(sess.rcpts))
+	return reply(250, server.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", id)
 }
 
-// receive writes the message into the body file: our Received field,
-// Message-Id and Date if the message lacks them, then the message.
-func (sess *session) receive(msgid uint32, body *os.File, r io.Reader) error {
-	strict := &strictReader{r: r}
-	br := bufio.NewReaderSize(strict, 64*1024)
-	hdr, leftover, info, err := readHeader(br)
-	if err == nil {
-		w := bufio.NewWriterSize(body, 64*1024)
-		sess.writeTrace(w, msgid, info)
-		w.Write(hdr)
-		w.Write(leftover)
-		if _, err = io.Copy(w, br); err == nil {
-			err = w.Flush()
-		}
+// endMessage closes the body file and drops a message that was not
+// handed to queue for commit; the transaction is over.
+func (sess *session) endMessage() {
+	if sess.body != nil {
+		sess.body.Close()
 	}
-	switch {
-	case err == nil && info.received > MaxHops:
-		return smtpErr(554, gosmtp.EnhancedCode{5, 4, 6}, "Too many hops: mail loop detected")
-	case err == nil:
-		return nil
-	case errors.Is(err, errBareLineEnding):
-		sess.s.log.Infof("%016x: message refused: bare CR or LF", sess.info.ID)
-		return smtpErr(550, gosmtp.EnhancedCode{5, 5, 2}, "Bare CR or LF in message, refused: possible SMTP smuggling")
+	if sess.msgid != 0 {
+		sess.s.child.Send(sess.s.queue, &proto.SMTPMessageRollback{MsgID: sess.msgid}, 0)
 	}
-	var se *gosmtp.SMTPError
-	if errors.As(err, &se) {
-		return se // too large, from go-smtp's reader
-	}
-	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return smtpErr(421, gosmtp.EnhancedCode{4, 4, 2}, "Connection trouble during DATA")
-	}
-	return sess.internalErr(fmt.Errorf("writing message %s: %w", envelope.FormatMsgID(msgid), err))
+	sess.msgid, sess.body, sess.bw = 0, nil, nil
+	sess.info.Sender, sess.mail, sess.rcpts = "", server.MailParams{}, nil
 }
 
-// writeTrace writes the fields the daemon adds at the top of a message.
-func (sess *session) writeTrace(w *bufio.Writer, msgid uint32, info headerInfo) {
-	host := sess.s.cfg.Hostname
-	proto := "ESMTP"
-	if sess.listener.Protocol == "lmtp" {
-		proto = "LMTP"
-	}
-	tlsInfo := ""
-	// RFC 3848: S for TLS, A for an authenticated client
-	if st, ok := sess.conn.TLSConnectionState(); ok {
-		proto += "S"
-		tlsInfo = fmt.Sprintf("\r\n\t(%s %s)", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
-	}
-	if sess.info.Auth != "" {
-		proto += "A"
-	}
-	forClause := ""
-	if len(sess.rcpts) == 1 {
-		forClause = "\r\n\tfor <" + sanitize(sess.rcpts[0].addr) + ">"
-	}
-	now := time.Now()
-	from := fmt.Sprintf("%s ([%s])", sanitize(sess.info.Helo), sess.info.Remote)
-	if sess.localUser != "" {
-		from = "localhost (" + sess.localUser + ")"
-	}
-	fmt.Fprintf(w, "Received: from %s\r\n\tby %s (smtpd) with %s id %s%s%s;\r\n\t%s\r\n",
-		from, host, proto, envelope.FormatMsgID(msgid), tlsInfo, forClause, now.Format(time.RFC1123Z))
-	if !info.hasMessageID {
-		fmt.Fprintf(w, "Message-Id: <%d.%s.%x@%s>\r\n", now.Unix(), envelope.FormatMsgID(msgid), rand.Uint32(), host)
-	}
-	if !info.hasDate {
-		fmt.Fprintf(w, "Date: %s\r\n", now.Format(time.RFC1123Z))
-	}
+// Abort ends a transaction without a message: RSET, a refused message,
+// STARTTLS or the end of the connection.
+func (sess *session) Abort() { sess.endMessage() }
+
+func (sess *session) Rset() *server.Reply { return nil }
+func (sess *session) Noop() *server.Reply { return nil }
+func (sess *session) Help() *server.Reply { return nil }
+func (sess *session) Quit() *server.Reply { return nil }
+
+// Close counts the session out.
+func (sess *session) Close() {
+	sess.endMessage()
+	sess.s.stats.Decrement("smtp.session", 1)
+	sess.s.stats.Decrement(sess.counted, 1)
 }
 
 // sanitize keeps what may appear in a trace field: a client's HELO or
@@ -350,7 +328,7 @@ func sanitize(s string) string {
 // submit sends queue one envelope per destination. Recipients that
 // expand to the same destination (aliases, a catch-all) get one copy, as
 // Postfix's duplicate filter does.
-func (sess *session) submit(msgid uint32) error {
+func (sess *session) submit(msgid uint32) *server.Reply {
 	now := time.Now()
 	seen := map[proto.Destination]bool{}
 	for _, r := range sess.rcpts {
@@ -367,22 +345,13 @@ func (sess *session) submit(msgid uint32) error {
 				Sender: sess.info.Sender, Rcpt: r.addr, Dest: d.Dest, User: d.User, Target: d.Target,
 				Helo: sanitize(sess.info.Helo), Remote: sess.info.Remote,
 				Created: now, Expire: now.Add(sess.s.cfg.Limits.QueueExpire),
+				Ret: sess.mail.Ret, Notify: strings.Join(r.params.Notify, ","),
 			}
-			if sess.mail != nil {
-				e.Ret, e.EnvID = string(sess.mail.Return), sanitize(sess.mail.EnvelopeID)
-				if sess.mail.EnvelopeID == "" {
-					e.EnvID = ""
-				}
+			if sess.mail.EnvID != "" {
+				e.EnvID = sanitize(sess.mail.EnvID)
 			}
-			if r.opts != nil {
-				var notify []string
-				for _, n := range r.opts.Notify {
-					notify = append(notify, string(n))
-				}
-				e.Notify = strings.Join(notify, ",")
-				if r.opts.OriginalRecipient != "" {
-					e.ORcpt = strings.ToLower(string(r.opts.OriginalRecipientType)) + ";" + sanitize(r.opts.OriginalRecipient)
-				}
+			if r.params.ORcpt != "" {
+				e.ORcpt = strings.ToLower(r.params.ORcptType) + ";" + sanitize(r.params.ORcpt)
 			}
 			data, err := e.Marshal()
 			if err != nil {

@@ -15,12 +15,12 @@ import (
 	"syscall"
 	"time"
 
-	gosmtp "github.com/emersion/go-smtp"
 	"golang.org/x/sys/unix"
 
 	"smtpd/internal/config"
 	"smtpd/internal/logging"
 	"smtpd/internal/privsep"
+	"smtpd/internal/smtp/server"
 	"smtpd/internal/stats"
 	"smtpd/proto"
 )
@@ -46,6 +46,9 @@ type Server struct {
 	authFailures *authFailures
 	// local takes the sessions of local programs
 	local *localListener
+	// lastCommand is the last line of each session's client, for the
+	// log line of a refusal
+	lastCommand sync.Map
 }
 
 // New prepares the smtp process: it loads the listeners' certificates,
@@ -163,53 +166,61 @@ func (s *Server) serveLocal() {
 	}
 }
 
-func (s *Server) newServer(lc *config.Listener) *gosmtp.Server {
-	srv := gosmtp.NewServer(&backend{s: s, listener: lc})
-	srv.Domain = lc.Hostname
-	srv.LMTP = lc.Protocol == "lmtp"
-	srv.MaxMessageBytes = s.cfg.Limits.MessageSize
-	srv.MaxRecipients = s.cfg.Limits.Recipients
-	srv.MaxLineLength = s.cfg.Limits.LineLength
-	srv.ReadTimeout = s.cfg.Limits.CommandTimeout
-	srv.WriteTimeout = s.cfg.Limits.CommandTimeout
-	srv.EnableSMTPUTF8 = true
-	srv.EnableDSN = true
-	srv.ErrorLog = errorLog{s.log}
-	srv.Debug = traceWriter{s.log}
+// newServer is the SMTP engine of a listener, with this process's
+// sessions as its policy.
+func (s *Server) newServer(lc *config.Listener) *server.Server {
+	srv := &server.Server{
+		Hostname:        lc.Hostname,
+		LMTP:            lc.Protocol == "lmtp",
+		MaxMessageBytes: s.cfg.Limits.MessageSize,
+		MaxRecipients:   s.cfg.Limits.Recipients,
+		MaxLineLength:   s.cfg.Limits.LineLength,
+		CommandTimeout:  s.cfg.Limits.CommandTimeout,
+		SessionTimeout:  s.cfg.Limits.SessionTimeout,
+		NewSession:      func(c *server.Conn) server.Session { return s.newSession(lc, c) },
+		Report:          s.report,
+	}
+	if lc.TLS != config.TLSNone {
+		srv.TLSConfig = s.tls[lc.Name]
+		srv.ImplicitTLS = lc.TLS == config.TLSImplicit
+	}
+	if lc.Auth != config.AuthNone {
+		srv.AuthMechanisms = []string{"PLAIN", "LOGIN"}
+	}
 	return srv
 }
 
 func (s *Server) serve(lc *config.Listener, ln net.Listener) {
-	srv := s.newServer(lc)
-	if lc.TLS != config.TLSNone {
-		srv.TLSConfig = s.tls[lc.Name]
-	}
-	ln = &limitListener{Listener: ln, s: s, deadline: s.cfg.Limits.SessionTimeout}
-	if lc.TLS == config.TLSImplicit {
-		ln = tls.NewListener(ln, s.tls[lc.Name])
-	}
-	if err := srv.Serve(ln); err != nil {
+	ln = &limitListener{Listener: ln, s: s}
+	if err := s.newServer(lc).Serve(ln); err != nil {
 		s.log.Fatalf("listener %s: %v", lc.Name, err)
 	}
 }
 
-// traceWriter logs the SMTP dialogues go-smtp copies to it while the
-// smtp subsystem is traced (smtpctl trace smtp).
-type traceWriter struct{ log *logging.Logger }
-
-func (t traceWriter) Write(p []byte) (int, error) {
-	// asked first: boxing p for Tracef would cost an allocation on
-	// every read and write of every session
-	if t.log.Tracing("smtp") {
-		t.log.Tracef("smtp", "%q", p)
+// report logs every refusal once, with the session and the command it
+// answers (credentials masked by the engine), and every line of every
+// session while the smtp subsystem is traced (smtpctl trace smtp).
+func (s *Server) report(e server.Event) {
+	switch e.Kind {
+	case server.EventProtocolClient:
+		s.lastCommand.Store(e.Conn, e.Line)
+	case server.EventProtocolServer:
+		// the last line of a 4xx or 5xx reply
+		if len(e.Line) > 3 && (e.Line[0] == '4' || e.Line[0] == '5') && e.Line[3] == ' ' {
+			cmd, _ := s.lastCommand.Load(e.Conn)
+			line, _ := cmd.(string)
+			s.log.Infof("%016x: %q refused: %s", e.Conn.ID(), line, e.Line)
+		}
+	case server.EventLinkDisconnect:
+		s.lastCommand.Delete(e.Conn)
+		return
+	default:
+		return
 	}
-	return len(p), nil
+	if s.log.Tracing("smtp") {
+		s.log.Tracef("smtp", "%q", e.Line+"\r\n")
+	}
 }
-
-type errorLog struct{ log *logging.Logger }
-
-func (e errorLog) Printf(format string, v ...any) { e.log.Debugf(format, v...) }
-func (e errorLog) Println(v ...any)               { e.log.Debugf("%s", fmt.Sprintln(v...)) }
 
 // peerTimeout bounds the wait for an answer from another process: a
 // client waits for its reply at most as long as RFC 5321 4.5.3.2 lets
@@ -223,31 +234,6 @@ func (s *Server) ask(ch *proto.Channel, m proto.Message) (*proto.Frame, error) {
 		return nil, err
 	}
 	return frames[0], nil
-}
-
-// connectCheck asks mfa whether a client may connect at all; if not, it
-// returns the reply to send instead of the greeting. Only a 554 may
-// refuse a session at connect (RFC 5321 §3.1); a temporary refusal is
-// 421.
-func (s *Server) connectCheck(ip string) (string, bool) {
-	if !s.filtered[proto.PhaseConnect] {
-		return "", true
-	}
-	parsed := net.ParseIP(ip)
-	env, err := s.ask(s.mfa, &proto.SMTPFilterQuery{Phase: proto.PhaseConnect, Session: proto.Session{Remote: ip, Local: parsed != nil && parsed.IsLoopback()}})
-	if err != nil {
-		s.log.Warnf("connect check: %v", err)
-		return "421 4.3.0 Temporary server failure, try again later", false
-	}
-	v, ok := env.Msg.(*proto.MFAFilterVerdict)
-	if !ok || v.Verdict == proto.VerdictProceed {
-		return "", true
-	}
-	s.stats.Increment("smtp.session.refused", 1)
-	if v.Verdict == proto.VerdictTempfail || v.Verdict == proto.VerdictDisconnect || v.Reply.Code < 500 {
-		return "421 4.7.0 " + v.Reply.Text, false
-	}
-	return "554 5.7.1 " + v.Reply.Text, false
 }
 
 // connLimiter counts sessions, in all and per client address.
@@ -288,12 +274,11 @@ func (l *connLimiter) release(ip string) {
 // pausedReply greets sessions while smtp is paused (smtpctl pause smtp).
 const pausedReply = "421 4.3.2 Service paused, try again later\r\n"
 
-// limitListener refuses sessions over the limits with a 421 before
-// go-smtp greets them, and bounds every session's life.
+// limitListener refuses sessions over the limits, and all while smtp
+// is paused, with a 421 before the engine sees them.
 type limitListener struct {
 	net.Listener
-	s        *Server
-	deadline time.Duration
+	s *Server
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -320,39 +305,18 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		lc := &limitedConn{Conn: c, ip: ip, release: l.s.active.release, end: time.Now().Add(l.deadline)}
-		c.SetDeadline(lc.end)
-		if reply, ok := l.s.connectCheck(ip); !ok {
-			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, reply+"\r\n")
-			lc.Close()
-			continue
-		}
-		return lc, nil
+		return &limitedConn{Conn: c, ip: ip, release: l.s.active.release}, nil
 	}
 }
 
-// limitedConn clamps every deadline go-smtp sets to the end of the
-// session, so that a slow client cannot hold a session forever by
-// sending one byte per command timeout.
+// limitedConn gives its place back to the session limits when it
+// closes; the engine bounds the session's life.
 type limitedConn struct {
 	net.Conn
 	ip      string
-	end     time.Time
 	once    sync.Once
 	release func(string)
 }
-
-func (c *limitedConn) clamp(t time.Time) time.Time {
-	if t.IsZero() || t.After(c.end) {
-		return c.end
-	}
-	return t
-}
-
-func (c *limitedConn) SetDeadline(t time.Time) error      { return c.Conn.SetDeadline(c.clamp(t)) }
-func (c *limitedConn) SetReadDeadline(t time.Time) error  { return c.Conn.SetReadDeadline(c.clamp(t)) }
-func (c *limitedConn) SetWriteDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(c.clamp(t)) }
 
 func (c *limitedConn) Close() error {
 	c.once.Do(func() { c.release(c.ip) })
