@@ -46,6 +46,8 @@ spool          = "spool"
 control_socket = "run/smtpd.sock"
 resolver       = ["` + dnsSrv.Addr + `"]
 
+limits { auth_failures_per_ip = 5 }
+
 table "users"   { map = { alice = "` + string(hash) + `", bob = "` + string(hash) + `" } }
 table "senders" { map = { alice = "alice@example.net", bob = "@example.org" } }
 

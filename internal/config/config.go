@@ -70,6 +70,10 @@ type Limits struct {
 	Sessions int
 	// SessionsPerIP is the number of concurrent sessions from one address.
 	SessionsPerIP int
+	// AuthFailuresPerIP is the number of wrong credentials one address
+	// may give within ten minutes before it must wait; high enough
+	// that the users behind one NAT do not lock each other out.
+	AuthFailuresPerIP int
 	// LineLength is the longest line accepted, CRLF included; RFC 5321
 	// §4.5.3.1.6 sets 1000 as the minimum a server must take.
 	LineLength int
@@ -89,16 +93,17 @@ type Limits struct {
 // DefaultLimits are the limits of an empty limits block.
 func DefaultLimits() Limits {
 	return Limits{
-		MessageSize:     35 << 20,
-		Recipients:      1000,
-		MailsPerSession: 100,
-		SessionsPerIP:   50,
-		LineLength:      4096,
-		CommandTimeout:  5 * time.Minute,
-		SessionTimeout:  30 * time.Minute,
-		QueueExpire:     4 * 24 * time.Hour,
-		BounceWarn:      4 * time.Hour,
-		RetryBase:       time.Minute,
+		MessageSize:       35 << 20,
+		Recipients:        1000,
+		MailsPerSession:   100,
+		SessionsPerIP:     50,
+		AuthFailuresPerIP: 20,
+		LineLength:        4096,
+		CommandTimeout:    5 * time.Minute,
+		SessionTimeout:    30 * time.Minute,
+		QueueExpire:       4 * 24 * time.Hour,
+		BounceWarn:        4 * time.Hour,
+		RetryBase:         time.Minute,
 	}
 }
 

@@ -215,7 +215,7 @@ func (d *decoder) actionRefs() cty.Value {
 
 var limitsSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "message_size"}, {Name: "recipients"}, {Name: "mails_per_session"},
-	{Name: "sessions"}, {Name: "sessions_per_ip"}, {Name: "line_length"},
+	{Name: "sessions"}, {Name: "sessions_per_ip"}, {Name: "auth_failures_per_ip"}, {Name: "line_length"},
 	{Name: "command_timeout"}, {Name: "session_timeout"},
 	{Name: "queue_expire"}, {Name: "bounce_warn"}, {Name: "retry_base"},
 }}
@@ -241,6 +241,7 @@ func (d *decoder) limits(b *hcl.Block) {
 		{"mails_per_session", &l.MailsPerSession, 1},
 		{"sessions", &l.Sessions, 0},
 		{"sessions_per_ip", &l.SessionsPerIP, 1},
+		{"auth_failures_per_ip", &l.AuthFailuresPerIP, 1},
 		{"line_length", &l.LineLength, 1000},
 	}
 	for _, i := range ints {

@@ -11,11 +11,11 @@ import (
 )
 
 // The limits on failed authentications: each failure is answered after
-// authFailureDelay, and an address with authFailureLimit failures within
-// authFailureWindow may not try again until the window has passed.
+// authFailureDelay, and an address with limits.auth_failures_per_ip
+// failures within authFailureWindow may not try again until the window
+// has passed.
 const (
 	authFailureDelay  = time.Second
-	authFailureLimit  = 5
 	authFailureWindow = 10 * time.Minute
 	// maxAuthFailureAddresses is the size at which the table of
 	// failing addresses is swept of old entries
@@ -34,13 +34,14 @@ var (
 
 // authFailures counts failed authentications per client address.
 type authFailures struct {
-	mu   sync.Mutex
-	byIP map[string][]time.Time
-	now  func() time.Time
+	mu    sync.Mutex
+	limit int
+	byIP  map[string][]time.Time
+	now   func() time.Time
 }
 
-func newAuthFailures() *authFailures {
-	return &authFailures{byIP: map[string][]time.Time{}, now: time.Now}
+func newAuthFailures(limit int) *authFailures {
+	return &authFailures{limit: limit, byIP: map[string][]time.Time{}, now: time.Now}
 }
 
 // recent returns the failures of ip within the window, dropping older ones.
@@ -62,7 +63,7 @@ func (a *authFailures) recent(ip string) []time.Time {
 func (a *authFailures) blocked(ip string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.recent(ip)) >= authFailureLimit
+	return len(a.recent(ip)) >= a.limit
 }
 
 func (a *authFailures) add(ip string) {

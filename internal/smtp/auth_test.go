@@ -8,9 +8,10 @@ import (
 
 func TestAuthFailures(t *testing.T) {
 	now := time.Unix(1e9, 0)
-	a := newAuthFailures()
+	const limit = 5
+	a := newAuthFailures(limit)
 	a.now = func() time.Time { return now }
-	for range authFailureLimit - 1 {
+	for range limit - 1 {
 		a.add("192.0.2.1")
 	}
 	if a.blocked("192.0.2.1") {

@@ -54,7 +54,7 @@ type Server struct {
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures(), local: newLocalListener()}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures(c.Config.Limits.AuthFailuresPerIP), local: newLocalListener()}
 	for _, f := range c.Config.Filters {
 		if p, ok := proto.ParsePhase(f.Phase); ok {
 			s.filtered[p] = true
