@@ -19,7 +19,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// Real clients against the daemon (issue 12, acceptance 2): swaks,
+// Real clients against the daemon: swaks,
 // msmtp, s-nail, Python's smtplib and go-smtp's client each complete
 // transactions with the extensions they implement, and between them
 // cover PIPELINING, CHUNKING/BDAT, STARTTLS, AUTH PLAIN and LOGIN,

@@ -8,6 +8,7 @@ package regress
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -435,15 +436,18 @@ func (d *Daemon) Kill() {
 //	expect CODE [RE]   read one reply (all its lines); its code must start
 //	                   with CODE and its text match the regular expression
 //	expect-close       the server closes the connection (after any reply)
+//	starttls           send STARTTLS, want 220 and nothing after it, and
+//	                   do the TLS handshake (the certificate is not checked)
 //
 // Empty lines and lines starting with # are skipped. It returns an error
 // naming the line that failed.
 func RunDialogue(addr, script string) error {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer raw.Close()
+	var conn net.Conn = raw
 	r := bufio.NewReader(conn)
 	for n, line := range strings.Split(script, "\n") {
 		line = strings.TrimSpace(line)
@@ -454,6 +458,24 @@ func RunDialogue(addr, script string) error {
 		verb, arg, _ := strings.Cut(line, " ")
 		var err error
 		switch verb {
+		case "starttls":
+			var reply string
+			if _, err = io.WriteString(conn, "STARTTLS\r\n"); err == nil {
+				reply, err = readReply(r)
+			}
+			switch {
+			case err != nil:
+			case !strings.HasPrefix(reply, "220 "):
+				err = fmt.Errorf("got %q, want 220", reply)
+			case r.Buffered() > 0:
+				err = errors.New("data after the 220 to STARTTLS")
+			default:
+				tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+				tc.SetDeadline(time.Now().Add(20 * time.Second))
+				if err = tc.Handshake(); err == nil {
+					conn, r = tc, bufio.NewReader(tc)
+				}
+			}
 		case "send":
 			_, err = io.WriteString(conn, arg+"\r\n")
 		case "sendraw":

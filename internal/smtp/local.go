@@ -24,7 +24,7 @@ type localConn struct {
 	user string
 }
 
-// localListener hands go-smtp the sessions made by NewLocalSession.
+// localListener hands the engine the sessions newLocalSession makes.
 type localListener struct {
 	conns     chan net.Conn
 	closeOnce sync.Once
