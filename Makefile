@@ -10,7 +10,7 @@ SYSCONF  ?= /etc/mail
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
-TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail
+TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3
 
 # package:target for every fuzz target
 FUZZ_TARGETS = \
