@@ -38,10 +38,20 @@ type session struct {
 	// the current transaction
 	mail  server.MailParams
 	rcpts []rcpt
+	// created brings queue's answer to the message asked for at the
+	// first accepted recipient, so that the body file is ready when
+	// DATA comes instead of costing a round trip before the 354
+	created chan created
 	// the message being received, once DATA or BDAT started it
 	msgid uint32
 	body  *os.File
 	bw    *bodyWriter
+}
+
+// created is queue's answer to SMTPMessageCreate, or why none came.
+type created struct {
+	frame *proto.Frame
+	err   error
 }
 
 type rcpt struct {
@@ -212,6 +222,14 @@ func (sess *session) Rcpt(to string, p server.RcptParams) *server.Reply {
 		r.dests = append(r.dests, res.Destinations...)
 	}
 	sess.rcpts = append(sess.rcpts, r)
+	if sess.created == nil {
+		ch := make(chan created, 1)
+		sess.created = ch
+		go func() {
+			frame, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCreate{})
+			ch <- created{frame, err}
+		}()
+	}
 	return nil
 }
 
@@ -222,10 +240,15 @@ func (sess *session) Data() (io.Writer, *server.Reply) {
 	if r := sess.filter(proto.PhaseData, ""); r != nil {
 		return nil, r
 	}
-	env, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCreate{})
-	if err != nil {
-		return nil, sess.internalErr(err)
+	if sess.created == nil {
+		return nil, sess.internalErr(fmt.Errorf("DATA without a message asked of queue"))
 	}
+	c := <-sess.created
+	sess.created = nil
+	if c.err != nil {
+		return nil, sess.internalErr(c.err)
+	}
+	env := c.frame
 	switch m := env.Msg.(type) {
 	case *proto.QueueMessageCreated:
 		sess.msgid, sess.body = m.MsgID, m.File()
@@ -282,13 +305,25 @@ func (sess *session) commit() *server.Reply {
 }
 
 // endMessage closes the body file and drops a message that was not
-// handed to queue for commit; the transaction is over.
+// handed to queue for commit, also one whose creation is still under
+// way; the transaction is over.
 func (sess *session) endMessage() {
 	if sess.body != nil {
 		sess.body.Close()
 	}
 	if sess.msgid != 0 {
 		sess.s.child.Send(sess.s.queue, &proto.SMTPMessageRollback{MsgID: sess.msgid}, 0)
+	}
+	if ch := sess.created; ch != nil {
+		sess.created = nil
+		go func() {
+			if c := <-ch; c.err == nil {
+				if m, ok := c.frame.Msg.(*proto.QueueMessageCreated); ok {
+					m.File().Close()
+					sess.s.child.Send(sess.s.queue, &proto.SMTPMessageRollback{MsgID: m.MsgID}, 0)
+				}
+			}
+		}()
 	}
 	sess.msgid, sess.body, sess.bw = 0, nil, nil
 	sess.info.Sender, sess.mail, sess.rcpts = "", server.MailParams{}, nil
