@@ -347,3 +347,21 @@ func checkGoroutines(t testing.TB) {
 		}
 	})
 }
+
+// servePipe serves one session over a pipe with ServeConn, the server
+// end wrapped by wrap if set, and returns the client and a channel
+// closed when ServeConn returns.
+func servePipe(t testing.TB, srv *Server, wrap func(net.Conn) net.Conn) (*client, net.Conn, <-chan struct{}) {
+	a, b := net.Pipe()
+	t.Cleanup(func() { a.Close() })
+	if wrap != nil {
+		b = wrap(b)
+	}
+	done := make(chan struct{})
+	go func() {
+		srv.ServeConn(b)
+		close(done)
+	}()
+	a.SetDeadline(time.Now().Add(5 * time.Second))
+	return &client{t: t, conn: a, r: bufio.NewReader(a)}, a, done
+}

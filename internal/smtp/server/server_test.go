@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -108,15 +107,7 @@ func TestServeConn(t *testing.T) {
 	rec := newRecorder()
 	rec.local = true
 	srv := newTestServer(rec)
-	a, b := net.Pipe()
-	defer a.Close()
-	done := make(chan struct{})
-	go func() {
-		srv.ServeConn(b)
-		close(done)
-	}()
-	a.SetDeadline(time.Now().Add(5 * time.Second))
-	c := &client{t: t, conn: a, r: bufio.NewReader(a)}
+	c, a, done := servePipe(t, srv, nil)
 	c.expect("220")
 	go io.WriteString(a, "HELO localhost\r\nMAIL FROM:<user>\r\nRCPT TO:<root>\r\nDATA\r\n")
 	c.script("S: 250\nS: 250\nS: 250\nS: 354")

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -890,16 +889,11 @@ func (c *countingConn) Write(p []byte) (int, error) {
 func TestRepliesBatched(t *testing.T) {
 	checkGoroutines(t)
 	srv := newTestServer(newRecorder())
-	a, b := net.Pipe()
-	defer a.Close()
-	conn := &countingConn{Conn: b}
-	done := make(chan struct{})
-	go func() {
-		srv.ServeConn(conn)
-		close(done)
-	}()
-	a.SetDeadline(time.Now().Add(5 * time.Second))
-	c := &client{t: t, conn: a, r: bufio.NewReader(a)}
+	var conn *countingConn
+	c, a, done := servePipe(t, srv, func(b net.Conn) net.Conn {
+		conn = &countingConn{Conn: b}
+		return conn
+	})
 	c.expect("220")
 	go io.WriteString(a, "EHLO a.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\nNOOP\r\n")
 	c.script("S: 250 HELP\nS: 250 2.0.0\nS: 250 2.1.5\nS: 250 2.1.5\nS: 250 2.0.0")
