@@ -45,6 +45,9 @@ type Requests struct {
 	// dropped instead of being taken for one nobody asked.
 	waiting   map[uint32]*request
 	abandoned map[uint32]bool
+	// broken is closed by Fail: no answer will come any more
+	broken    chan struct{}
+	brokenErr error
 }
 
 type request struct {
@@ -58,7 +61,20 @@ func NewRequests(send func(ch *Channel, m Message, id uint32) error) *Requests {
 	if send == nil {
 		send = func(ch *Channel, m Message, id uint32) error { return ch.Send(m, id) }
 	}
-	return &Requests{send: send, waiting: map[uint32]*request{}, abandoned: map[uint32]bool{}}
+	return &Requests{send: send, waiting: map[uint32]*request{}, abandoned: map[uint32]bool{}, broken: make(chan struct{})}
+}
+
+// Fail ends every wait, now and later, with err: the channel the
+// answers come on is gone (a delivery agent that died).
+func (r *Requests) Fail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	select {
+	case <-r.broken:
+	default:
+		r.brokenErr = err
+		close(r.broken)
+	}
 }
 
 // Ask sends m to ch under a new request id and waits for the answer:
@@ -101,6 +117,11 @@ func (r *Requests) Stream(ch *Channel, m Message, timeout time.Duration, each fu
 			timer.Reset(timeout)
 		case <-timer.C:
 			return fmt.Errorf("%w from %s to %s (request %d) within %s", ErrNoAnswer, ch.Remote, m.Type(), id, timeout)
+		case <-r.broken:
+			r.mu.Lock()
+			err := r.brokenErr
+			r.mu.Unlock()
+			return err
 		}
 	}
 }

@@ -16,8 +16,9 @@ import (
 // deliverMaildir writes the message into the maildir at dir, as the
 // maildir specification asks: a unique file in tmp/, made durable, then
 // renamed into new/ under the same name, whose directory is made durable
-// too (safeio.WriteFile).
-func deliverMaildir(dir, hostname string, e *envelope.Envelope, body *os.File) error {
+// too, with an fsync shared with the deliveries into the same maildir
+// at the same time (dirs).
+func deliverMaildir(dirs *safeio.DirSyncer, dir, hostname string, e *envelope.Envelope, body *os.File) error {
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return tempError{fmt.Errorf("maildir: %w", err)}
@@ -25,7 +26,7 @@ func deliverMaildir(dir, hostname string, e *envelope.Envelope, body *os.File) e
 	}
 	now := time.Now()
 	name := fmt.Sprintf("%d.M%dP%dQ%s.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), envelope.FormatEvpID(e.ID), strings.ReplaceAll(hostname, "/", "_"))
-	err := safeio.WriteFile(filepath.Join(dir, "tmp", name), filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
+	err := dirs.WriteFile(filepath.Join(dir, "tmp", name), filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
 		return writeMessage(f, e, body)
 	})
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"smtpd/internal/envelope"
+	"smtpd/internal/safeio"
 )
 
 func TestCopyUnixLines(t *testing.T) {
@@ -43,7 +44,7 @@ func TestDeliverMaildir(t *testing.T) {
 	f, _ := os.Open(body)
 	defer f.Close()
 	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
-	if err := deliverMaildir(dir, "mx.example.org", e, f); err != nil {
+	if err := deliverMaildir(&safeio.DirSyncer{}, dir, "mx.example.org", e, f); err != nil {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
@@ -68,7 +69,7 @@ func TestDeliverMaildirFails(t *testing.T) {
 	f, _ := os.Open(os.DevNull)
 	f.Close() // reading the body fails
 	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
-	err := deliverMaildir(dir, "mx.example.org", e, f)
+	err := deliverMaildir(&safeio.DirSyncer{}, dir, "mx.example.org", e, f)
 	if _, ok := err.(tempError); !ok {
 		t.Fatalf("got %v, want a temporary failure", err)
 	}

@@ -10,20 +10,35 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"smtpd/internal/address"
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
+	"smtpd/internal/safeio"
 	"smtpd/proto"
 )
 
-// Run serves deliveries from the parent until it closes the channel.
+// agent is the delivery agent of one user: it takes many deliveries at
+// once, each with its own message descriptor, and deliveries into one
+// maildir share their directory fsyncs.
+type agent struct {
+	cfg  *config.Config
+	dirs safeio.DirSyncer
+}
+
+// Run serves deliveries from the parent until it closes the channel,
+// each as it comes, answering each under its request id.
 func Run(c *privsep.Child) {
+	a := &agent{cfg: c.Config}
+	var running sync.WaitGroup
 	for {
 		env, err := c.Parent.Recv()
 		if err == io.EOF {
+			// the parent closes an idle agent; finish what runs anyway
+			running.Wait()
 			os.Exit(0)
 		}
 		if err != nil {
@@ -33,14 +48,18 @@ func Run(c *privsep.Child) {
 		if !ok {
 			c.Log.Fatalf("unexpected %s", env.Type)
 		}
-		res := deliver(c.Config, m.Account, m.Envelope, m.File())
-		m.File().Close()
-		if res.Status == proto.StatusOK {
-			monkey.Crash("mda.after-deliver")
-		}
-		if err := c.Parent.Send(&proto.MDADeliveryResult{DeliveryResult: res}, env.PeerID); err != nil {
-			c.Log.Fatalf("%v", err)
-		}
+		running.Add(1)
+		go func() {
+			defer running.Done()
+			res := a.deliver(m.Account, m.Envelope, m.File())
+			m.File().Close()
+			if res.Status == proto.StatusOK {
+				monkey.Crash("mda.after-deliver")
+			}
+			if err := c.Parent.Send(&proto.MDADeliveryResult{DeliveryResult: res}, env.PeerID); err != nil {
+				c.Log.Fatalf("%v", err)
+			}
+		}()
 	}
 }
 
@@ -50,13 +69,13 @@ type tempError struct{ err error }
 func (t tempError) Error() string { return t.err.Error() }
 func (t tempError) Unwrap() error { return t.err }
 
-func deliver(cfg *config.Config, acct proto.Account, data []byte, body *os.File) proto.DeliveryResult {
+func (a *agent) deliver(acct proto.Account, data []byte, body *os.File) proto.DeliveryResult {
 	e, err := envelope.Unmarshal(data)
 	if err != nil {
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: err.Error()}
 	}
 	res := proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusOK}
-	if err := deliverEnvelope(cfg, acct, e, body); err != nil {
+	if err := a.deliverEnvelope(acct, e, body); err != nil {
 		res.Status, res.Text = proto.StatusPermfail, err.Error()
 		var t tempError
 		if errors.As(err, &t) {
@@ -68,7 +87,8 @@ func deliver(cfg *config.Config, acct proto.Account, data []byte, body *os.File)
 
 // deliverEnvelope delivers as acct, the account the parent resolved and
 // started this process as.
-func deliverEnvelope(cfg *config.Config, acct proto.Account, e *envelope.Envelope, body *os.File) error {
+func (a *agent) deliverEnvelope(acct proto.Account, e *envelope.Envelope, body *os.File) error {
+	cfg := a.cfg
 	if err := monkey.Fail("mda.tempfail"); err != nil {
 		return tempError{err}
 	}
@@ -107,7 +127,7 @@ func deliverEnvelope(cfg *config.Config, acct proto.Account, e *envelope.Envelop
 	}
 	switch act.Method {
 	case config.Maildir:
-		return deliverMaildir(target, cfg.Hostname, e, body)
+		return deliverMaildir(&a.dirs, target, cfg.Hostname, e, body)
 	case config.Mbox:
 		return deliverMbox(target, e, body)
 	case config.LMTP:

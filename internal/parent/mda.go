@@ -69,12 +69,14 @@ func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.D
 	if err != nil {
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: %v", err)}
 	}
-	res := w.deliver(evp, acct, body)
-	if res.Status == 0 {
-		werr := w.kill()
-		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: no result (%v)", werr)}
+	defer p.mdas.put(w)
+	res, err := w.deliver(evp, acct, body)
+	if err != nil {
+		// a worker that does not answer is of no use to anyone: every
+		// delivery it holds ends with a temporary failure
+		p.mdas.kill(w, err)
+		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: no result (%v)", err)}
 	}
-	p.mdas.put(w)
 	return res
 }
 
@@ -112,8 +114,9 @@ func (p *Parent) startMDA(acct proto.Account) (*mdaWorker, error) {
 		ch.Close()
 		return nil, err
 	}
-	w := &mdaWorker{key: mdaKey(acct), cmd: cmd, ch: ch, exited: make(chan error, 1)}
+	w := &mdaWorker{key: mdaKey(acct), cmd: cmd, ch: ch, reqs: proto.NewRequests(nil), exited: make(chan error, 1)}
 	go func() { w.exited <- cmd.Wait() }()
+	go w.read()
 	p.stats.Increment("mda.process", 1)
 	return w, nil
 }
@@ -122,44 +125,57 @@ func (p *Parent) startMDA(acct proto.Account) (*mdaWorker, error) {
 // to the same user before it is stopped.
 const MDAIdle = 10 * time.Second
 
-// mdaWorker is an mda process running as one user; it takes deliveries
-// one at a time for as long as it is busy, so that a burst of mail for a
-// user costs one process start, not one per message.
+// MDAConcurrent bounds the deliveries one mda process runs at once;
+// past it, a user's burst gets another process.
+const MDAConcurrent = 32
+
+// mdaWorker is the delivery agent of one user: an mda process running
+// as that user, taking up to MDAConcurrent deliveries at once over
+// its channel, each with its message's descriptor, so that a burst of
+// mail for a user costs one process, not one per message.
 type mdaWorker struct {
 	key    string
 	cmd    *exec.Cmd
 	ch     *proto.Channel
+	reqs   *proto.Requests
 	exited chan error
-	idle   *time.Timer
+
+	// busy is the number of deliveries under way, idle the timer that
+	// stops the worker once it has had none for MDAIdle; dead is set
+	// once it was killed. All three under the pool's lock.
+	busy int
+	idle *time.Timer
+	dead bool
 }
 
 func mdaKey(a proto.Account) string { return fmt.Sprintf("%d:%d:%s", a.UID, a.GID, a.Directory) }
 
-// deliver hands one delivery to the worker and waits for its result; a
-// zero Status means none came and the worker is broken.
-func (w *mdaWorker) deliver(evp []byte, acct proto.Account, body *os.File) proto.DeliveryResult {
-	if err := w.ch.Send(proto.NewParentMDADeliver(evp, acct, body), 1); err != nil {
-		return proto.DeliveryResult{}
-	}
-	done := make(chan proto.DeliveryResult, 1)
-	go func() {
-		env, err := w.ch.Recv()
+// read hands the worker's answers to the deliveries that wait for
+// them; when the channel breaks, they all fail at once.
+func (w *mdaWorker) read() {
+	for {
+		f, err := w.ch.Recv()
+		if err == nil && !w.reqs.Deliver(f) {
+			err = fmt.Errorf("answer to request %d that nobody asked", f.PeerID)
+		}
 		if err != nil {
-			done <- proto.DeliveryResult{}
+			w.reqs.Fail(fmt.Errorf("mda process: %w", err))
 			return
 		}
-		if m, ok := env.Msg.(*proto.MDADeliveryResult); ok {
-			done <- m.DeliveryResult
-			return
-		}
-		done <- proto.DeliveryResult{}
-	}()
-	select {
-	case res := <-done:
-		return res
-	case <-time.After(MDATimeout):
-		return proto.DeliveryResult{}
 	}
+}
+
+// deliver hands one delivery to the worker and waits for its result.
+func (w *mdaWorker) deliver(evp []byte, acct proto.Account, body *os.File) (proto.DeliveryResult, error) {
+	frames, err := w.reqs.Ask(w.ch, proto.NewParentMDADeliver(evp, acct, body), MDATimeout)
+	if err != nil {
+		return proto.DeliveryResult{}, err
+	}
+	m, ok := frames[0].Msg.(*proto.MDADeliveryResult)
+	if !ok || m.Status == 0 {
+		return proto.DeliveryResult{}, fmt.Errorf("mda process answered %s", frames[0].Type)
+	}
+	return m.DeliveryResult, nil
 }
 
 // stop ends an idle worker: it exits when its channel closes.
@@ -174,66 +190,102 @@ func (w *mdaWorker) stop() {
 	}()
 }
 
-// kill ends a broken worker and returns how it exited.
-func (w *mdaWorker) kill() error {
+// kill ends a broken worker; the deliveries it holds fail with err,
+// and no new one goes to it.
+func (pool *mdaPool) kill(w *mdaWorker, err error) {
+	pool.mu.Lock()
+	w.dead = true
+	pool.mu.Unlock()
+	w.reqs.Fail(err)
 	w.ch.Close()
 	w.cmd.Process.Kill()
-	return <-w.exited
 }
 
-// mdaPool keeps idle mda processes by user.
+// mdaPool keeps the delivery agents by user: a delivery goes to an
+// agent of its user with room for one more, or starts one.
 type mdaPool struct {
-	mu   sync.Mutex
-	idle map[string][]*mdaWorker
+	mu      sync.Mutex
+	workers map[string][]*mdaWorker
 }
 
-func newMDAPool() *mdaPool { return &mdaPool{idle: map[string][]*mdaWorker{}} }
+func newMDAPool() *mdaPool { return &mdaPool{workers: map[string][]*mdaWorker{}} }
 
-// get returns an idle worker for acct, or starts one.
+// get returns a worker for acct with room for one more delivery, which
+// it counts, or starts one.
 func (pool *mdaPool) get(acct proto.Account, start func(proto.Account) (*mdaWorker, error)) (*mdaWorker, error) {
 	key := mdaKey(acct)
 	pool.mu.Lock()
-	for n := len(pool.idle[key]); n > 0; n = len(pool.idle[key]) {
-		w := pool.idle[key][n-1]
-		pool.idle[key] = pool.idle[key][:n-1]
-		if w.idle.Stop() {
+	for _, w := range pool.workers[key] {
+		if !w.dead && w.busy < MDAConcurrent {
+			w.busy++
+			if w.idle != nil {
+				w.idle.Stop()
+				w.idle = nil
+			}
 			pool.mu.Unlock()
 			return w, nil
 		}
 	}
 	pool.mu.Unlock()
-	return start(acct)
+	w, err := start(acct)
+	if err != nil {
+		return nil, err
+	}
+	pool.mu.Lock()
+	w.busy = 1
+	pool.workers[key] = append(pool.workers[key], w)
+	pool.mu.Unlock()
+	return w, nil
 }
 
-// put makes a worker idle; it stops after MDAIdle without work.
+// put ends one delivery of w; a worker left without any stops after
+// MDAIdle, and a dead one leaves the pool once its last delivery ends.
 func (pool *mdaPool) put(w *mdaWorker) {
 	pool.mu.Lock()
 	defer pool.mu.Unlock()
+	if w.busy--; w.busy > 0 {
+		return
+	}
+	if w.dead {
+		pool.remove(w)
+		return
+	}
 	w.idle = time.AfterFunc(MDAIdle, func() {
 		pool.mu.Lock()
-		list := pool.idle[w.key]
-		for i, x := range list {
-			if x == w {
-				pool.idle[w.key] = append(list[:i], list[i+1:]...)
-				break
-			}
+		defer pool.mu.Unlock()
+		if w.busy > 0 || w.idle == nil {
+			return
 		}
-		pool.mu.Unlock()
+		pool.remove(w)
 		w.stop()
 	})
-	pool.idle[w.key] = append(pool.idle[w.key], w)
 }
 
-// close stops every idle worker.
+// remove drops w from the pool; the pool's lock is held.
+func (pool *mdaPool) remove(w *mdaWorker) {
+	list := pool.workers[w.key]
+	for i, x := range list {
+		if x == w {
+			pool.workers[w.key] = append(list[:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(pool.workers[w.key]) == 0 {
+		delete(pool.workers, w.key)
+	}
+}
+
+// close stops every worker.
 func (pool *mdaPool) close() {
 	pool.mu.Lock()
 	defer pool.mu.Unlock()
-	for key, list := range pool.idle {
+	for key, list := range pool.workers {
 		for _, w := range list {
-			if w.idle.Stop() {
-				w.stop()
+			if w.idle != nil {
+				w.idle.Stop()
 			}
+			w.stop()
 		}
-		delete(pool.idle, key)
+		delete(pool.workers, key)
 	}
 }

@@ -9,6 +9,7 @@ package safeio
 import (
 	"os"
 	"path/filepath"
+	"sync"
 )
 
 // WriteFile creates path durably. It creates tmp exclusively with perm
@@ -28,6 +29,10 @@ import (
 // acknowledge what may be lost (a retry then makes a duplicate, never a
 // loss).
 func WriteFile(tmp, path string, perm os.FileMode, write func(*os.File) error) error {
+	return writeFile(tmp, path, perm, write, SyncDir)
+}
+
+func writeFile(tmp, path string, perm os.FileMode, write func(*os.File) error, syncDir func(string) error) error {
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return err
@@ -48,7 +53,7 @@ func WriteFile(tmp, path string, perm os.FileMode, write func(*os.File) error) e
 		os.Remove(tmp)
 		return err
 	}
-	return SyncDir(filepath.Dir(path))
+	return syncDir(filepath.Dir(path))
 }
 
 // SyncDir fsyncs directory dir, making durable the names created,
@@ -60,4 +65,74 @@ func SyncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// DirSyncer fsyncs directories for concurrent writers: the callers that
+// ask for the same directory while an fsync of it runs share the next
+// one, so that a burst of files into one directory (deliveries into one
+// maildir) costs a few fsyncs, not one each — the queue's group commit,
+// applied to a mailbox. No caller returns before an fsync that began
+// after its own rename has completed. The zero value is ready.
+type DirSyncer struct {
+	mu   sync.Mutex
+	dirs map[string]*dirRounds
+}
+
+// dirRounds is the state of one directory: whether an fsync runs, and
+// the round that the callers arriving meanwhile wait for.
+type dirRounds struct {
+	running bool
+	next    *round
+}
+
+type round struct {
+	done chan struct{}
+	err  error
+}
+
+// SyncDir fsyncs dir, or waits for an fsync of it that starts after
+// the call.
+func (s *DirSyncer) SyncDir(dir string) error {
+	s.mu.Lock()
+	if s.dirs == nil {
+		s.dirs = map[string]*dirRounds{}
+	}
+	d := s.dirs[dir]
+	if d == nil {
+		d = &dirRounds{}
+		s.dirs[dir] = d
+	}
+	if d.next == nil {
+		d.next = &round{done: make(chan struct{})}
+	}
+	r := d.next
+	if !d.running {
+		d.running, d.next = true, nil
+		go s.run(dir, d, r)
+	}
+	s.mu.Unlock()
+	<-r.done
+	return r.err
+}
+
+// run does the fsyncs of one directory, round after round, while
+// callers keep coming.
+func (s *DirSyncer) run(dir string, d *dirRounds, r *round) {
+	for r != nil {
+		r.err = SyncDir(dir)
+		close(r.done)
+		s.mu.Lock()
+		r, d.next = d.next, nil
+		if r == nil {
+			d.running = false
+			delete(s.dirs, dir)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// WriteFile is the package's WriteFile with the directory fsync shared
+// through s.
+func (s *DirSyncer) WriteFile(tmp, path string, perm os.FileMode, write func(*os.File) error) error {
+	return writeFile(tmp, path, perm, write, s.SyncDir)
 }

@@ -2,9 +2,11 @@ package safeio
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 )
 
@@ -138,5 +140,39 @@ func assertOnly(t *testing.T, dir string, names ...string) {
 	}
 	if !slices.Equal(got, names) {
 		t.Fatalf("%s holds %v, want %v", dir, got, names)
+	}
+}
+
+// TestDirSyncerShares: concurrent writers into one directory all get
+// their file durable, through shared directory fsyncs, and a directory
+// that cannot be synced fails every caller of its round.
+func TestDirSyncerShares(t *testing.T) {
+	dir := t.TempDir()
+	var s DirSyncer
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := filepath.Join(dir, fmt.Sprintf("f%d", i))
+			errs <- s.WriteFile(name+".tmp", name, 0o600, func(f *os.File) error {
+				_, err := f.WriteString("x")
+				return err
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 50 {
+		t.Errorf("%d files, want 50", len(entries))
+	}
+	if err := s.SyncDir(filepath.Join(dir, "missing")); err == nil {
+		t.Error("a missing directory synced")
 	}
 }
