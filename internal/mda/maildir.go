@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"smtpd/internal/envelope"
 	"smtpd/internal/safeio"
@@ -18,21 +17,60 @@ import (
 // renamed into new/ under the same name, whose directory is made durable
 // too, with an fsync shared with the deliveries into the same maildir
 // at the same time (dirs).
+//
+// The file's name is the envelope's own (maildirName), so a delivery is
+// done exactly once across crashes: when a crash comes after the rename
+// and before the queue heard of it, the next attempt finds the file in
+// new/ (or in cur/, where a reader moved it) and counts it as done.
 func deliverMaildir(dirs *safeio.DirSyncer, dir, hostname string, e *envelope.Envelope, body *os.File) error {
 	for _, sub := range []string{"tmp", "new", "cur"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return tempError{fmt.Errorf("maildir: %w", err)}
 		}
 	}
-	now := time.Now()
-	name := fmt.Sprintf("%d.M%dP%dQ%s.%s", now.Unix(), now.Nanosecond()/1000, os.Getpid(), envelope.FormatEvpID(e.ID), strings.ReplaceAll(hostname, "/", "_"))
-	err := dirs.WriteFile(filepath.Join(dir, "tmp", name), filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
+	name := maildirName(e, hostname)
+	done, err := delivered(dir, name)
+	if err != nil {
+		return tempError{fmt.Errorf("maildir: %w", err)}
+	}
+	if done {
+		return nil
+	}
+	// what an attempt that crashed left in tmp/ is ours to replace
+	tmp := filepath.Join(dir, "tmp", name)
+	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
+		return tempError{fmt.Errorf("maildir: %w", err)}
+	}
+	err = dirs.WriteFile(tmp, filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
 		return writeMessage(f, e, body)
 	})
 	if err != nil {
 		return tempError{fmt.Errorf("maildir: %w", err)}
 	}
 	return nil
+}
+
+// maildirName is the name of an envelope's file in a maildir: unique
+// as the specification asks (time, then the envelope id, unique on this
+// host, then the host name), and the same at every attempt.
+func maildirName(e *envelope.Envelope, hostname string) string {
+	host := strings.NewReplacer("/", "\\057", ":", "\\072").Replace(hostname)
+	return fmt.Sprintf("%d.Q%s.%s", e.Created.Unix(), envelope.FormatEvpID(e.ID), host)
+}
+
+// delivered reports whether the file name is in the maildir already:
+// in new/, or in cur/ with or without the ":2,flags" a reader adds.
+func delivered(dir, name string) (bool, error) {
+	if _, err := os.Stat(filepath.Join(dir, "new", name)); err == nil {
+		return true, nil
+	} else if !os.IsNotExist(err) {
+		return false, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cur", name)); err == nil {
+		return true, nil
+	}
+	seen, err := filepath.Glob(filepath.Join(dir, "cur", name+":*"))
+	return len(seen) > 0, err
 }
 
 // writeMessage writes the delivery headers and the message with Unix

@@ -62,6 +62,52 @@ func TestDeliverMaildir(t *testing.T) {
 	}
 }
 
+// TestDeliverMaildirOnce: a delivery tried again after a crash (the
+// queue never heard of the first) finds its file, in new/ or moved to
+// cur/ by a reader, and writes no second copy; what a crashed attempt
+// left in tmp/ does not stand in the way.
+func TestDeliverMaildirOnce(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "Maildir")
+	body := filepath.Join(t.TempDir(), "body")
+	os.WriteFile(body, []byte("Subject: once\r\n\r\nhello\r\n"), 0o600)
+	e := &envelope.Envelope{ID: 1<<32 | 3, Sender: "a@example.net", Dest: "b@example.org"}
+	var dirs safeio.DirSyncer
+	deliver := func() {
+		t.Helper()
+		f, _ := os.Open(body)
+		defer f.Close()
+		if err := deliverMaildir(&dirs, dir, "mx.example.org", e, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func() int {
+		n, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
+		c, _ := filepath.Glob(filepath.Join(dir, "cur", "*"))
+		return len(n) + len(c)
+	}
+	deliver()
+	deliver()
+	if n := count(); n != 1 {
+		t.Fatalf("%d copies after two attempts", n)
+	}
+	name := maildirName(e, "mx.example.org")
+	if err := os.Rename(filepath.Join(dir, "new", name), filepath.Join(dir, "cur", name+":2,S")); err != nil {
+		t.Fatal(err)
+	}
+	deliver()
+	if n := count(); n != 1 {
+		t.Fatalf("%d copies once a reader moved the first", n)
+	}
+	// a crash inside the write left the temporary file
+	other := &envelope.Envelope{ID: 1<<32 | 4, Sender: "a@example.net", Dest: "b@example.org"}
+	os.WriteFile(filepath.Join(dir, "tmp", maildirName(other, "mx.example.org")), []byte("partial"), 0o600)
+	e = other
+	deliver()
+	if n := count(); n != 2 {
+		t.Errorf("%d messages, want 2", n)
+	}
+}
+
 // TestDeliverMaildirFails checks that a delivery that breaks off leaves
 // nothing in tmp/ or new/, and is a temporary failure.
 func TestDeliverMaildirFails(t *testing.T) {
