@@ -26,7 +26,7 @@ FUZZ_TARGETS = \
 	./internal/lookup:FuzzParseForward \
 	./internal/lookup:FuzzAliases
 
-.PHONY: all build run test test-deps users fuzz bench install clean monkey
+.PHONY: all build run test test-deps users fuzz bench bench-full install clean monkey
 
 all: build
 
@@ -87,9 +87,21 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg || exit 1; \
 	done
 
-bench:
+# The Go benchmarks, then this daemon against Debian's OpenSMTPD side by
+# side (bench/: installs opensmtpd if missing, without starting its
+# service, and takes smtp-source and smtp-sink from Debian's postfix
+# package into var/bench-tools without installing it); the table goes to
+# var/bench/last.md. Quick mode here, the full matrix with bench-full.
+bench: build
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) build -o bin/bench ./bench
+	bin/bench
+
+bench-full: build
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
+	$(GO) build -o bin/bench ./bench
+	bin/bench -full
 
 # smtpctl is also the sendmail interface, by the name it is called by.
 install: build
