@@ -85,6 +85,7 @@ func main() {
 		os.Exit(1)
 	}
 	log := logging.New("parent", *foreground, *verbose)
+	privsep.TuneRuntime(proto.ProcParent)
 	os.Exit(parent.Run(cfg, parent.Options{
 		Executable:   exe,
 		Argv0:        os.Args[0],
