@@ -89,7 +89,8 @@ func playDialogues(t *testing.T, pattern string, start func(*testing.T) *Daemon)
 }
 
 // TestConnectFilter: a client address a filter names is refused with
-// 554 instead of the greeting; others are greeted.
+// 554 instead of the greeting, and then, as RFC 5321 §3.1 asks, gets
+// 503 to anything but QUIT; others are greeted.
 func TestConnectFilter(t *testing.T) {
 	d := StartWith(t, bin, Options{Config: DefaultConfig + "filter {\n  from = \"127.0.0.2\"\n}\n"})
 	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
@@ -103,8 +104,14 @@ func TestConnectFilter(t *testing.T) {
 	if reply, err := readReply(r); err != nil || !strings.HasPrefix(reply, "554 5.7.1") {
 		t.Fatalf("greeting %q %v", reply, err)
 	}
-	if _, err := readReply(r); err == nil {
-		t.Error("connection left open")
+	for _, step := range []struct{ send, want string }{{"EHLO client.example.net", "503 5.5.1"}, {"QUIT", "221"}} {
+		io.WriteString(conn, step.send+"\r\n")
+		if reply, err := readReply(r); err != nil || !strings.HasPrefix(reply, step.want) {
+			t.Errorf("%s: %q %v, want %s", step.send, reply, err, step.want)
+		}
+	}
+	if _, err := readReply(r); err != io.EOF {
+		t.Errorf("connection left open after QUIT: %v", err)
 	}
 	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend QUIT\nexpect 221\n"); err != nil {
 		t.Error(err)

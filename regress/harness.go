@@ -536,3 +536,13 @@ func readReply(r *bufio.Reader) (string, error) {
 		}
 	}
 }
+
+// requireRoot fails a test that needs root when it does not run as
+// root: make test (and CI) runs as root, and a skipped test would prove
+// nothing there.
+func requireRoot(t testing.TB, what string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("%s needs root: run the tests as root (make test does in CI)", what)
+	}
+}

@@ -6,7 +6,6 @@ package mfa
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 
 	"smtpd/internal/config"
@@ -113,11 +112,6 @@ func matches(f *config.Filter, has TableCheck, q *proto.SMTPFilterQuery) (bool, 
 		!(f.SenderRegex == nil || f.SenderRegex.MatchString(s.Sender)) ||
 		!(f.RcptRegex == nil || f.RcptRegex.MatchString(q.Rcpt)) {
 		return false, nil
-	}
-	if f.From != nil {
-		if _, err := netip.ParseAddr(s.Remote); err != nil {
-			return false, nil
-		}
 	}
 	for _, c := range []struct {
 		table *config.Table
