@@ -5,35 +5,57 @@ import (
 	"os"
 )
 
-// Phase is the point of an SMTP session that mfa is asked about.
+// Phase is the point of an SMTP session that mfa is asked about: the
+// phases of OpenSMTPD's filter protocol, in session order.
 type Phase uint8
 
 // The filter phases.
 const (
 	PhaseConnect Phase = iota + 1
 	PhaseHelo
+	PhaseEhlo
+	PhaseStartTLS
+	PhaseAuth
 	PhaseMail
 	PhaseRcpt
 	PhaseData
 	PhaseCommit
+	PhaseRset
+	PhaseQuit
+	PhaseNoop
+	PhaseHelp
+	PhaseWiz
+	phaseEnd
 )
 
+// phaseNames are the names of the phases in OpenSMTPD's filter
+// protocol (smtpd-filters(7)); the configuration of built-in filters
+// says mail and rcpt for mail-from and rcpt-to.
 var phaseNames = [...]string{
-	PhaseConnect: "connect", PhaseHelo: "helo", PhaseMail: "mail",
-	PhaseRcpt: "rcpt", PhaseData: "data", PhaseCommit: "commit",
+	PhaseConnect: "connect", PhaseHelo: "helo", PhaseEhlo: "ehlo", PhaseStartTLS: "starttls",
+	PhaseAuth: "auth", PhaseMail: "mail-from", PhaseRcpt: "rcpt-to", PhaseData: "data",
+	PhaseCommit: "commit", PhaseRset: "rset", PhaseQuit: "quit", PhaseNoop: "noop",
+	PhaseHelp: "help", PhaseWiz: "wiz",
 }
 
-// String returns the phase's name, as the configuration writes it.
+// String returns the phase's name in the filter protocol.
 func (p Phase) String() string {
-	if p >= PhaseConnect && p <= PhaseCommit {
+	if p >= PhaseConnect && p < phaseEnd {
 		return phaseNames[p]
 	}
 	return fmt.Sprintf("phase(%d)", uint8(p))
 }
 
-// ParsePhase returns the phase named name, or false.
+// ParsePhase returns the phase named name in the filter protocol or in
+// the configuration of built-in filters (mail, rcpt), or false.
 func ParsePhase(name string) (Phase, bool) {
-	for p := PhaseConnect; p <= PhaseCommit; p++ {
+	switch name {
+	case "mail":
+		return PhaseMail, true
+	case "rcpt":
+		return PhaseRcpt, true
+	}
+	for p := PhaseConnect; p < phaseEnd; p++ {
 		if phaseNames[p] == name {
 			return p, true
 		}
@@ -69,19 +91,27 @@ func (s *Session) decode(r *Reader) {
 type SMTPFilterQuery struct {
 	Phase   Phase
 	Session Session
-	Rcpt    string // PhaseRcpt only
+	// Listener is the session's listener, by its place in the
+	// configuration: mfa runs that listener's filter chain.
+	Listener uint32
+	// Param is what the phase is about: the HELO or EHLO name, the
+	// AUTH mechanism, the MAIL or RCPT address, STARTTLS's and the
+	// other commands' argument; "" for connect, data and commit.
+	Param string
 }
 
 func (*SMTPFilterQuery) Type() Type { return TypeSMTPFilterQuery }
 func (m *SMTPFilterQuery) Encode(w *Writer) {
 	w.U8(uint8(m.Phase))
 	m.Session.encode(w)
-	w.String(m.Rcpt)
+	w.U32(m.Listener)
+	w.String(m.Param)
 }
 func (m *SMTPFilterQuery) Decode(r *Reader) {
-	m.Phase = enum8(r, PhaseConnect, PhaseCommit, "phase")
+	m.Phase = enum8(r, PhaseConnect, phaseEnd-1, "phase")
 	m.Session.decode(r)
-	m.Rcpt = r.String()
+	m.Listener = r.U32()
+	m.Param = r.String()
 }
 
 // Verdict is mfa's answer to a query.
@@ -120,16 +150,25 @@ func (rp *Reply) decode(r *Reader) {
 type MFAFilterVerdict struct {
 	Verdict Verdict
 	Reply   Reply
+	// Rewrite, if not empty, replaces the query's Param (a filter's
+	// rewrite of a HELO name or an address).
+	Rewrite string
+	// Junk marks the session's messages as spam (X-Spam: yes).
+	Junk bool
 }
 
 func (*MFAFilterVerdict) Type() Type { return TypeMFAFilterVerdict }
 func (m *MFAFilterVerdict) Encode(w *Writer) {
 	w.U8(uint8(m.Verdict))
 	m.Reply.encode(w)
+	w.String(m.Rewrite)
+	w.Bool(m.Junk)
 }
 func (m *MFAFilterVerdict) Decode(r *Reader) {
 	m.Verdict = enum8(r, VerdictProceed, VerdictDisconnect, "verdict")
 	m.Reply.decode(r)
+	m.Rewrite = r.String()
+	m.Junk = r.Bool()
 }
 
 // SMTPExpandRcpt asks lookup to match a recipient against the rules and
@@ -270,11 +309,19 @@ func (m *SMTPEnvelopeSubmit) Decode(r *Reader) { m.MsgID, m.Envelope = r.U32(), 
 
 // SMTPMessageCommit asks queue to make a message durable; smtp answers
 // 250 only after QueueMessageCommitted.
-type SMTPMessageCommit struct{ MsgID uint32 }
+type SMTPMessageCommit struct {
+	MsgID uint32
+	// Quarantine, if set, is why the message is kept out of delivery
+	// (a milter's quarantine): it is committed to the quarantine.
+	Quarantine string
+}
 
-func (*SMTPMessageCommit) Type() Type         { return TypeSMTPMessageCommit }
-func (m *SMTPMessageCommit) Encode(w *Writer) { w.U32(m.MsgID) }
-func (m *SMTPMessageCommit) Decode(r *Reader) { m.MsgID = r.U32() }
+func (*SMTPMessageCommit) Type() Type { return TypeSMTPMessageCommit }
+func (m *SMTPMessageCommit) Encode(w *Writer) {
+	w.U32(m.MsgID)
+	w.String(m.Quarantine)
+}
+func (m *SMTPMessageCommit) Decode(r *Reader) { m.MsgID, m.Quarantine = r.U32(), r.String() }
 
 // QueueMessageCommitted says a message is on disk for good.
 type QueueMessageCommitted struct{ MsgID uint32 }

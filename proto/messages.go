@@ -72,6 +72,17 @@ const (
 	TypeLookupTableResult
 	TypeParentAccountQuery
 	TypeLookupAccountResult
+	TypeSMTPFilterEvent
+	TypeSMTPFilterMessage
+	TypeMFAMessageVerdict
+	TypeMFAMessageRewritten
+	TypeParentFilterProcess
+	TypeMFAFilterBroken
+	TypeParentFilterExited
+	TypeControlShowFilters
+	TypeControlFiltersQuery
+	TypeMFAFilterLines
+	TypeQueueOverload
 	typeEnd
 )
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"testing"
+	"time"
 )
 
 // samples holds one filled message of every type, with its sender and
@@ -33,14 +34,14 @@ func samples(t *testing.T) []struct {
 		{ProcClient, ProcControl, &ControlShowStats{}},
 		{ProcControl, ProcClient, &ControlStats{Values: []StatValue{{"uptime", 12}}, Last: true}},
 		{ProcControl, ProcClient, &ControlError{Text: "permission denied"}},
-		{ProcSMTP, ProcMFA, &SMTPFilterQuery{Phase: PhaseRcpt, Session: sess, Rcpt: "b@example.org"}},
+		{ProcSMTP, ProcMFA, &SMTPFilterQuery{Phase: PhaseRcpt, Session: sess, Listener: 1, Param: "b@example.org"}},
 		{ProcMFA, ProcSMTP, &MFAFilterVerdict{Verdict: VerdictReject, Reply: Reply{550, "5.7.1", "go away"}}},
 		{ProcSMTP, ProcLookup, &SMTPExpandRcpt{Session: sess, Rcpt: "b@example.org"}},
 		{ProcLookup, ProcSMTP, &LookupExpandResult{Status: StatusOK, Destinations: []Destination{{"mda", 1, "local", "b@example.org", "b", "|/usr/bin/vacation b"}}, More: true}},
 		{ProcSMTP, ProcQueue, &SMTPMessageCreate{}},
 		{ProcQueue, ProcSMTP, NewQueueMessageCreated(0x1234, f)},
 		{ProcSMTP, ProcQueue, &SMTPEnvelopeSubmit{MsgID: 0x1234, Envelope: []byte("version: 1\n")}},
-		{ProcSMTP, ProcQueue, &SMTPMessageCommit{MsgID: 0x1234}},
+		{ProcSMTP, ProcQueue, &SMTPMessageCommit{MsgID: 0x1234, Quarantine: "milter av: Eicar-Test-Signature"}},
 		{ProcQueue, ProcSMTP, &QueueMessageCommitted{MsgID: 0x1234}},
 		{ProcSMTP, ProcQueue, &SMTPMessageRollback{MsgID: 0x1234}},
 		{ProcQueue, ProcSMTP, &QueueFailure{MsgID: 0x1234, Reply: Reply{451, "4.3.0", "disk full"}}},
@@ -87,6 +88,17 @@ func samples(t *testing.T) []struct {
 		{ProcParent, ProcLookup, &ParentAccountQuery{Action: "local", User: "b"}},
 		{ProcLookup, ProcParent, &LookupAccountResult{Outcome: Outcome{Status: StatusOK}, Account: Account{"b", "/home/b", 1000, 100}}},
 		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
+		{ProcSMTP, ProcMFA, &SMTPFilterEvent{Session: 7, Listener: 1, Time: time.Unix(1700000000, 123456000), Event: "tx-mail", Params: []string{"1a2b", "ok", "a@example.org"}}},
+		{ProcSMTP, ProcMFA, NewSMTPFilterMessage(f, 7, 1, 0x1234, 2048)},
+		{ProcMFA, ProcSMTP, &MFAMessageVerdict{Verdict: VerdictProceed, Fate: MessageFate{Discard: true}}},
+		{ProcMFA, ProcSMTP, NewMFAMessageRewritten(f, 2100, MessageFate{Quarantine: "milter av: virus"})},
+		{ProcParent, ProcMFA, NewParentFilterProcess(f, 2, 5)},
+		{ProcMFA, ProcParent, &MFAFilterBroken{Filter: 2, Generation: 5, Reason: "timeout"}},
+		{ProcParent, ProcMFA, &ParentFilterExited{Filter: 2, Generation: 5, Reason: "exit status 1", Restart: time.Unix(1700000004, 0)}},
+		{ProcClient, ProcControl, &ControlShowFilters{}},
+		{ProcControl, ProcMFA, &ControlFiltersQuery{}},
+		{ProcMFA, ProcControl, &MFAFilterLines{TextLines{Lines: []string{"dkim running"}, Last: true}}},
+		{ProcQueue, ProcSMTP, &QueueOverload{On: true, Reason: "queue holds 10001 envelopes"}},
 	}
 }
 

@@ -113,6 +113,18 @@ var registry = [...]spec{
 	TypeLookupTableResult:    {"LookupTableResult", func() Message { return &LookupTableResult{} }, one(procs(ProcLookup), procs(ProcMFA))},
 	TypeParentAccountQuery:   {"ParentAccountQuery", func() Message { return &ParentAccountQuery{} }, one(procs(ProcParent), procs(ProcLookup))},
 	TypeLookupAccountResult:  {"LookupAccountResult", func() Message { return &LookupAccountResult{} }, one(procs(ProcLookup), procs(ProcParent))},
+
+	TypeSMTPFilterEvent:     {"SMTPFilterEvent", func() Message { return &SMTPFilterEvent{} }, one(procs(ProcSMTP), procs(ProcMFA))},
+	TypeSMTPFilterMessage:   {"SMTPFilterMessage", func() Message { return &SMTPFilterMessage{} }, one(procs(ProcSMTP), procs(ProcMFA))},
+	TypeMFAMessageVerdict:   {"MFAMessageVerdict", func() Message { return &MFAMessageVerdict{} }, one(procs(ProcMFA), procs(ProcSMTP))},
+	TypeMFAMessageRewritten: {"MFAMessageRewritten", func() Message { return &MFAMessageRewritten{} }, one(procs(ProcMFA), procs(ProcSMTP))},
+	TypeParentFilterProcess: {"ParentFilterProcess", func() Message { return &ParentFilterProcess{} }, one(procs(ProcParent), procs(ProcMFA))},
+	TypeMFAFilterBroken:     {"MFAFilterBroken", func() Message { return &MFAFilterBroken{} }, one(procs(ProcMFA), procs(ProcParent))},
+	TypeParentFilterExited:  {"ParentFilterExited", func() Message { return &ParentFilterExited{} }, one(procs(ProcParent), procs(ProcMFA))},
+	TypeControlShowFilters:  {"ControlShowFilters", func() Message { return &ControlShowFilters{} }, one(procs(ProcClient), procs(ProcControl))},
+	TypeControlFiltersQuery: {"ControlFiltersQuery", func() Message { return &ControlFiltersQuery{} }, one(procs(ProcControl), procs(ProcMFA))},
+	TypeMFAFilterLines:      {"MFAFilterLines", func() Message { return &MFAFilterLines{} }, one(procs(ProcMFA), procs(ProcControl))},
+	TypeQueueOverload:       {"QueueOverload", func() Message { return &QueueOverload{} }, one(procs(ProcQueue), procs(ProcSMTP, ProcControl))},
 }
 
 // lookupSpec returns the registry entry of t, or false for an unknown type.

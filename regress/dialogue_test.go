@@ -17,23 +17,23 @@ import (
 // dialogueConfig is the default configuration with small limits, so the
 // limit cases stay small, and with a rule for the host's own name, as
 // every real configuration has, so that <Postmaster> has a place.
-var dialogueConfig = strings.Replace(DefaultConfig, `retry_base = "1s"`, `retry_base   = "1s"
+var dialogueConfig = WithFilters(strings.Replace(DefaultConfig, `retry_base = "1s"`, `retry_base   = "1s"
   message_size = "64K"
   recipients   = 100
-  line_length  = 1000`, 1) + `
+  line_length  = 1000`, 1), "filter.blocked-senders, filter.evil-helo, filter.later", "") + `
 match {
   from   = "any"
   for    = "local"
   action = action.local
 }
-filter {
+filter "blocked-senders" {
   sender = ["@blocked.example"]
 }
-filter {
+filter "evil-helo" {
   helo   = ["evil.example"]
   action = "disconnect"
 }
-filter {
+filter "later" {
   rcpt_regex = "^later@"
   action     = "tempfail"
 }
@@ -92,7 +92,8 @@ func playDialogues(t *testing.T, pattern string, start func(*testing.T) *Daemon)
 // 554 instead of the greeting, and then, as RFC 5321 §3.1 asks, gets
 // 503 to anything but QUIT; others are greeted.
 func TestConnectFilter(t *testing.T) {
-	d := StartWith(t, bin, Options{Config: DefaultConfig + "filter {\n  from = \"127.0.0.2\"\n}\n"})
+	cfg := WithFilters(DefaultConfig, "filter.blocked", `filter "blocked" { from = "127.0.0.2" }`)
+	d := StartWith(t, bin, Options{Config: cfg})
 	dialer := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
 	conn, err := dialer.Dial("tcp", d.SMTPAddr)
 	if err != nil {

@@ -119,6 +119,14 @@ match {
 }
 `
 
+// WithFilters gives the "mx" listener of a configuration built on
+// DefaultConfig the filter chain chain (filter references such as
+// filter.NAME) and adds the filter blocks in blocks.
+func WithFilters(config, chain, blocks string) string {
+	return strings.Replace(config, `listen "mx" { address = "{{ADDR}}" }`,
+		"listen \"mx\" {\n  address = \"{{ADDR}}\"\n  filters = ["+chain+"]\n}\n", 1) + blocks
+}
+
 // WriteConfig writes a configuration into a new temporary directory and
 // returns the directory and the file.
 func WriteConfig(t testing.TB, text string) (dir, path string) {

@@ -178,10 +178,10 @@ func TestRemoteFailures(t *testing.T) {
 	for _, d := range w.mx {
 		d.Kill()
 	}
-	filt := "filter {\n  rcpt = [\"later@example.test\"]\n  action = \"tempfail\"\n}\n"
+	filt := "filter \"later\" {\n  rcpt = [\"later@example.test\"]\n  action = \"tempfail\"\n}\n"
 	for _, ip := range []string{"127.0.0.2", "127.0.0.3"} {
 		conf := strings.Replace(DefaultConfig, `hostname       = "mx.example.test"`, `hostname       = "mx-`+ip+`.example.test"`, 1)
-		w.mx[ip] = StartWith(t, bin, Options{Config: conf + filt, Addr: fmt.Sprintf("%s:%d", ip, w.port)})
+		w.mx[ip] = StartWith(t, bin, Options{Config: WithFilters(conf, "filter.later", filt), Addr: fmt.Sprintf("%s:%d", ip, w.port)})
 	}
 	out := StartWith(t, bin, Options{Config: w.relayConfig("")})
 	send := func(rcpts ...string) {

@@ -95,11 +95,14 @@ type command func(env *cmdEnv, out io.Writer) error
 // commands maps command words to what they do; a command may be given
 // by any unambiguous prefix of its words, as in OpenSMTPD ("sh st").
 var commands = map[string]command{
-	"show stats":           showStats,
-	"show stats --json":    showStatsJSON,
-	"show hosts":           showMTA("hosts"),
-	"show relays":          showMTA("relays"),
-	"show routes":          showMTA("routes"),
+	"show stats":        showStats,
+	"show stats --json": showStatsJSON,
+	"show hosts":        showMTA("hosts"),
+	"show relays":       showMTA("relays"),
+	"show routes":       showMTA("routes"),
+	"show filters": func(env *cmdEnv, out io.Writer) error {
+		return printLines(env.socket, &proto.ControlShowFilters{}, out)
+	},
 	"show queue":           showQueue,
 	"schedule <id>":        queueOp("schedule"),
 	"remove <id>":          queueOp("remove"),

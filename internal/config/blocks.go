@@ -52,13 +52,16 @@ type Listener struct {
 	// Protocol is "smtp", or "lmtp" to accept final deliveries from
 	// other mail systems (RFC 2033).
 	Protocol string
-	Range    hcl.Range
+	// Filters is the listener's filter chain, run in this order; none
+	// if empty.
+	Filters []*Filter
+	Range   hcl.Range
 }
 
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
 	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
-	{Name: "senders"},
+	{Name: "senders"}, {Name: "filters"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {
@@ -115,6 +118,7 @@ func (d *decoder) listener(b *hcl.Block) {
 			d.errorf(a.Expr.Range(), "Invalid auth", "auth must be true, false or \"optional\".")
 		}
 	}
+	l.Filters = d.filterChain(attrs)
 	l.AuthTable = d.tableRef(attrs, "auth_table", "listen "+l.Name+" auth_table")
 	l.Senders = d.tableRef(attrs, "senders", "listen "+l.Name+" senders")
 	switch {
@@ -125,6 +129,42 @@ func (d *decoder) listener(b *hcl.Block) {
 	case l.Auth == AuthNone && (attrs["auth_table"] != nil || attrs["senders"] != nil):
 		d.errorf(b.DefRange, "auth_table without auth", "Listener %q has auth_table or senders but does not offer AUTH (auth = true or \"optional\").", l.Name)
 	}
+}
+
+// filterChain evaluates a listener's filters attribute: a list of
+// filter references such as [filter.a, filter.b].
+func (d *decoder) filterChain(attrs hcl.Attributes) []*Filter {
+	a, ok := attrs["filters"]
+	if !ok || !d.refsKnown(a.Expr) {
+		return nil
+	}
+	v, diags := a.Expr.Value(d.ctx)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() {
+		return nil
+	}
+	ty := v.Type()
+	if !(ty.IsTupleType() || ty.IsListType()) || v.IsNull() {
+		d.errorf(a.Expr.Range(), "Filter list expected", "filters must be a list of filter references such as [filter.NAME]; this is %s.", ty.FriendlyName())
+		return nil
+	}
+	var chain []*Filter
+	seen := map[*Filter]bool{}
+	for it := v.ElementIterator(); it.Next(); {
+		_, e := it.Element()
+		if e.Type() != filterRefType {
+			d.errorf(a.Expr.Range(), "Filter reference expected", "Each element of filters must be a reference such as filter.NAME; one is %s.", e.Type().FriendlyName())
+			return nil
+		}
+		f := e.EncapsulatedValue().(*Filter)
+		if seen[f] {
+			d.errorf(a.Expr.Range(), "Filter listed twice", "Filter %q is already in this chain.", f.Name)
+			continue
+		}
+		seen[f] = true
+		chain = append(chain, f)
+	}
+	return chain
 }
 
 // Method is how an action delivers.

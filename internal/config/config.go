@@ -55,6 +55,11 @@ type Config struct {
 	Actions   []*Action
 	Matches   []*Match
 	Filters   []*Filter
+	// Throttle bounds the rates of inbound clients, Destinations
+	// outbound mail per domain, Overload when new mail is refused.
+	Throttle     Throttle
+	Destinations []*Destination
+	Overload     Overload
 }
 
 // Limits bounds what clients and the queue may do.

@@ -170,6 +170,23 @@ action "local" { mbox = true }
 		{"table as number", base + "match {\n  for = 42\n  action = action.local\n}\n", 4, "Table expected"},
 		{"auth without tls", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  auth = true\n}\n", 3, "AUTH without TLS"},
 		{"auth table without auth", "table \"u\" { map = { a = \"x\" } }\nlisten \"mx\" {\n  address = \"127.0.0.1:25\"\n  auth_table = table.u\n}\n", 2, "does not offer AUTH"},
+		{"unnamed filter", base + "filter {\n  from = \"192.0.2.1\"\n}\n", 3, "Missing name for filter"},
+		{"unknown filter", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  filters = [filter.dkim]\n}\n", 3, `There is no filter "dkim"`},
+		{"filter list of strings", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  filters = [\"dkim\"]\n}\nfilter \"dkim\" { milter = \"unix:/run/dkim.sock\" }\n", 3, "Filter reference expected"},
+		{"filter twice in chain", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  filters = [filter.a, filter.a]\n}\nfilter \"a\" { from = \"192.0.2.1\" }\n", 3, "listed twice"},
+		{"command and milter", base + "filter \"x\" {\n  command = \"/bin/cat\"\n  milter = \"unix:/s\"\n}\n", 3, "both command and milter"},
+		{"relative command", base + "filter \"x\" {\n  command = \"filter-x -v\"\n}\n", 4, "absolute path"},
+		{"unterminated quote", base + "filter \"x\" {\n  command = \"/bin/x 'a b\"\n}\n", 4, "unterminated quote"},
+		{"bad milter address", base + "filter \"x\" {\n  milter = \"/run/dkim.sock\"\n}\n", 4, "unix:"},
+		{"milter with user", base + "filter \"x\" {\n  milter = \"inet:127.0.0.1:8891\"\n  user = \"nobody\"\n}\n", 5, "A milter runs on its own"},
+		{"builtin attribute on command", base + "filter \"x\" {\n  command = \"/bin/cat\"\n  from = \"192.0.2.1\"\n}\n", 5, "belongs to built-in filters"},
+		{"timeout on builtin", base + "filter \"x\" {\n  from = \"192.0.2.1\"\n  timeout = \"5s\"\n}\n", 5, "belongs to filters with a command"},
+		{"bad failure policy", base + "filter \"x\" {\n  command = \"/bin/cat\"\n  failure = \"ignore\"\n}\n", 5, "Invalid failure policy"},
+		{"bad rate", base + "throttle {\n  connect_rate = \"10 per second\"\n}\n", 4, "not a rate"},
+		{"bad destination", base + "destination \"bad domain\" {\n  sessions = 2\n}\n", 3, "not a domain name"},
+		{"duplicate destination", base + "destination \"a.example\" { sessions = 1 }\ndestination \"A.example\" { sessions = 2 }\n", 4, "Duplicate destination"},
+		{"empty overload", base + "overload {\n}\n", 3, "Empty overload block"},
+		{"overload low above high", base + "overload {\n  queue_high = 10\n  queue_low = 20\n}\n", 5, "between 0 and queue_high"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -191,6 +208,98 @@ action "local" { mbox = true }
 				t.Errorf("message does not name file and line:\n%s", msg)
 			}
 		})
+	}
+}
+
+// Named filters of the three kinds, chained by listeners; throttle,
+// destination and overload blocks.
+func TestFilters(t *testing.T) {
+	p := write(t, t.TempDir(), "smtpd.conf", `
+listen "mx" {
+  address = "127.0.0.1:25"
+  filters = [filter.no-dynamic, filter.senderscore, filter.dkim]
+}
+listen "local" { address = "127.0.0.1:2525" }
+filter "no-dynamic" {
+  helo_regex = "dynamic"
+  action     = "disconnect"
+}
+filter "senderscore" {
+  command = "/usr/libexec/opensmtpd/filter-senderscore -blockBelow 10 -message 'go away'"
+  user    = "_smtpf"
+  timeout = "5s"
+  failure = "proceed"
+}
+filter "dkim" { milter = "inet:127.0.0.1:8891" }
+throttle {
+  connect_rate      = "20/s"
+  message_rate      = "100/m"
+  user_message_rate = "1000/h"
+}
+destination "gmail.com" {
+  sessions     = 3
+  message_rate = "60/m"
+}
+destination "*" { message_rate = "600/m" }
+overload {
+  queue_high     = 1000
+  spool_free_low = "1G"
+}
+`)
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := cfg.Listeners[0].Filters
+	if len(chain) != 3 || chain[0].Name != "no-dynamic" || chain[1].Name != "senderscore" || chain[2].Name != "dkim" || len(cfg.Listeners[1].Filters) != 0 {
+		t.Fatalf("chains %v %v", chain, cfg.Listeners[1].Filters)
+	}
+	nd, ss, dk := chain[0], chain[1], chain[2]
+	if nd.Kind != FilterBuiltin || nd.Phase != "helo" || nd.Action != "disconnect" || nd.Code != 421 {
+		t.Errorf("built-in %+v", nd)
+	}
+	if ss.Kind != FilterProc || strings.Join(ss.Command, "|") != "/usr/libexec/opensmtpd/filter-senderscore|-blockBelow|10|-message|go away" ||
+		ss.User != "_smtpf" || ss.Timeout != 5*time.Second || ss.Failure != FailProceed {
+		t.Errorf("command %+v", ss)
+	}
+	if dk.Kind != FilterMilter || dk.MilterNetwork != "tcp" || dk.MilterAddress != "127.0.0.1:8891" || dk.Timeout != DefaultFilterTimeout || dk.Failure != FailTempfail {
+		t.Errorf("milter %+v", dk)
+	}
+	if cfg.Filter("dkim") != dk || cfg.Filters[dk.ID] != dk {
+		t.Errorf("filter ids")
+	}
+	if th := cfg.Throttle; th.ConnectRate != (Rate{20, time.Second}) || th.MessageRate != (Rate{100, time.Minute}) || th.UserMessageRate != (Rate{1000, time.Hour}) {
+		t.Errorf("throttle %+v", th)
+	}
+	if d := cfg.DestinationFor("GMAIL.com."); d == nil || d.Sessions != 3 || d.MessageRate.String() != "60/m" {
+		t.Errorf("gmail %+v", d)
+	}
+	if d := cfg.DestinationFor("example.org"); d == nil || d.Domain != "*" || d.Sessions != 0 {
+		t.Errorf("default destination %+v", d)
+	}
+	if o := cfg.Overload; o.QueueHigh != 1000 || o.QueueLow != 900 || o.SpoolFreeLow != 1<<30 || o.SpoolFreeHigh != 3<<29 {
+		t.Errorf("overload %+v", o)
+	}
+}
+
+func TestSplitCommand(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		want []string
+	}{
+		{"/bin/x", []string{"/bin/x"}},
+		{"  /bin/x  -a\tb ", []string{"/bin/x", "-a", "b"}},
+		{`/bin/x "a b" 'c "d"' e\ f ""`, []string{"/bin/x", "a b", `c "d"`, "e f", ""}},
+	} {
+		got, err := splitCommand(tt.in)
+		if err != nil || strings.Join(got, "|") != strings.Join(tt.want, "|") || len(got) != len(tt.want) {
+			t.Errorf("%q: %q %v", tt.in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "   ", `/bin/x "a`, `/bin/x \`} {
+		if _, err := splitCommand(bad); err == nil {
+			t.Errorf("%q split", bad)
+		}
 	}
 }
 

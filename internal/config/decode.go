@@ -25,6 +25,7 @@ import (
 var (
 	tableRefType  = cty.Capsule("table", reflect.TypeOf(Table{}))
 	actionRefType = cty.Capsule("action", reflect.TypeOf(Action{}))
+	filterRefType = cty.Capsule("filter", reflect.TypeOf(Filter{}))
 )
 
 type decoder struct {
@@ -50,7 +51,10 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "listen", LabelNames: []string{"name"}},
 		{Type: "action", LabelNames: []string{"name"}},
 		{Type: "match"},
-		{Type: "filter"},
+		{Type: "filter", LabelNames: []string{"name"}},
+		{Type: "throttle"},
+		{Type: "destination", LabelNames: []string{"domain"}},
+		{Type: "overload"},
 	},
 }
 
@@ -142,12 +146,7 @@ func (d *decoder) file(body hcl.Body) {
 	for _, b := range content.Blocks {
 		byType[b.Type] = append(byType[b.Type], b)
 	}
-	if ls := byType["limits"]; len(ls) > 0 {
-		for _, extra := range ls[1:] {
-			d.errorf(extra.DefRange, "Duplicate limits block", "Only one limits block is allowed; the first is at line %d.", ls[0].DefRange.Start.Line)
-		}
-		d.limits(ls[0])
-	}
+	d.single(byType["limits"], d.limits)
 	// Two passes: all table blocks first, so references work whatever
 	// the order of the blocks, then actions, then what refers to them.
 	d.named(byType["table"], "table")
@@ -160,6 +159,11 @@ func (d *decoder) file(body hcl.Body) {
 		d.action(b)
 	}
 	d.ctx.Variables["action"] = d.actionRefs()
+	d.named(byType["filter"], "filter")
+	for _, b := range byType["filter"] {
+		d.filter(b)
+	}
+	d.ctx.Variables["filter"] = d.filterRefs()
 	d.named(byType["listen"], "listener")
 	for _, b := range byType["listen"] {
 		d.listener(b)
@@ -167,9 +171,22 @@ func (d *decoder) file(body hcl.Body) {
 	for _, b := range byType["match"] {
 		d.match(b)
 	}
-	for _, b := range byType["filter"] {
-		d.filter(b)
+	d.single(byType["throttle"], d.throttle)
+	d.single(byType["overload"], d.overload)
+	for _, b := range byType["destination"] {
+		d.destination(b)
 	}
+}
+
+// single decodes a block that may appear once.
+func (d *decoder) single(blocks []*hcl.Block, decode func(*hcl.Block)) {
+	if len(blocks) == 0 {
+		return
+	}
+	for _, extra := range blocks[1:] {
+		d.errorf(extra.DefRange, "Duplicate "+extra.Type+" block", "Only one %s block is allowed; the first is at line %d.", extra.Type, blocks[0].DefRange.Start.Line)
+	}
+	decode(blocks[0])
 }
 
 // named reports blocks that reuse a name.
@@ -201,6 +218,14 @@ func (d *decoder) tableRefs() cty.Value {
 		if !t.Inline {
 			m[t.Name] = cty.CapsuleVal(tableRefType, t)
 		}
+	}
+	return cty.ObjectVal(m)
+}
+
+func (d *decoder) filterRefs() cty.Value {
+	m := map[string]cty.Value{}
+	for _, f := range d.cfg.Filters {
+		m[f.Name] = cty.CapsuleVal(filterRefType, f)
 	}
 	return cty.ObjectVal(m)
 }
@@ -337,7 +362,7 @@ func (d *decoder) refsKnown(expr hcl.Expression) bool {
 	for _, tr := range expr.Variables() {
 		root := tr.RootName()
 		refs, isRef := d.ctx.Variables[root]
-		if (root != "table" && root != "action") || len(tr) < 2 {
+		if (root != "table" && root != "action" && root != "filter") || len(tr) < 2 {
 			continue
 		}
 		attr, isAttr := tr[1].(hcl.TraverseAttr)

@@ -2,20 +2,54 @@ package config
 
 import (
 	"fmt"
+	"net"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 )
 
-// The phases a filter can act at, in session order.
+// The phases a built-in filter can act at, in session order.
 var filterPhases = []string{"connect", "helo", "mail", "rcpt", "data", "commit"}
 
-// Filter is a filter block: a built-in check mfa makes at one phase of
-// every SMTP session. When all its conditions hold, the session is
-// refused as Action says.
+// FilterKind says what runs a filter.
+type FilterKind string
+
+// The kinds of filter.
+const (
+	// FilterBuiltin is a check mfa makes itself: conditions on the
+	// client, HELO name, sender or recipient, and a verdict.
+	FilterBuiltin FilterKind = "builtin"
+	// FilterProc is a program speaking OpenSMTPD's filter protocol on
+	// its standard input and output (smtpd-filters(7), protocol 0.7).
+	FilterProc FilterKind = "command"
+	// FilterMilter is a Sendmail milter reached over a socket.
+	FilterMilter FilterKind = "milter"
+)
+
+// The policies for a filter that fails (exits, hangs, answers garbage).
+const (
+	FailTempfail = "tempfail"
+	FailProceed  = "proceed"
+	FailReject   = "reject"
+)
+
+// DefaultFilterTimeout bounds each request to a filter process or milter.
+const DefaultFilterTimeout = 30 * time.Second
+
+// Filter is a named filter block. Listeners run filters as a chain, in
+// the order of their filters attribute: a built-in check, a filter
+// process or a milter.
 type Filter struct {
+	// ID is the filter's place in Config.Filters, the same in every
+	// process.
+	ID   int
+	Name string
+	Kind FilterKind
+
 	// Phase is one of connect, helo, mail, rcpt, data and commit; by
 	// default the first phase at which all conditions can be checked.
 	Phase string
@@ -30,13 +64,27 @@ type Filter struct {
 	Code     int
 	Enhanced string
 	Text     string
-	Range    hcl.Range
+
+	// Command is the program and its arguments (no shell) of a filter
+	// process; User runs it (default: the daemon's user).
+	Command []string
+	User    string
+	// MilterNetwork and MilterAddress are where a milter listens:
+	// "unix" and a path, or "tcp" and host:port.
+	MilterNetwork, MilterAddress string
+	// Timeout bounds each request to a filter process or milter;
+	// Failure is what a session waiting on a failed one gets.
+	Timeout time.Duration
+	Failure string
+
+	Range hcl.Range
 }
 
 var filterSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "phase"}, {Name: "from"}, {Name: "helo"}, {Name: "sender"}, {Name: "rcpt"},
 	{Name: "helo_regex"}, {Name: "sender_regex"}, {Name: "rcpt_regex"},
 	{Name: "action"}, {Name: "message"},
+	{Name: "command"}, {Name: "user"}, {Name: "milter"}, {Name: "timeout"}, {Name: "failure"},
 }}
 
 // defaultReplies are the replies of the filter actions.
@@ -46,13 +94,162 @@ var defaultReplies = map[string]string{
 	"disconnect": "421 4.7.0 Connection closed by local policy",
 }
 
+// builtinAttrs and externalAttrs are the attributes of each kind.
+var (
+	builtinAttrs  = []string{"phase", "from", "helo", "sender", "rcpt", "helo_regex", "sender_regex", "rcpt_regex", "action", "message"}
+	externalAttrs = []string{"user", "timeout", "failure"}
+)
+
 func (d *decoder) filter(b *hcl.Block) {
-	f := &Filter{Range: b.DefRange, Action: "reject"}
+	f := &Filter{ID: len(d.cfg.Filters), Name: b.Labels[0], Kind: FilterBuiltin, Range: b.DefRange, Action: "reject"}
 	d.cfg.Filters = append(d.cfg.Filters, f)
 	content, diags := b.Body.Content(filterSchema)
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
-	what := fmt.Sprintf("filter at line %d", b.DefRange.Start.Line)
+	_, isCommand := attrs["command"]
+	_, isMilter := attrs["milter"]
+	switch {
+	case isCommand && isMilter:
+		d.errorf(b.DefRange, "Filter of two kinds", "Filter %q has both command and milter; a filter is one or the other.", f.Name)
+		return
+	case isCommand || isMilter:
+		for _, name := range builtinAttrs {
+			if a, ok := attrs[name]; ok {
+				d.errorf(a.NameRange, "Not for this kind of filter", "%s belongs to built-in filters; filter %q runs a %s.", name, f.Name, map[bool]string{true: "program", false: "milter"}[isCommand])
+			}
+		}
+		d.external(f, attrs, isCommand)
+	default:
+		for _, name := range externalAttrs {
+			if a, ok := attrs[name]; ok {
+				d.errorf(a.NameRange, "Not for this kind of filter", "%s belongs to filters with a command or a milter; filter %q is built in.", name, f.Name)
+			}
+		}
+		d.builtin(f, attrs)
+	}
+}
+
+// external decodes a filter process or a milter.
+func (d *decoder) external(f *Filter, attrs hcl.Attributes, isCommand bool) {
+	f.Timeout, f.Failure, f.User = DefaultFilterTimeout, FailTempfail, d.cfg.User
+	if isCommand {
+		f.Kind = FilterProc
+		var line string
+		if d.decode(attrs, "command", &line) {
+			argv, err := splitCommand(line)
+			if err == nil && !filepath.IsAbs(argv[0]) {
+				err = fmt.Errorf("the program must be an absolute path, not %q", argv[0])
+			}
+			if err != nil {
+				d.errorf(attrs["command"].Expr.Range(), "Invalid command", "%v.", err)
+			}
+			f.Command = argv
+		}
+		if d.decode(attrs, "user", &f.User) && f.User == "" {
+			d.errorf(attrs["user"].Expr.Range(), "Empty user name", "user must name a user.")
+		}
+	} else {
+		f.Kind = FilterMilter
+		if a, ok := attrs["user"]; ok {
+			d.errorf(a.NameRange, "Not for a milter", "A milter runs on its own; user is for filter processes that smtpd starts.")
+		}
+		var where string
+		if d.decode(attrs, "milter", &where) {
+			var err error
+			if f.MilterNetwork, f.MilterAddress, err = parseMilterAddress(where); err != nil {
+				d.errorf(attrs["milter"].Expr.Range(), "Invalid milter address", "%v.", err)
+			}
+		}
+	}
+	var s string
+	if d.decode(attrs, "timeout", &s) {
+		v, err := parseDuration(s)
+		if err == nil && v <= 0 {
+			err = fmt.Errorf("timeout must be more than zero")
+		}
+		if err != nil {
+			d.errorf(attrs["timeout"].Expr.Range(), "Invalid duration", "%v.", err)
+		}
+		f.Timeout = v
+	}
+	if d.decode(attrs, "failure", &f.Failure) {
+		switch f.Failure {
+		case FailTempfail, FailProceed, FailReject:
+		default:
+			d.errorf(attrs["failure"].Expr.Range(), "Invalid failure policy", "failure must be \"tempfail\", \"proceed\" or \"reject\", not %q.", f.Failure)
+		}
+	}
+}
+
+// parseMilterAddress reads "unix:/path" or "inet:host:port" (also
+// "inet6:[addr]:port" and "tcp:host:port"), Postfix's and Sendmail's
+// spellings.
+func parseMilterAddress(s string) (network, address string, err error) {
+	scheme, rest, ok := strings.Cut(s, ":")
+	if !ok || rest == "" {
+		return "", "", fmt.Errorf("%q is not unix:/path or inet:host:port", s)
+	}
+	switch scheme {
+	case "unix", "local":
+		if !filepath.IsAbs(rest) {
+			return "", "", fmt.Errorf("the socket must be an absolute path, not %q", rest)
+		}
+		return "unix", rest, nil
+	case "inet", "inet6", "tcp":
+		if _, port, err := net.SplitHostPort(rest); err != nil || port == "" {
+			return "", "", fmt.Errorf("%q is not host:port", rest)
+		}
+		return "tcp", rest, nil
+	}
+	return "", "", fmt.Errorf("%q: the address must start with unix: or inet:", s)
+}
+
+// splitCommand splits a command line into words at blanks; single and
+// double quotes group words, backslash escapes a character. No shell
+// runs the command, so nothing else is special.
+func splitCommand(line string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord, quote, escaped := false, rune(0), false
+	for _, r := range line {
+		switch {
+		case escaped:
+			cur.WriteRune(r)
+			escaped = false
+		case r == '\\' && quote != '\'':
+			escaped, inWord = true, true
+		case quote != 0 && r == quote:
+			quote = 0
+		case quote != 0:
+			cur.WriteRune(r)
+		case r == '\'' || r == '"':
+			quote, inWord = r, true
+		case r == ' ' || r == '\t':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		default:
+			cur.WriteRune(r)
+			inWord = true
+		}
+	}
+	switch {
+	case quote != 0 || escaped:
+		return nil, fmt.Errorf("unterminated quote or escape in %q", line)
+	case inWord:
+		words = append(words, cur.String())
+	}
+	if len(words) == 0 {
+		return nil, fmt.Errorf("the command is empty")
+	}
+	return words, nil
+}
+
+// builtin decodes a built-in filter.
+func (d *decoder) builtin(f *Filter, attrs hcl.Attributes) {
+	what := fmt.Sprintf("filter %s", f.Name)
 	table := func(name string) *Table {
 		if c := d.cond(attrs, name, what, 0, nil); c != nil {
 			return c.Table
@@ -101,6 +298,16 @@ func (d *decoder) filter(b *hcl.Block) {
 		d.errorf(attrs["message"].Expr.Range(), "Invalid message", "%v.", err)
 	}
 	f.Code, f.Enhanced, f.Text = code, enhanced, text
+}
+
+// Filter returns the named filter, or nil.
+func (c *Config) Filter(name string) *Filter {
+	for _, f := range c.Filters {
+		if f.Name == name {
+			return f
+		}
+	}
+	return nil
 }
 
 func indexOf(list []string, s string) int {

@@ -30,12 +30,15 @@ type Server struct {
 	queue  *proto.Channel
 	lookup *proto.Channel
 	smtp   *proto.Channel
+	mfa    *proto.Channel
 	reqs   *proto.Requests
 	// child is the process's runtime: its log settings and its peers,
 	// to which `smtpctl log` and `trace` go
 	child *privsep.Child
-	// smtpPaused is what `show status` says of smtp
+	// smtpPaused is what `show status` says of smtp, overload what
+	// the queue last said of overload mode
 	smtpPaused atomic.Bool
+	overload   atomic.Pointer[proto.QueueOverload]
 }
 
 // Run runs the control process on c.
@@ -52,7 +55,7 @@ func Run(c *privsep.Child) {
 	if !ok {
 		c.Log.Fatalf("control socket is not a unix socket")
 	}
-	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], reqs: c.Requests, child: c}
+	s := &Server{Stats: stats.NewStore(), Started: time.Now(), logf: c.Log.Debugf, mta: c.Peers[proto.ProcMTA], queue: c.Peers[proto.ProcQueue], lookup: c.Peers[proto.ProcLookup], smtp: c.Peers[proto.ProcSMTP], mfa: c.Peers[proto.ProcMFA], reqs: c.Requests, child: c}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -82,7 +85,10 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Frame) error {
 	case *proto.StatUpdate:
 		s.Stats.Apply(m.Changes)
 		return nil
-	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded, *proto.SMTPSessionFile, *proto.ControlError, *proto.QueueMessageFile:
+	case *proto.QueueOverload:
+		s.overload.Store(m)
+		return nil
+	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded, *proto.SMTPSessionFile, *proto.ControlError, *proto.QueueMessageFile, *proto.MFAFilterLines:
 		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -171,6 +177,8 @@ func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 		return nil
 	case *proto.ControlShowMTA:
 		return s.forward(ch, s.mta, &proto.ControlMTAQuery{What: env.Msg.(*proto.ControlShowMTA).What}, env.PeerID)
+	case *proto.ControlShowFilters:
+		return s.forward(ch, s.mfa, &proto.ControlFiltersQuery{}, env.PeerID)
 	case *proto.ControlPauseSMTP:
 		paused := env.Msg.(*proto.ControlPauseSMTP).Paused
 		if err := s.smtp.Send(&proto.ControlSMTPPause{Paused: paused}, 0); err != nil {
@@ -191,7 +199,13 @@ func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 			if s.smtpPaused.Load() {
 				state = "paused"
 			}
-			if err := ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{"SMTP " + state}}}, env.PeerID); err != nil {
+			lines := []string{"SMTP " + state}
+			if o := s.overload.Load(); o != nil && o.On {
+				lines = append(lines, "Overload on: "+o.Reason)
+			} else {
+				lines = append(lines, "Overload off")
+			}
+			if err := ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: lines}}, env.PeerID); err != nil {
 				return err
 			}
 		}
@@ -220,6 +234,8 @@ func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message
 		case *proto.QueueLines:
 			t = m.TextLines
 		case *proto.LookupTableReloaded:
+			t = m.TextLines
+		case *proto.MFAFilterLines:
 			t = m.TextLines
 		case *proto.QueueMessageFile:
 			defer m.File().Close()

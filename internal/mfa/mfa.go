@@ -1,26 +1,66 @@
 // Package mfa is the mail filter process: smtp asks it at each phase of
-// a session (connect, helo, mail, rcpt, data, commit) whether the
-// session may proceed, and it answers proceed, reject, tempfail or
-// disconnect, from the filter blocks of the configuration.
+// a session whether the session may proceed, and it answers proceed,
+// reject, tempfail or disconnect from the filter chain of the session's
+// listener: built-in checks, filter processes speaking OpenSMTPD's
+// filter protocol (started by the parent, spoken to here) and milters.
+// A filter that fails costs the sessions it filters its failure policy,
+// never the daemon.
 package mfa
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"smtpd/internal/config"
+	"smtpd/internal/logging"
+	"smtpd/internal/mfa/milter"
 	"smtpd/internal/privsep"
+	"smtpd/internal/stats"
 	"smtpd/proto"
 )
 
+// FilterProtocolVersion is the smtpd-version told to filter processes:
+// that of the OpenSMTPD release whose filter protocol (0.7) this is.
+const FilterProtocolVersion = "7.8.0"
+
+// tableTimeout bounds the wait for lookup's answer about a table.
+const tableTimeout = time.Minute
+
+// MFA is the state of the mfa process.
+type MFA struct {
+	child *privsep.Child
+	cfg   *config.Config
+	log   *logging.Logger
+	stats *stats.Sender
+	has   TableCheck
+
+	// procs and milters are the filter processes and milters, by
+	// filter id
+	procs   map[int]*procSlot
+	milters map[int]*milter.Client
+
+	mu       sync.Mutex
+	sessions map[uint64]*session
+	// milterErr is the last failure of each milter and when
+	milterErr map[int]milterFailure
+}
+
+type milterFailure struct {
+	at  time.Time
+	err string
+}
+
 // Run runs the mfa process on c.
 func Run(c *privsep.Child) {
-	if err := c.Ready(); err != nil {
-		c.Log.Fatalf("%v", err)
+	m := &MFA{
+		child: c, cfg: c.Config, log: c.Log, stats: c.Stats,
+		procs: map[int]*procSlot{}, milters: map[int]*milter.Client{},
+		sessions: map[uint64]*session{}, milterErr: map[int]milterFailure{},
 	}
 	lookup := c.Peers[proto.ProcLookup]
 	// mfa holds no table contents: lookup answers for the filter tables
-	has := func(id uint32, kind proto.TableKey, key string) (bool, error) {
+	m.has = func(id uint32, kind proto.TableKey, key string) (bool, error) {
 		frames, err := c.Requests.Ask(lookup, &proto.MFATableQuery{Table: id, Kind: kind, Key: key}, tableTimeout)
 		if err != nil {
 			return false, err
@@ -34,102 +74,163 @@ func Run(c *privsep.Child) {
 		}
 		return a.Status == proto.StatusOK, nil
 	}
-	c.Serve(func(ch *proto.Channel, env *proto.Frame) error {
-		if _, ok := env.Msg.(*proto.LookupTableResult); ok {
-			if !c.Requests.Deliver(env) {
-				return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
-			}
-			return nil
+	for _, f := range m.cfg.Filters {
+		switch f.Kind {
+		case config.FilterProc:
+			m.procs[f.ID] = newProcSlot(m, f)
+		case config.FilterMilter:
+			m.milters[f.ID] = milter.New(milter.Options{Network: f.MilterNetwork, Address: f.MilterAddress, Timeout: f.Timeout, Hostname: m.cfg.Hostname})
 		}
-		q, ok := env.Msg.(*proto.SMTPFilterQuery)
-		if !ok {
-			return fmt.Errorf("unexpected %s", env.Type)
+	}
+	if err := c.Ready(); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+	c.Serve(m.handle)
+}
+
+// external reports whether a chain has filter processes or milters,
+// which need the session's events and their own session state.
+func external(chain []*config.Filter) bool {
+	for _, f := range chain {
+		if f.Kind != config.FilterBuiltin {
+			return true
 		}
-		// a verdict may wait for lookup: decide out of order
-		go func() {
-			v := Decide(c.Config.Filters, has, q)
-			c.Stats.Increment("mfa."+q.Phase.String(), 1)
-			if v.Verdict != proto.VerdictProceed {
-				c.Stats.Increment("mfa."+q.Phase.String()+".refused", 1)
-				c.Log.Infof("%016x: %s refused for [%s] helo %q from <%s> to <%s>: %d %s",
-					q.Session.ID, q.Phase.String(), q.Session.Remote, q.Session.Helo, q.Session.Sender, q.Rcpt, v.Reply.Code, v.Reply.Text)
-			}
-			if err := c.Send(ch, v, env.PeerID); err != nil {
-				c.Log.Fatalf("%v", err)
-			}
-		}()
+	}
+	return false
+}
+
+// chain is the filter chain of the listener numbered id, or nil.
+func (m *MFA) chain(id uint32) []*config.Filter {
+	if int(id) >= len(m.cfg.Listeners) {
 		return nil
+	}
+	return m.cfg.Listeners[id].Filters
+}
+
+func (m *MFA) handle(ch *proto.Channel, env *proto.Frame) error {
+	switch msg := env.Msg.(type) {
+	case *proto.LookupTableResult:
+		if !m.child.Requests.Deliver(env) {
+			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
+		}
+	case *proto.ParentFilterProcess:
+		slot := m.procs[int(msg.Filter)]
+		if slot == nil {
+			msg.File().Close()
+			return fmt.Errorf("process for filter %d, which runs none", msg.Filter)
+		}
+		go slot.started(msg.File(), msg.Generation)
+	case *proto.ParentFilterExited:
+		slot := m.procs[int(msg.Filter)]
+		if slot == nil {
+			return fmt.Errorf("exit of filter %d, which runs none", msg.Filter)
+		}
+		slot.exited(msg)
+		m.log.Warnf("filter %s (start %d) ended: %s; next start at %s", slot.filter.Name, msg.Generation, msg.Reason, msg.Restart.Format(time.TimeOnly))
+	case *proto.ControlFiltersQuery:
+		return proto.SendLines(ch, env.PeerID, m.filterLines(), func(lines []string, last bool) proto.Message {
+			return &proto.MFAFilterLines{TextLines: proto.TextLines{Lines: lines, Last: last}}
+		})
+	case *proto.SMTPFilterEvent:
+		m.event(msg)
+	case *proto.SMTPFilterQuery:
+		m.query(ch, env.PeerID, msg)
+	case *proto.SMTPFilterMessage:
+		m.message(ch, env.PeerID, msg)
+	default:
+		return fmt.Errorf("unexpected %s", env.Type)
+	}
+	return nil
+}
+
+// sessionOf returns the state of a session, made at its first event.
+func (m *MFA) sessionOf(id uint64, listener uint32, create bool) *session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.sessions[id]
+	if s == nil && create {
+		s = m.newSession(id, m.chain(listener))
+		m.sessions[id] = s
+		m.stats.Increment("mfa.session", 1)
+	}
+	return s
+}
+
+func (m *MFA) event(e *proto.SMTPFilterEvent) {
+	s := m.sessionOf(e.Session, e.Listener, true)
+	s.enqueue(func() { s.event(e) })
+	if e.Event == "link-disconnect" {
+		m.mu.Lock()
+		delete(m.sessions, e.Session)
+		m.mu.Unlock()
+		m.stats.Decrement("mfa.session", 1)
+		s.close()
+	}
+}
+
+func (m *MFA) query(ch *proto.Channel, id uint32, q *proto.SMTPFilterQuery) {
+	answer := func(v *proto.MFAFilterVerdict) {
+		m.stats.Increment("mfa."+q.Phase.String(), 1)
+		if v.Verdict != proto.VerdictProceed {
+			m.stats.Increment("mfa."+q.Phase.String()+".refused", 1)
+			m.log.Infof("%016x: %s refused for [%s] helo %q from <%s> %q: %d %s",
+				q.Session.ID, q.Phase, q.Session.Remote, q.Session.Helo, q.Session.Sender, q.Param, v.Reply.Code, v.Reply.Text)
+		}
+		if err := m.child.Send(ch, v, id); err != nil {
+			m.log.Fatalf("%v", err)
+		}
+	}
+	chain := m.chain(q.Listener)
+	if !external(chain) {
+		// a verdict may wait for lookup: decide out of order
+		go func() { answer(Decide(chain, m.has, q)) }()
+		return
+	}
+	s := m.sessionOf(q.Session.ID, q.Listener, true)
+	s.enqueue(func() { answer(s.query(q)) })
+}
+
+func (m *MFA) message(ch *proto.Channel, id uint32, msg *proto.SMTPFilterMessage) {
+	s := m.sessionOf(msg.Session, msg.Listener, true)
+	s.enqueue(func() {
+		defer msg.File().Close()
+		answer, f := s.message(msg)
+		err := m.child.Send(ch, answer, id)
+		if f != nil {
+			f.Close()
+		}
+		if err != nil {
+			m.log.Fatalf("%v", err)
+		}
 	})
 }
 
-// tableTimeout bounds the wait for lookup's answer about a table.
-const tableTimeout = time.Minute
-
-// TableCheck reports whether key is in the table numbered id, looked up
-// as kind says; an error means the table cannot tell now.
-type TableCheck func(id uint32, kind proto.TableKey, key string) (bool, error)
-
-// tableFailure is the verdict when a filter's table cannot be read: a
-// temporary failure, never a refusal for good (the client retries).
-var tableFailure = proto.Reply{Code: 451, Enhanced: "4.3.0", Text: "Temporary failure of a filter table, try again later"}
-
-// Decide is the verdict for a query: that of the first filter of the
-// query's phase whose conditions all hold, else proceed. Tables are
-// asked through has.
-func Decide(filters []*config.Filter, has TableCheck, q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
-	phase := q.Phase.String()
-	for _, f := range filters {
-		if f.Phase != phase {
-			continue
-		}
-		ok, err := matches(f, has, q)
-		if err != nil {
-			return &proto.MFAFilterVerdict{Verdict: proto.VerdictTempfail, Reply: tableFailure}
-		}
-		if !ok {
-			continue
-		}
-		v := &proto.MFAFilterVerdict{
-			Verdict: proto.VerdictReject,
-			Reply:   proto.Reply{Code: uint32(f.Code), Enhanced: f.Enhanced, Text: f.Text},
-		}
-		switch f.Action {
-		case "tempfail":
-			v.Verdict = proto.VerdictTempfail
-		case "disconnect":
-			v.Verdict = proto.VerdictDisconnect
-		}
-		return v
-	}
-	return &proto.MFAFilterVerdict{Verdict: proto.VerdictProceed}
+// milterState records a milter's failure for show filters.
+func (m *MFA) milterState(f *config.Filter, err error) {
+	m.mu.Lock()
+	m.milterErr[f.ID] = milterFailure{time.Now(), err.Error()}
+	m.mu.Unlock()
 }
 
-// matches reports whether all conditions of f hold for q: the regular
-// expressions first, which cost no request to lookup.
-func matches(f *config.Filter, has TableCheck, q *proto.SMTPFilterQuery) (bool, error) {
-	s := q.Session
-	if !(f.HeloRegex == nil || f.HeloRegex.MatchString(s.Helo)) ||
-		!(f.SenderRegex == nil || f.SenderRegex.MatchString(s.Sender)) ||
-		!(f.RcptRegex == nil || f.RcptRegex.MatchString(q.Rcpt)) {
-		return false, nil
-	}
-	for _, c := range []struct {
-		table *config.Table
-		kind  proto.TableKey
-		key   string
-	}{
-		{f.From, proto.TableKeyIP, s.Remote},
-		{f.Helo, proto.TableKeyPlain, s.Helo},
-		{f.Sender, proto.TableKeyAddress, s.Sender},
-		{f.Rcpt, proto.TableKeyAddress, q.Rcpt},
-	} {
-		if c.table == nil {
-			continue
-		}
-		ok, err := has(uint32(c.table.ID), c.kind, c.key)
-		if err != nil || !ok {
-			return false, err
+// filterLines are the lines of smtpctl show filters: each filter's
+// kind and state.
+func (m *MFA) filterLines() []string {
+	var lines []string
+	for _, f := range m.cfg.Filters {
+		switch f.Kind {
+		case config.FilterBuiltin:
+			lines = append(lines, fmt.Sprintf("%s\tbuiltin\t%s phase", f.Name, f.Phase))
+		case config.FilterProc:
+			lines = append(lines, m.procs[f.ID].line())
+		case config.FilterMilter:
+			s := fmt.Sprintf("%s\tmilter\t%s:%s", f.Name, f.MilterNetwork, f.MilterAddress)
+			m.mu.Lock()
+			if e, ok := m.milterErr[f.ID]; ok {
+				s += fmt.Sprintf("\tlast error at %s: %s", e.at.UTC().Format(time.RFC3339), e.err)
+			}
+			m.mu.Unlock()
+			lines = append(lines, s)
 		}
 	}
-	return true, nil
+	return lines
 }

@@ -11,23 +11,23 @@ import (
 
 func TestDecide(t *testing.T) {
 	cfg, err := config.Parse([]byte(`
-filter {
+filter "blocked-nets" {
   from = ["192.0.2.0/24", "2001:db8::1"]
 }
-filter {
+filter "bad-helo" {
   helo_regex = "^(localhost|\\[)"
   action     = "disconnect"
 }
-filter {
+filter "spam-senders" {
   sender  = ["@spam.example", "eve@example.net"]
   action  = "tempfail"
   message = "451 4.7.1 Slow down"
 }
-filter {
+filter "admin" {
   rcpt_regex = "^admin@"
   message    = "550 5.7.1 No mail for admin"
 }
-filter {
+filter "bulk" {
   sender_regex = "^bulk-"
   phase        = "data"
   message      = "554 5.7.1 No bulk mail"
@@ -61,7 +61,7 @@ filter {
 		{proto.PhaseData, proto.Session{Sender: "bulk-1@example.org"}, "", proto.VerdictReject, 554},
 	}
 	for i, tt := range tests {
-		v := Decide(cfg.Filters, resolver.TableHas, &proto.SMTPFilterQuery{Phase: tt.phase, Session: tt.sess, Rcpt: tt.rcpt})
+		v := Decide(cfg.Filters, resolver.TableHas, &proto.SMTPFilterQuery{Phase: tt.phase, Session: tt.sess, Param: tt.rcpt})
 		if v.Verdict != tt.verdict || v.Reply.Code != tt.code {
 			t.Errorf("%d: %+v", i, v)
 		}
@@ -72,7 +72,7 @@ filter {
 // never a refusal for good nor a pass.
 func TestDecideTableFailure(t *testing.T) {
 	cfg, err := config.Parse([]byte(`
-filter {
+filter "blocked" {
   from = ["192.0.2.0/24"]
 }
 `), "/etc/mail/smtpd.conf")

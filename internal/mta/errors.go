@@ -10,6 +10,10 @@ import (
 	"smtpd/proto"
 )
 
+// errHostsBusy is why a session finds no exchanger when some have all
+// the sessions they may (SessionsPerHost).
+var errHostsBusy = errors.New("all are busy or disabled after failures")
+
 // deliveryError is a failed delivery, classified once, where the
 // failure happens: the reply code says temporary (4xx) or permanent
 // (5xx), the enhanced status code (RFC 3463) what failed. Its text,

@@ -25,6 +25,7 @@ import (
 	"smtpd/internal/envelope"
 	"smtpd/internal/privsep"
 	"smtpd/internal/stats"
+	"smtpd/internal/throttle"
 	"smtpd/proto"
 )
 
@@ -57,6 +58,10 @@ type MTA struct {
 	domains map[string]*domain
 	hosts   map[netip.Addr]*host
 	routes  map[string]*route
+	// dests are the states of the destination limits, paces the
+	// message rates of each destination block (destination.go).
+	dests map[string]*destination
+	paces map[*config.Destination]*throttle.Keyed
 	// reloads counts the reloads of the tables: an answer asked
 	// before a reload is not kept.
 	reloads int
@@ -68,6 +73,9 @@ type task struct {
 	msgid uint32
 	envs  []*envelope.Envelope
 	body  *os.File
+	// due is the task's turn at its destination (destination.go);
+	// zero for at once.
+	due time.Time
 }
 
 // relay is a destination: a domain's exchangers, or a smarthost.
@@ -76,8 +84,13 @@ type relay struct {
 	action   *config.Action
 	domain   string   // the recipient domain, or the smarthost
 	url      *url.URL // nil for MX delivery
+	dest     *destination
 	tasks    []*task
 	sessions int
+	// hostsTake, if set, is how many sessions the relay's hosts took
+	// when one more found them all busy: no more start until the relay
+	// is idle (giveBack).
+	hostsTake int
 	// more is closed, and replaced, when a task comes: sessions
 	// waiting for one wake up.
 	more chan struct{}
@@ -127,6 +140,7 @@ func New(c *privsep.Child) *MTA {
 		cfg: c.Config, child: c, roots: roots, reqs: c.Requests,
 		relays: map[string]*relay{}, domains: map[string]*domain{},
 		hosts: map[netip.Addr]*host{}, routes: map[string]*route{},
+		dests: map[string]*destination{}, paces: map[*config.Destination]*throttle.Keyed{},
 	}
 }
 
@@ -184,7 +198,8 @@ func relayFor(act *config.Action, dest string) (key, dom string) {
 
 // enqueue adds an envelope to its relay, joining the task of its
 // message if that has not started yet, and starts a session if the
-// relay may have one more.
+// relay may have one more. A new task takes its turn at the
+// destination, or goes back to the queue if that is too far away.
 func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	act := m.cfg.Action(e.Action)
 	if act == nil || act.Method != config.Relay {
@@ -197,6 +212,8 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	r := m.relays[key]
 	if r == nil {
 		r = &relay{key: key, action: act, domain: dom, url: act.RelayURL, more: make(chan struct{})}
+		r.dest = m.destination(dom, act.RelayURL == nil)
+		r.dest.relays = append(r.dest.relays, r)
 		m.relays[key] = r
 		m.stats.Increment("mta.relay", 1)
 	}
@@ -208,16 +225,31 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 			break
 		}
 	}
+	m.stats.Increment("mta.envelope", 1)
 	if joined {
 		body.Close()
 	} else {
-		r.add(&task{msgid: e.MsgID(), envs: []*envelope.Envelope{e}, body: body})
+		due, err := m.turn(r.dest)
+		if err != nil {
+			m.mu.Unlock()
+			body.Close()
+			m.report(e, "", err)
+			return
+		}
+		r.add(&task{msgid: e.MsgID(), envs: []*envelope.Envelope{e}, body: body, due: due})
 		m.stats.Increment("mta.task", 1)
 	}
-	m.stats.Increment("mta.envelope", 1)
 	start := r.wantsSession()
 	if start {
-		r.sessions++
+		r.startSession()
+	} else if r.sessions == 0 && r.dest.full() {
+		// the sessions of other relays to the destination that wait
+		// for tasks end and hand one over (next)
+		for _, o := range r.dest.relays {
+			if o != r {
+				o.wake()
+			}
+		}
 	}
 	m.mu.Unlock()
 	if start {
@@ -229,6 +261,11 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 // held.
 func (r *relay) add(t *task) {
 	r.tasks = append(r.tasks, t)
+	r.wake()
+}
+
+// wake wakes the sessions of a relay waiting for a task; m.mu is held.
+func (r *relay) wake() {
 	close(r.more)
 	r.more = make(chan struct{})
 }
@@ -237,16 +274,19 @@ func (r *relay) add(t *task) {
 // session: fewer tasks wait for the sessions already running.
 const TasksPerSession = 10
 
-// wantsSession reports whether a relay should open one more session.
+// wantsSession reports whether a relay should open one more session:
+// it has tasks, and neither it nor its destination has all the
+// sessions it may.
 func (r *relay) wantsSession() bool {
-	if len(r.tasks) == 0 || r.sessions >= SessionsPerRelay {
+	if len(r.tasks) == 0 || r.sessions >= SessionsPerRelay || r.dest.full() || r.hostsTake > 0 && r.sessions >= r.hostsTake {
 		return false
 	}
 	return r.sessions == 0 || len(r.tasks) > r.sessions*TasksPerSession
 }
 
 // next takes the next task of a relay; with wait, it waits up to
-// Keepalive for one to come.
+// Keepalive for one to come, unless another relay of the destination
+// waits for the session.
 func (m *MTA) next(r *relay, wait bool) *task {
 	var expired <-chan time.Time
 	if wait {
@@ -263,8 +303,11 @@ func (m *MTA) next(r *relay, wait bool) *task {
 			return t
 		}
 		more := r.more
+		// an idle session gives way to another relay of its
+		// destination that waits for a session
+		yields := r.yields()
 		m.mu.Unlock()
-		if !wait {
+		if !wait || yields {
 			return nil
 		}
 		select {
@@ -402,11 +445,11 @@ type candidate struct {
 // preference, hosts with fewer sessions first, so equal exchangers
 // share the load; hosts whose route is disabled are left out. Backup
 // exchangers (a worse preference) come only after every better one.
-func (m *MTA) candidates(mxs []proto.MXHost, source string) []candidate {
+// busy reports hosts left out only for having all their sessions.
+func (m *MTA) candidates(mxs []proto.MXHost, source string) (out []candidate, busy bool) {
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []candidate
 	for _, mx := range mxs {
 		for _, a := range mx.Addrs {
 			ip, err := netip.ParseAddr(a)
@@ -430,7 +473,11 @@ func (m *MTA) candidates(mxs []proto.MXHost, source string) []candidate {
 				m.routes[rkey] = rt
 				m.stats.Increment("mta.route", 1)
 			}
-			if now.Before(rt.disabled) || h.sessions >= SessionsPerHost {
+			if now.Before(rt.disabled) {
+				continue
+			}
+			if h.sessions >= SessionsPerHost {
+				busy = true
 				continue
 			}
 			out = append(out, candidate{h, rt, mx.Preference})
@@ -442,7 +489,7 @@ func (m *MTA) candidates(mxs []proto.MXHost, source string) []candidate {
 		}
 		return out[i].host.sessions < out[j].host.sessions
 	})
-	return out
+	return out, busy
 }
 
 // penalize disables a route after a failed connect: 15 s x penalty²,

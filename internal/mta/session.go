@@ -21,7 +21,10 @@ import (
 )
 
 // session delivers the tasks of a relay over one connection, for as
-// long as tasks keep coming.
+// long as tasks keep coming. A task paced by its destination's message
+// rate is sent at its turn: the session waits for it with the
+// connection open, at most about maxPaceWait, well within a server's
+// idle timeout of 5 minutes (RFC 5321 §4.5.3.2.7).
 func (m *MTA) session(r *relay) {
 	defer m.sessionDone(r)
 	first := m.next(r, false)
@@ -37,6 +40,9 @@ func (m *MTA) session(r *relay) {
 		return
 	}
 	c, cand, err := m.connect(r, mxs)
+	if errors.Is(err, errHostsBusy) && m.giveBack(r, first) {
+		return
+	}
 	if err != nil {
 		m.failAll(r, first, err)
 		return
@@ -54,6 +60,7 @@ func (m *MTA) session(r *relay) {
 	}
 	t := first
 	for n := 0; t != nil; n++ {
+		m.waitTurn(r.dest, t)
 		if !send(c, t, m.report) {
 			c.Close()
 			return
@@ -67,18 +74,32 @@ func (m *MTA) session(r *relay) {
 }
 
 // sessionDone ends a session. Tasks that came while it was ending, or
-// that it left, start another.
+// that it left, start another; so do those of other relays to the same
+// destination, which its session limit may have held back.
 func (m *MTA) sessionDone(r *relay) {
 	m.mu.Lock()
-	r.sessions--
-	again := r.wantsSession()
-	if again {
-		r.sessions++
-	}
+	start := r.sessionEnded()
 	m.mu.Unlock()
-	if again {
-		go m.session(r)
+	for _, o := range start {
+		go m.session(o)
 	}
+}
+
+// giveBack returns a session's first task to the head of its relay's
+// queue when other sessions of the relay run and will carry it: the
+// session found every exchanger with all the sessions it may have, and
+// leaves the tasks to them rather than fail them all back to the
+// queue. The relay starts no more sessions than the others until it is
+// idle, or it would try again at once.
+func (m *MTA) giveBack(r *relay, t *task) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r.sessions < 2 {
+		return false
+	}
+	r.tasks = append([]*task{t}, r.tasks...)
+	r.hostsTake = r.sessions - 1
+	return true
 }
 
 // betterThanUs keeps, for a backup MX, the exchangers preferred to this
@@ -121,9 +142,12 @@ func (m *MTA) port(r *relay) string {
 // connect tries the relay's hosts in order and returns the first that
 // answers; hosts that do not have their route penalised.
 func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) {
-	cands := m.candidates(mxs, r.action.Source)
+	cands, busy := m.candidates(mxs, r.action.Source)
 	if len(cands) == 0 {
-		return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, nil, "no exchanger available: all are disabled after failures or busy")
+		if busy {
+			return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, errHostsBusy, "no exchanger available")
+		}
+		return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, nil, "no exchanger available: all are disabled after failures")
 	}
 	lmtp := r.url != nil && r.url.Scheme == "lmtp"
 	var lastErr error

@@ -51,6 +51,7 @@ type Parent struct {
 	requests *proto.Requests
 	stats    *stats.Sender
 	mdas     *mdaPool
+	filters  *filterProcs
 	fatal    chan error
 	cfg      *config.Config
 	opts     Options
@@ -81,11 +82,13 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	signal.Ignore(syscall.SIGPIPE)
+	p.filters = newFilterProcs(p)
 	if err := p.start(); err != nil {
 		log.Warnf("%v", err)
 		p.stop()
 		return 1
 	}
+	p.filters.start()
 	stopStats := make(chan struct{})
 	defer close(stopStats)
 	go p.stats.Run(stopStats)
@@ -125,6 +128,9 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 					if p.requests.Deliver(ev.env) {
 						continue
 					}
+				case *proto.MFAFilterBroken:
+					p.filters.broken(m)
+					continue
 				}
 			}
 			monkey.LostChild()
@@ -407,6 +413,7 @@ func (p *Parent) connect(a, b proto.Proc) error {
 // stop sends SIGTERM to every child, waits for them, and kills those that
 // do not exit in time.
 func (p *Parent) stop() {
+	p.filters.close()
 	p.mdas.close()
 	for _, c := range p.children {
 		c.cmd.Process.Signal(syscall.SIGTERM)

@@ -23,9 +23,10 @@ type pending struct {
 // commit is a commit request waiting for the next batch; done is told
 // the outcome once the message is durable, or is not.
 type commit struct {
-	id   uint32
-	msg  *pending
-	done func(error)
+	id         uint32
+	msg        *pending
+	quarantine string
+	done       func(error)
 }
 
 // Queue is the state of the queue process.
@@ -104,6 +105,9 @@ func Run(c *privsep.Child) {
 	c.Log.Infof("spool: %d envelopes queued", len(rec.Envelopes))
 	go q.committer()
 	go q.sched.Run()
+	if c.Config.Overload.Enabled() {
+		go q.watchOverload(c.Config.Overload)
+	}
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -140,7 +144,7 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 		if p == nil || len(p.envs) == 0 {
 			return fmt.Errorf("commit of unknown or empty message %s", envelope.FormatMsgID(m.MsgID))
 		}
-		q.commits <- commit{id: m.MsgID, msg: p, done: func(err error) {
+		q.commits <- commit{id: m.MsgID, msg: p, quarantine: m.Quarantine, done: func(err error) {
 			var reply proto.Message = &proto.QueueMessageCommitted{MsgID: m.MsgID}
 			if err != nil {
 				reply = &proto.QueueFailure{MsgID: m.MsgID, Reply: failureReply(err)}
@@ -256,7 +260,7 @@ func (q *Queue) commitBatch(batch []commit) {
 	msgs := make([]Message, len(batch))
 	for i, c := range batch {
 		c.msg.body.Close()
-		msgs[i] = Message{ID: c.id, Envelopes: c.msg.envs}
+		msgs[i] = Message{ID: c.id, Envelopes: c.msg.envs, Quarantine: c.quarantine}
 	}
 	errs := q.store.Commit(msgs)
 	for i, c := range batch {
@@ -266,6 +270,11 @@ func (q *Queue) commitBatch(batch []commit) {
 			continue
 		}
 		c.done(nil)
+		if c.quarantine != "" {
+			q.stats.Increment("queue.quarantine", 1)
+			q.logf("message %s quarantined: %s", envelope.FormatMsgID(c.id), c.quarantine)
+			continue
+		}
 		q.stats.Increment("queue.message", 1)
 		for _, e := range c.msg.envs {
 			q.sched.Add(e)

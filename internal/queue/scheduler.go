@@ -302,6 +302,13 @@ func (s *Scheduler) HasMessage(id uint32) bool {
 	return false
 }
 
+// Len is the number of envelopes in the queue.
+func (s *Scheduler) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.envs)
+}
+
 // Status says whether local deliveries and relaying run or are paused.
 func (s *Scheduler) Status() []string {
 	s.mu.Lock()

@@ -7,20 +7,22 @@ import (
 )
 
 // The directories of the spool (see DESIGN.md): bodies being received,
-// messages being committed, committed messages, quarantined envelopes,
-// mail dropped by sendmail while the daemon was down, and what is left
-// to remove.
+// messages being committed, committed messages, envelopes found
+// corrupt, messages a filter quarantined (kept, never delivered), mail
+// dropped by sendmail while the daemon was down, and what is left to
+// remove.
 const (
-	DirTemporary = "temporary"
-	DirIncoming  = "incoming"
-	DirQueue     = "queue"
-	DirCorrupt   = "corrupt"
-	DirOffline   = "offline"
-	DirPurge     = "purge"
+	DirTemporary  = "temporary"
+	DirIncoming   = "incoming"
+	DirQueue      = "queue"
+	DirCorrupt    = "corrupt"
+	DirQuarantine = "quarantine"
+	DirOffline    = "offline"
+	DirPurge      = "purge"
 )
 
 // spoolDirs are the directories the queue user owns.
-var spoolDirs = []string{DirTemporary, DirIncoming, DirQueue, DirCorrupt, DirPurge}
+var spoolDirs = []string{DirTemporary, DirIncoming, DirQueue, DirCorrupt, DirQuarantine, DirPurge}
 
 // PrepareSpool creates the spool at dir, or repairs its modes and owners.
 // The spool itself belongs to root and is only traversable (the queue

@@ -159,6 +159,10 @@ func (s *Store) Discard(id uint32) {
 type Message struct {
 	ID        uint32
 	Envelopes []*envelope.Envelope
+	// Quarantine, if set, is why a filter kept the message out of
+	// delivery: it is committed to quarantine/<msgid>/ with a file
+	// "reason" saying so, instead of queue/.
+	Quarantine string
 }
 
 // Commit moves a batch of messages from temporary/ into queue/, durably,
@@ -176,7 +180,7 @@ func (s *Store) Commit(batch []Message) []error {
 	published := make([]bool, len(batch))
 	for i, m := range batch {
 		if errs[i] == nil && syncErr == nil {
-			errs[i] = s.publish(m.ID)
+			errs[i] = s.publish(m.ID, m.Quarantine != "")
 			published[i] = errs[i] == nil
 		}
 	}
@@ -196,7 +200,7 @@ func (s *Store) Commit(batch []Message) []error {
 		// only what this commit put in queue/: a failed rename may have
 		// met another message there
 		if published[i] {
-			os.RemoveAll(s.messageDir(m.ID))
+			os.RemoveAll(s.publishedDir(m.ID, m.Quarantine != ""))
 		}
 	}
 	return errs
@@ -223,18 +227,37 @@ func (s *Store) stage(m Message) error {
 			return fmt.Errorf("queue: stage: %w", err)
 		}
 	}
+	if m.Quarantine != "" {
+		if err := os.WriteFile(filepath.Join(dir, "reason"), []byte(m.Quarantine+"\n"), 0o600); err != nil {
+			return fmt.Errorf("queue: stage: %w", err)
+		}
+	}
 	if err := os.Rename(s.temporaryPath(m.ID), filepath.Join(dir, "message")); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
 	return nil
 }
 
+// publishedDir is where a committed message lives.
+func (s *Store) publishedDir(id uint32, quarantined bool) string {
+	if quarantined {
+		return s.path(DirQuarantine, envelope.FormatMsgID(id))
+	}
+	return s.messageDir(id)
+}
+
 // publish is the second step: the staged message moves into queue/. Its
 // content is durable already (the Sync after stage), so that once the
 // rename is durable (the Sync after publish) the message is whole.
-func (s *Store) publish(id uint32) error {
+func (s *Store) publish(id uint32, quarantined bool) error {
 	if err := monkey.Fail("queue.rename"); err != nil {
 		return err
+	}
+	if quarantined {
+		if err := os.Rename(s.incomingDir(id), s.publishedDir(id, true)); err != nil {
+			return fmt.Errorf("queue: publish: %w", err)
+		}
+		return nil
 	}
 	b := s.path(DirQueue, bucket(id))
 	if err := os.Mkdir(b, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {

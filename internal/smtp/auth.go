@@ -96,6 +96,9 @@ func (sess *session) Auth(mechanism, identity, user, password string) *server.Re
 		sess.s.stats.Increment("smtp.auth.refused", 1)
 		return errAuthTooMany
 	}
+	if r := sess.filter(proto.PhaseAuth, &mechanism); r != nil {
+		return r
+	}
 	if identity != "" && identity != user {
 		// acting for another user is not offered
 		return sess.authFailed(user)

@@ -149,4 +149,8 @@ func (sess *session) trace(w *bytes.Buffer, info headerInfo) {
 	if !info.hasDate {
 		fmt.Fprintf(w, "Date: %s\r\n", now.Format(time.RFC1123Z))
 	}
+	if sess.junk {
+		// a filter's junk verdict, as OpenSMTPD marks it
+		w.WriteString("X-Spam: yes\r\n")
+	}
 }

@@ -27,8 +27,12 @@ type session struct {
 	conn     *server.Conn
 	listener *config.Listener
 	info     proto.Session
-	counted  string
-	mails    int
+	// listenerID numbers the listener for mfa; filters is what its
+	// chain asks of the session
+	listenerID uint32
+	filters    listenerFilters
+	counted    string
+	mails      int
 	// localUser is set for sessions of local programs: who submits
 	localUser  string
 	tlsCounted bool
@@ -46,6 +50,14 @@ type session struct {
 	msgid uint32
 	body  *os.File
 	bw    *bodyWriter
+	// txid is the message id the filter events give the current
+	// transaction (created at MAIL on listeners with filter processes)
+	txid uint32
+	// junk marks the session's messages as spam, at a filter's word;
+	// discard and quarantine are the filters' word on the message
+	junk       bool
+	discard    bool
+	quarantine string
 }
 
 // created is queue's answer to SMTPMessageCreate, or why none came.
@@ -69,6 +81,16 @@ func (s *Server) newSession(lc *config.Listener, c *server.Conn) server.Session 
 		info: proto.Session{ID: s.nextID(), Remote: ip, Local: parsed != nil && parsed.IsLoopback()},
 	}
 	c.SetID(sess.info.ID)
+	sess.listenerID = noListener
+	for i, l := range s.cfg.Listeners {
+		if l == lc {
+			sess.listenerID = uint32(i)
+			sess.filters = s.filtersOf(uint32(i))
+		}
+	}
+	if sess.filters.external {
+		s.filtered.Store(c, sess)
+	}
 	family := "inet6"
 	if parsed.To4() != nil {
 		family = "inet4"
@@ -119,27 +141,6 @@ func (sess *session) internalErr(err error) *server.Reply {
 	return reply(451, server.EnhancedCode{4, 3, 0}, "Temporary server failure, try again later")
 }
 
-// filter asks mfa about a phase, if a filter is configured for it.
-func (sess *session) filter(phase proto.Phase, rcpt string) *server.Reply {
-	if !sess.s.filtered[phase] {
-		return nil
-	}
-	env, err := sess.s.ask(sess.s.mfa, &proto.SMTPFilterQuery{Phase: phase, Session: sess.info, Rcpt: rcpt})
-	if err != nil {
-		return sess.internalErr(err)
-	}
-	v, ok := env.Msg.(*proto.MFAFilterVerdict)
-	if !ok {
-		return sess.internalErr(fmt.Errorf("mfa answered %s", env.Type))
-	}
-	if v.Verdict == proto.VerdictProceed {
-		return nil
-	}
-	r := replyOf(v.Reply)
-	r.Disconnect = v.Verdict == proto.VerdictDisconnect
-	return r
-}
-
 // Connect asks mfa whether the client may connect at all. Only a 554
 // may refuse a session at connect (RFC 5321 §3.1); a temporary refusal
 // is 421.
@@ -147,7 +148,18 @@ func (sess *session) Connect() *server.Reply {
 	if sess.localUser != "" {
 		return nil
 	}
-	r := sess.filter(proto.PhaseConnect, "")
+	if !sess.s.connectRate.Allow(sess.info.Remote) {
+		sess.s.stats.Increment("smtp.session.refused", 1)
+		sess.s.stats.Increment("smtp.throttle.connect", 1)
+		return reply(421, server.EnhancedCode{4, 7, 0}, "Too many connections from your address, slow down")
+	}
+	if sess.s.overload.Load() && sess.listener.Auth == config.AuthNone {
+		// clients of a listener without AUTH cannot become trusted
+		sess.s.stats.Increment("smtp.session.refused", 1)
+		sess.s.stats.Increment("smtp.overload.refused", 1)
+		return errOverloaded
+	}
+	r := sess.filter(proto.PhaseConnect, nil)
 	if r == nil {
 		return nil
 	}
@@ -159,13 +171,17 @@ func (sess *session) Connect() *server.Reply {
 }
 
 func (sess *session) Helo(name string, extended bool) *server.Reply {
+	phase := proto.PhaseHelo
+	if extended {
+		phase = proto.PhaseEhlo
+	}
 	sess.info.Helo = name
+	if r := sess.filter(phase, &sess.info.Helo); r != nil {
+		return r
+	}
 	if _, ok := sess.conn.TLS(); ok && !sess.tlsCounted {
 		sess.tlsCounted = true
 		sess.s.stats.Increment("smtp.tls", 1)
-	}
-	if r := sess.filter(proto.PhaseHelo, ""); r != nil {
-		return r
 	}
 	sess.s.log.Debugf("%016x: session from [%s] helo %q on %s", sess.info.ID, sess.info.Remote, name, sess.listener.Name)
 	return nil
@@ -173,7 +189,7 @@ func (sess *session) Helo(name string, extended bool) *server.Reply {
 
 // StartTLS lets the handshake go; the state it resets is the engine's
 // and the transaction's, which the engine aborts.
-func (sess *session) StartTLS() *server.Reply { return nil }
+func (sess *session) StartTLS() *server.Reply { return sess.filter(proto.PhaseStartTLS, nil) }
 
 func (sess *session) Mail(from string, p server.MailParams) *server.Reply {
 	if sess.mails >= sess.s.cfg.Limits.MailsPerSession {
@@ -188,13 +204,79 @@ func (sess *session) Mail(from string, p server.MailParams) *server.Reply {
 	if r := sess.senderAllowed(from); r != nil {
 		return r
 	}
+	if r := sess.throttleMail(); r != nil {
+		return r
+	}
+	if sess.filters.external {
+		// the filter events name the transaction by its message
+		if r := sess.createNow(); r != nil {
+			return r
+		}
+	}
 	sess.info.Sender = from
-	if r := sess.filter(proto.PhaseMail, ""); r != nil {
+	if r := sess.filter(proto.PhaseMail, &sess.info.Sender); r != nil {
 		sess.info.Sender = ""
+		sess.endMessage()
 		return r
 	}
 	sess.mail = p
 	return nil
+}
+
+// errOverloaded refuses new mail while the queue is in overload mode.
+var errOverloaded = reply(421, server.EnhancedCode{4, 3, 2}, "System overloaded, try again later")
+
+// throttleMail applies overload mode and the message rates to a new
+// transaction: authenticated and local clients pass overload mode, and
+// an authenticated user is bounded by the user's rate, others by their
+// address's.
+func (sess *session) throttleMail() *server.Reply {
+	if sess.localUser != "" {
+		return nil
+	}
+	if sess.info.Auth == "" && sess.s.overload.Load() {
+		sess.s.stats.Increment("smtp.overload.refused", 1)
+		return reply(451, server.EnhancedCode{4, 3, 2}, "System overloaded, try again later")
+	}
+	limited := !sess.s.messageRate.Allow(sess.info.Remote)
+	if sess.info.Auth != "" {
+		limited = !sess.s.userRate.Allow(sess.info.Auth)
+	}
+	if limited {
+		sess.s.stats.Increment("smtp.throttle.message", 1)
+		return reply(451, server.EnhancedCode{4, 7, 0}, "Too many messages, slow down")
+	}
+	return nil
+}
+
+// createNow asks queue for the transaction's message at once.
+func (sess *session) createNow() *server.Reply {
+	sess.startCreate()
+	c := <-sess.created
+	ch := make(chan created, 1)
+	ch <- c
+	sess.created = ch
+	if c.err != nil {
+		return sess.internalErr(c.err)
+	}
+	if m, ok := c.frame.Msg.(*proto.QueueMessageCreated); ok {
+		sess.txid = m.MsgID
+	}
+	return nil
+}
+
+// startCreate asks queue for a message, once per transaction; the
+// answer comes on sess.created.
+func (sess *session) startCreate() {
+	if sess.created != nil {
+		return
+	}
+	ch := make(chan created, 1)
+	sess.created = ch
+	go func() {
+		frame, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCreate{})
+		ch <- created{frame, err}
+	}()
 }
 
 func (sess *session) tls() bool {
@@ -203,7 +285,7 @@ func (sess *session) tls() bool {
 }
 
 func (sess *session) Rcpt(to string, p server.RcptParams) *server.Reply {
-	if r := sess.filter(proto.PhaseRcpt, to); r != nil {
+	if r := sess.filter(proto.PhaseRcpt, &to); r != nil {
 		return r
 	}
 	frames, err := sess.s.child.Requests.Ask(sess.s.lookup, &proto.SMTPExpandRcpt{Session: sess.info, Rcpt: to}, peerTimeout)
@@ -222,14 +304,7 @@ func (sess *session) Rcpt(to string, p server.RcptParams) *server.Reply {
 		r.dests = append(r.dests, res.Destinations...)
 	}
 	sess.rcpts = append(sess.rcpts, r)
-	if sess.created == nil {
-		ch := make(chan created, 1)
-		sess.created = ch
-		go func() {
-			frame, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCreate{})
-			ch <- created{frame, err}
-		}()
-	}
+	sess.startCreate()
 	return nil
 }
 
@@ -237,7 +312,7 @@ func (sess *session) Rcpt(to string, p server.RcptParams) *server.Reply {
 // returns where the engine writes the message: our trace fields go in
 // front of it once its header section has been seen.
 func (sess *session) Data() (io.Writer, *server.Reply) {
-	if r := sess.filter(proto.PhaseData, ""); r != nil {
+	if r := sess.filter(proto.PhaseData, nil); r != nil {
 		return nil, r
 	}
 	if sess.created == nil {
@@ -278,13 +353,21 @@ func (sess *session) commit() *server.Reply {
 	if sess.bw.info.received > MaxHops {
 		return reply(554, server.EnhancedCode{5, 4, 6}, "Too many hops: mail loop detected")
 	}
+	if r := sess.filterMessage(); r != nil {
+		return r
+	}
+	if r := sess.filter(proto.PhaseCommit, nil); r != nil {
+		return r
+	}
+	if sess.discard {
+		sess.s.stats.Increment("smtp.message.discarded", 1)
+		sess.s.log.Infof("%016x: message %s from <%s> discarded by a filter", sess.info.ID, envelope.FormatMsgID(msgid), sess.info.Sender)
+		return reply(250, server.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", envelope.FormatMsgID(msgid))
+	}
 	if r := sess.submit(msgid); r != nil {
 		return r
 	}
-	if r := sess.filter(proto.PhaseCommit, ""); r != nil {
-		return r
-	}
-	env, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCommit{MsgID: msgid})
+	env, err := sess.s.ask(sess.s.queue, &proto.SMTPMessageCommit{MsgID: msgid, Quarantine: sess.quarantine})
 	sess.msgid = 0 // queue owns the message from here, committed or not
 	if err != nil {
 		return sess.internalErr(err)
@@ -327,19 +410,29 @@ func (sess *session) endMessage() {
 	}
 	sess.msgid, sess.body, sess.bw = 0, nil, nil
 	sess.info.Sender, sess.mail, sess.rcpts = "", server.MailParams{}, nil
+	sess.discard, sess.quarantine = false, ""
 }
 
 // Abort ends a transaction without a message: RSET, a refused message,
 // STARTTLS or the end of the connection.
 func (sess *session) Abort() { sess.endMessage() }
 
-func (sess *session) Rset() *server.Reply { return nil }
-func (sess *session) Noop() *server.Reply { return nil }
-func (sess *session) Help() *server.Reply { return nil }
-func (sess *session) Quit() *server.Reply { return nil }
+func (sess *session) Rset() *server.Reply { return sess.filter(proto.PhaseRset, nil) }
+func (sess *session) Noop() *server.Reply { return sess.filter(proto.PhaseNoop, nil) }
+func (sess *session) Help() *server.Reply { return sess.filter(proto.PhaseHelp, nil) }
+
+// Quit lets the filters see the QUIT; its answer is always 221 (RFC
+// 5321 §4.1.1.10).
+func (sess *session) Quit() *server.Reply {
+	sess.filter(proto.PhaseQuit, nil)
+	return nil
+}
 
 // Close counts the session out.
 func (sess *session) Close() {
+	if sess.filters.external {
+		sess.s.filtered.Delete(sess.conn)
+	}
 	sess.endMessage()
 	sess.s.stats.Decrement("smtp.session", 1)
 	sess.s.stats.Decrement(sess.counted, 1)
@@ -394,6 +487,9 @@ func (sess *session) submit(msgid uint32) *server.Reply {
 			}
 			if err := sess.s.child.Send(sess.s.queue, &proto.SMTPEnvelopeSubmit{MsgID: msgid, Envelope: data}, 0); err != nil {
 				return sess.internalErr(err)
+			}
+			if sess.filters.external {
+				sess.s.sendFilterEvent(sess, now, "tx-envelope", []string{fmt.Sprintf("%08x", msgid), envelope.FormatEvpID(e.ID)})
 			}
 		}
 	}

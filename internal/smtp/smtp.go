@@ -22,8 +22,13 @@ import (
 	"smtpd/internal/privsep"
 	"smtpd/internal/smtp/server"
 	"smtpd/internal/stats"
+	"smtpd/internal/throttle"
 	"smtpd/proto"
 )
+
+// throttleKeys bounds the client addresses and users whose rates are
+// remembered, the least recently seen forgotten first.
+const throttleKeys = 100000
 
 // Server is the smtp process.
 type Server struct {
@@ -36,12 +41,19 @@ type Server struct {
 	mfa, lookup, queue *proto.Channel
 
 	active *connLimiter
-	// filtered lists the phases some filter block checks; the others
-	// need no question to mfa
-	filtered map[proto.Phase]bool
-	// paused refuses new sessions (smtpctl pause smtp)
-	paused atomic.Bool
-	nextID func() uint64
+	// listenerFilters are the listeners' filter chains as smtp sees
+	// them, by listener number; filtered maps the engine's connections
+	// of sessions whose chain needs their events to their sessions
+	listenerFilters []listenerFilters
+	filtered        sync.Map
+	// paused refuses new sessions (smtpctl pause smtp); overload
+	// refuses new mail from unauthenticated clients (the queue's word)
+	paused   atomic.Bool
+	overload atomic.Bool
+	// connectRate, messageRate and userRate bound the rates of one
+	// client address and of one authenticated user (config throttle)
+	connectRate, messageRate, userRate *throttle.Keyed
+	nextID                             func() uint64
 	// authFailures slows down password guessing
 	authFailures *authFailures
 	// local takes the sessions of local programs
@@ -54,12 +66,14 @@ type Server struct {
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, filtered: map[proto.Phase]bool{}, authFailures: newAuthFailures(c.Config.Limits.AuthFailuresPerIP), local: newLocalListener()}
-	for _, f := range c.Config.Filters {
-		if p, ok := proto.ParsePhase(f.Phase); ok {
-			s.filtered[p] = true
-		}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, authFailures: newAuthFailures(c.Config.Limits.AuthFailuresPerIP), local: newLocalListener()}
+	for _, l := range c.Config.Listeners {
+		s.listenerFilters = append(s.listenerFilters, newListenerFilters(l.Filters))
 	}
+	t := c.Config.Throttle
+	s.connectRate = throttle.NewKeyed(t.ConnectRate, throttleKeys)
+	s.messageRate = throttle.NewKeyed(t.MessageRate, throttleKeys)
+	s.userRate = throttle.NewKeyed(t.UserMessageRate, throttleKeys)
 	for _, l := range c.Config.Listeners {
 		if l.TLS == config.TLSNone {
 			continue
@@ -119,6 +133,9 @@ func (s *Server) Run() {
 	}
 	c.Serve(func(ch *proto.Channel, env *proto.Frame) error {
 		switch m := env.Msg.(type) {
+		case *proto.QueueOverload:
+			s.overload.Store(m.On)
+			return nil
 		case *proto.ControlSMTPPause:
 			s.paused.Store(m.Paused)
 			s.log.Infof("sessions %s", map[bool]string{true: "paused", false: "resumed"}[m.Paused])
@@ -201,6 +218,9 @@ func (s *Server) serve(lc *config.Listener, ln net.Listener) {
 // answers (credentials masked by the engine), and every line of every
 // session while the smtp subsystem is traced (smtpctl trace smtp).
 func (s *Server) report(e server.Event) {
+	if sess, ok := s.filtered.Load(e.Conn); ok {
+		s.filterEvent(sess.(*session), e)
+	}
 	switch e.Kind {
 	case server.EventProtocolClient:
 		s.lastCommand.Store(e.Conn, e.Line)

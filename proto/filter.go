@@ -1,0 +1,223 @@
+package proto
+
+import (
+	"os"
+	"time"
+)
+
+// SMTPFilterEvent tells mfa what happened in a session whose listener
+// runs filter processes or milters: the report events of OpenSMTPD's
+// filter protocol (link-connect ... link-disconnect), in session order.
+// No answer. mfa keeps a session's state from its link-connect to its
+// link-disconnect.
+type SMTPFilterEvent struct {
+	Session  uint64
+	Listener uint32
+	Time     time.Time
+	// Event is the event's name in the filter protocol.
+	Event string
+	// Params are the event's fields after the session id.
+	Params []string
+}
+
+func (*SMTPFilterEvent) Type() Type { return TypeSMTPFilterEvent }
+func (m *SMTPFilterEvent) Encode(w *Writer) {
+	w.U64(m.Session)
+	w.U32(m.Listener)
+	w.Time(m.Time)
+	w.String(m.Event)
+	w.U32(uint32(len(m.Params)))
+	for _, p := range m.Params {
+		w.String(p)
+	}
+}
+func (m *SMTPFilterEvent) Decode(r *Reader) {
+	m.Session, m.Listener, m.Time, m.Event = r.U64(), r.U32(), r.Time(), r.String()
+	m.Params = make([]string, r.Count(4, "params"))
+	for i := range m.Params {
+		m.Params[i] = r.String()
+	}
+}
+
+// SMTPFilterMessage hands mfa a received message (its body file, read
+// from offset 0, Size octets) to pass through the data-line filters and
+// milters of the session's chain before it is committed.
+type SMTPFilterMessage struct {
+	fileField
+	Session  uint64
+	Listener uint32
+	MsgID    uint32
+	Size     int64
+}
+
+// NewSMTPFilterMessage returns an SMTPFilterMessage carrying f.
+func NewSMTPFilterMessage(f *os.File, session uint64, listener, msgid uint32, size int64) *SMTPFilterMessage {
+	return &SMTPFilterMessage{fileField{f}, session, listener, msgid, size}
+}
+
+func (*SMTPFilterMessage) Type() Type { return TypeSMTPFilterMessage }
+func (m *SMTPFilterMessage) Encode(w *Writer) {
+	w.U64(m.Session)
+	w.U32(m.Listener)
+	w.U32(m.MsgID)
+	w.I64(m.Size)
+}
+func (m *SMTPFilterMessage) Decode(r *Reader) {
+	m.Session, m.Listener, m.MsgID, m.Size = r.U64(), r.U32(), r.U32(), r.I64()
+}
+
+// MessageFate is what the filters decided for a message they let
+// pass: dropped after the 250 (a milter's discard), or kept out of
+// delivery (a milter's quarantine, with its reason).
+type MessageFate struct {
+	Discard    bool
+	Quarantine string
+}
+
+func (f *MessageFate) encode(w *Writer) {
+	w.Bool(f.Discard)
+	w.String(f.Quarantine)
+}
+
+func (f *MessageFate) decode(r *Reader) { f.Discard, f.Quarantine = r.Bool(), r.String() }
+
+// MFAMessageVerdict answers SMTPFilterMessage when the message is to
+// be kept as it is, or refused.
+type MFAMessageVerdict struct {
+	Verdict Verdict
+	Reply   Reply
+	Fate    MessageFate
+}
+
+func (*MFAMessageVerdict) Type() Type { return TypeMFAMessageVerdict }
+func (m *MFAMessageVerdict) Encode(w *Writer) {
+	w.U8(uint8(m.Verdict))
+	m.Reply.encode(w)
+	m.Fate.encode(w)
+}
+func (m *MFAMessageVerdict) Decode(r *Reader) {
+	m.Verdict = enum8(r, VerdictProceed, VerdictDisconnect, "verdict")
+	m.Reply.decode(r)
+	m.Fate.decode(r)
+}
+
+// MFAMessageRewritten answers SMTPFilterMessage when the filters
+// changed the message: the file (read from offset 0, Size octets)
+// replaces it.
+type MFAMessageRewritten struct {
+	fileField
+	Size int64
+	Fate MessageFate
+}
+
+// NewMFAMessageRewritten returns an MFAMessageRewritten carrying f.
+func NewMFAMessageRewritten(f *os.File, size int64, fate MessageFate) *MFAMessageRewritten {
+	return &MFAMessageRewritten{fileField{f}, size, fate}
+}
+
+func (*MFAMessageRewritten) Type() Type { return TypeMFAMessageRewritten }
+func (m *MFAMessageRewritten) Encode(w *Writer) {
+	w.I64(m.Size)
+	m.Fate.encode(w)
+}
+func (m *MFAMessageRewritten) Decode(r *Reader) {
+	m.Size = r.I64()
+	m.Fate.decode(r)
+}
+
+// ParentFilterProcess hands mfa its end of a new filter process's
+// standard input and output. Generation counts the starts of the
+// filter, so that mfa's report of a broken one names which.
+type ParentFilterProcess struct {
+	fileField
+	Filter     uint32
+	Generation uint32
+}
+
+// NewParentFilterProcess returns a ParentFilterProcess carrying f.
+func NewParentFilterProcess(f *os.File, filter, generation uint32) *ParentFilterProcess {
+	return &ParentFilterProcess{fileField{f}, filter, generation}
+}
+
+func (*ParentFilterProcess) Type() Type { return TypeParentFilterProcess }
+func (m *ParentFilterProcess) Encode(w *Writer) {
+	w.U32(m.Filter)
+	w.U32(m.Generation)
+}
+func (m *ParentFilterProcess) Decode(r *Reader) { m.Filter, m.Generation = r.U32(), r.U32() }
+
+// MFAFilterBroken tells the parent that a filter process broke the
+// protocol or stopped answering: the parent kills it and starts another
+// after a backoff.
+type MFAFilterBroken struct {
+	Filter     uint32
+	Generation uint32
+	Reason     string
+}
+
+func (*MFAFilterBroken) Type() Type { return TypeMFAFilterBroken }
+func (m *MFAFilterBroken) Encode(w *Writer) {
+	w.U32(m.Filter)
+	w.U32(m.Generation)
+	w.String(m.Reason)
+}
+func (m *MFAFilterBroken) Decode(r *Reader) {
+	m.Filter, m.Generation, m.Reason = r.U32(), r.U32(), r.String()
+}
+
+// ParentFilterExited tells mfa that a filter process ended (Reason says
+// how) and when the next start is due.
+type ParentFilterExited struct {
+	Filter     uint32
+	Generation uint32
+	Reason     string
+	Restart    time.Time
+}
+
+func (*ParentFilterExited) Type() Type { return TypeParentFilterExited }
+func (m *ParentFilterExited) Encode(w *Writer) {
+	w.U32(m.Filter)
+	w.U32(m.Generation)
+	w.String(m.Reason)
+	w.Time(m.Restart)
+}
+func (m *ParentFilterExited) Decode(r *Reader) {
+	m.Filter, m.Generation, m.Reason, m.Restart = r.U32(), r.U32(), r.String(), r.Time()
+}
+
+// ControlShowFilters asks for the state of every filter (smtpctl show
+// filters); ControlFiltersQuery passes it on to mfa, which answers with
+// MFAFilterLines.
+type ControlShowFilters struct{}
+
+func (*ControlShowFilters) Type() Type     { return TypeControlShowFilters }
+func (*ControlShowFilters) Encode(*Writer) {}
+func (*ControlShowFilters) Decode(*Reader) {}
+
+// ControlFiltersQuery passes ControlShowFilters on to mfa.
+type ControlFiltersQuery struct{}
+
+func (*ControlFiltersQuery) Type() Type     { return TypeControlFiltersQuery }
+func (*ControlFiltersQuery) Encode(*Writer) {}
+func (*ControlFiltersQuery) Decode(*Reader) {}
+
+// MFAFilterLines is mfa's account of its filters, one line each.
+type MFAFilterLines struct{ TextLines }
+
+func (*MFAFilterLines) Type() Type         { return TypeMFAFilterLines }
+func (m *MFAFilterLines) Encode(w *Writer) { m.encode(w) }
+func (m *MFAFilterLines) Decode(r *Reader) { m.decode(r) }
+
+// QueueOverload tells smtp and control that the queue engaged or left
+// overload mode: new mail from unauthenticated clients is refused.
+type QueueOverload struct {
+	On     bool
+	Reason string
+}
+
+func (*QueueOverload) Type() Type { return TypeQueueOverload }
+func (m *QueueOverload) Encode(w *Writer) {
+	w.Bool(m.On)
+	w.String(m.Reason)
+}
+func (m *QueueOverload) Decode(r *Reader) { m.On, m.Reason = r.Bool(), r.String() }

@@ -1,0 +1,120 @@
+package regress
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// dkimKey writes an RSA key for selector "test" of example.test into
+// dir as key.pem, readable by the filter's user, and returns its DNS
+// record.
+func dkimKey(t *testing.T, dir string) string {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der := x509.MarshalPKCS1PrivateKey(key)
+	p := filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(pub)
+}
+
+// verifyDKIM checks the message's DKIM signature with python3-dkim.
+// The delivery's own fields (Return-Path, Delivered-To) are not signed
+// and stay; line ends become CRLF again, as on the wire.
+func verifyDKIM(t *testing.T, msg, record string) {
+	t.Helper()
+	if !regexp.MustCompile(`(?m)^DKIM-Signature: `).MatchString(msg) {
+		t.Fatalf("no DKIM-Signature in:\n%s", msg)
+	}
+	crlf := strings.ReplaceAll(strings.ReplaceAll(msg, "\r\n", "\n"), "\n", "\r\n")
+	cmd := exec.Command("/usr/bin/python3", filepath.Join("testdata", "filters", "dkimverify.py"), record)
+	cmd.Stdin = strings.NewReader(crlf)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("dkimverify: %v\n%s\nmessage:\n%s", err, out, msg)
+	}
+}
+
+// relayConfig relays all mail to far through the mx listener, whose
+// chain is chain with blocks.
+func relayConfig(far *Daemon, chain, blocks string) string {
+	return `
+hostname       = "out.example.test"
+spool          = "spool"
+control_socket = "run/smtpd.sock"
+
+listen "mx" {
+  address = "{{ADDR}}"
+  filters = [` + chain + `]
+}
+
+action "out" { relay = "smtp://` + far.SMTPAddr + `" }
+
+match {
+  from   = "any"
+  for    = "any"
+  action = action.out
+}
+` + blocks
+}
+
+// sendSigned sends one message from the signing domain and returns it
+// as far received it.
+func sendSigned(t *testing.T, d, far *Daemon) string {
+	t.Helper()
+	script := "expect 220\nsend EHLO client.example.net\nexpect 250\nsend MAIL FROM:<author@example.test>\nexpect 250\n" +
+		"send RCPT TO:<reader@example.test>\nexpect 250\nsend DATA\nexpect 354\n" +
+		"send From: Author <author@example.test>\nsend To: reader@example.test\nsend Subject: signed on the way\n" +
+		"send Date: Thu, 26 Nov 2026 12:00:00 +0000\nsend Message-Id: <signed.1@example.test>\nsend\n" +
+		"send A body line.\nsend .A line that was dot-stuffed.\nsend\nsend Last line.\nsend .\nexpect 250\nsend QUIT\nexpect 221\n"
+	if err := RunDialogue(d.SMTPAddr, script); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range far.WaitMail(1, 20*time.Second) {
+		return m
+	}
+	return ""
+}
+
+// TestFilterDKIMSign: Debian's filter-dkimsign, an OpenSMTPD filter
+// written in C on libopensmtpd, runs unchanged as a filter process and
+// signs mail relayed through us; python3-dkim verifies the signature at
+// the receiving end.
+func TestFilterDKIMSign(t *testing.T) {
+	const prog = "/usr/libexec/opensmtpd/filter-dkimsign"
+	if _, err := os.Stat(prog); err != nil {
+		t.Fatalf("%s: %v (make test installs opensmtpd-filter-dkimsign)", prog, err)
+	}
+	far := StartWith(t, bin, Options{Addr: fmt.Sprintf("127.0.0.2:%d", FreePort(t))})
+	dir, _ := WriteConfig(t, "")
+	record := dkimKey(t, dir)
+	d := StartWith(t, bin, Options{Dir: dir, Config: relayConfig(far, "filter.dkimsign", `
+filter "dkimsign" {
+  command = "`+prog+` -d example.test -s test -c relaxed/relaxed -k {{DIR}}/key.pem"
+}
+`)})
+	msg := sendSigned(t, d, far)
+	if !regexp.MustCompile(`(?m)^DKIM-Signature: .*d=example\.test`).MatchString(strings.ReplaceAll(msg, "\n\t", " ")) {
+		t.Errorf("signature not for example.test:\n%s", msg)
+	}
+	verifyDKIM(t, msg, record)
+}
