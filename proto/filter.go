@@ -221,3 +221,30 @@ func (m *QueueOverload) Encode(w *Writer) {
 	w.String(m.Reason)
 }
 func (m *QueueOverload) Decode(r *Reader) { m.On, m.Reason = r.Bool(), r.String() }
+
+// MFAMilterConnect asks the parent to connect to the unix socket of a
+// milter, which the chrooted mfa cannot reach; the parent answers with
+// ParentMilterSocket or ParentMilterRefused.
+type MFAMilterConnect struct{ Filter uint32 }
+
+func (*MFAMilterConnect) Type() Type         { return TypeMFAMilterConnect }
+func (m *MFAMilterConnect) Encode(w *Writer) { w.U32(m.Filter) }
+func (m *MFAMilterConnect) Decode(r *Reader) { m.Filter = r.U32() }
+
+// ParentMilterSocket is a connection to a milter's unix socket.
+type ParentMilterSocket struct{ fileField }
+
+// NewParentMilterSocket returns a ParentMilterSocket carrying f.
+func NewParentMilterSocket(f *os.File) *ParentMilterSocket { return &ParentMilterSocket{fileField{f}} }
+
+func (*ParentMilterSocket) Type() Type     { return TypeParentMilterSocket }
+func (*ParentMilterSocket) Encode(*Writer) {}
+func (*ParentMilterSocket) Decode(*Reader) {}
+
+// ParentMilterRefused says why the parent could not connect to a
+// milter.
+type ParentMilterRefused struct{ Text string }
+
+func (*ParentMilterRefused) Type() Type         { return TypeParentMilterRefused }
+func (m *ParentMilterRefused) Encode(w *Writer) { w.String(m.Text) }
+func (m *ParentMilterRefused) Decode(r *Reader) { m.Text = r.String() }

@@ -3,6 +3,7 @@ package proto
 import (
 	"fmt"
 	"os"
+	"time"
 )
 
 // Phase is the point of an SMTP session that mfa is asked about: the
@@ -197,13 +198,20 @@ func (*QueueExpandRcpt) Type() Type { return TypeQueueExpandRcpt }
 // Status is the outcome of a lookup or a delivery.
 type Status uint8
 
-// The outcomes.
+// The outcomes. StatusDeferred is only a delivery's (DeliveryResult):
+// the delivery was not tried, and should be at a given time, as when a
+// destination's message rate has no turn for it sooner. It is not a
+// failure: the envelope's retries, last error and delay warning stay
+// as they were.
 const (
 	StatusOK Status = iota + 1
 	StatusTempfail
 	StatusPermfail
+	StatusDeferred
 )
 
+// decodeStatus reads the status of a lookup's answer, which is never
+// StatusDeferred.
 func decodeStatus(r *Reader) Status { return enum8(r, StatusOK, StatusPermfail, "status") }
 
 // Outcome is the status of an answer with the text that says why it is
@@ -379,18 +387,28 @@ type DeliveryResult struct {
 	EvpID  uint64
 	Status Status
 	Text   string
+	// Retry is when the envelope is to be tried again: set with
+	// StatusDeferred, and only then.
+	Retry time.Time
 }
 
 func (d *DeliveryResult) encode(w *Writer) {
 	w.U64(d.EvpID)
 	w.U8(uint8(d.Status))
 	w.String(d.Text)
+	w.Time(d.Retry)
 }
 
 func (d *DeliveryResult) decode(r *Reader) {
 	d.EvpID = r.U64()
-	d.Status = decodeStatus(r)
+	d.Status = enum8(r, StatusOK, StatusDeferred, "delivery status")
 	d.Text = r.String()
+	d.Retry = r.Time()
+	if r.Err() == nil && (d.Status == StatusDeferred) == d.Retry.IsZero() {
+		// a deferral without a time would leave the envelope to wait
+		// for nothing, a time without a deferral is a confused sender
+		r.Fail(fmt.Errorf("%w: delivery status %d with retry time %d", ErrBadFrame, d.Status, d.Retry.UnixNano()))
+	}
 }
 
 // ParentDeliveryResult tells queue how a local delivery went.

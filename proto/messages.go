@@ -83,6 +83,9 @@ const (
 	TypeControlFiltersQuery
 	TypeMFAFilterLines
 	TypeQueueOverload
+	TypeMFAMilterConnect
+	TypeParentMilterSocket
+	TypeParentMilterRefused
 	typeEnd
 )
 

@@ -46,7 +46,7 @@ func samples(t *testing.T) []struct {
 		{ProcSMTP, ProcQueue, &SMTPMessageRollback{MsgID: 0x1234}},
 		{ProcQueue, ProcSMTP, &QueueFailure{MsgID: 0x1234, Reply: Reply{451, "4.3.0", "disk full"}}},
 		{ProcQueue, ProcParent, NewQueueDeliverLocal([]byte("evp"), f)},
-		{ProcParent, ProcQueue, &ParentDeliveryResult{DeliveryResult{1<<32 | 1, StatusTempfail, "mda exited 75"}}},
+		{ProcParent, ProcQueue, &ParentDeliveryResult{DeliveryResult{EvpID: 1<<32 | 1, Status: StatusTempfail, Text: "mda exited 75"}}},
 		{ProcParent, ProcMDA, NewParentMDADeliver([]byte("evp"), Account{"b", "/home/b", 1000, 100}, f)},
 		{ProcQueue, ProcLookup, &QueueExpandRcpt{SMTPExpandRcpt{Session: Session{Local: true}, Rcpt: "a@example.net"}}},
 		{ProcLookup, ProcParent, &LookupForwardOpen{User: "b", UID: 1000, Dir: "/home/b"}},
@@ -54,7 +54,8 @@ func samples(t *testing.T) []struct {
 		{ProcParent, ProcLookup, &ParentForwardNone{Outcome: Outcome{Status: StatusTempfail, Text: "permission denied"}}},
 		{ProcParent, ProcLookup, &ParentTablesReload{Name: "aliases"}},
 		{ProcQueue, ProcMTA, NewQueueTransfer([]byte("evp"), f)},
-		{ProcMTA, ProcQueue, &MTADeliveryResult{DeliveryResult{1<<32 | 1, StatusPermfail, "550 no"}}},
+		{ProcMTA, ProcQueue, &MTADeliveryResult{DeliveryResult{EvpID: 1<<32 | 1, Status: StatusPermfail, Text: "550 no"}}},
+		{ProcMTA, ProcQueue, &MTADeliveryResult{DeliveryResult{EvpID: 1<<32 | 2, Status: StatusDeferred, Text: "451 4.4.5 rate limit", Retry: time.Unix(1700000060, 5)}}},
 		{ProcMTA, ProcLookup, &MTAResolveMX{Domain: "example.test", HostOnly: true}},
 		{ProcLookup, ProcMTA, &LookupMXResult{Outcome: Outcome{Status: StatusOK}, MXs: []MXHost{{10, "mx.example.test", []string{"127.0.0.2", "::1"}}}}},
 		{ProcMTA, ProcLookup, &MTAResolvePTR{Addr: "127.0.0.2"}},
@@ -87,7 +88,7 @@ func samples(t *testing.T) []struct {
 		{ProcLookup, ProcMFA, &LookupTableResult{Outcome: Outcome{Status: StatusTempfail, Text: "table unreadable"}}},
 		{ProcParent, ProcLookup, &ParentAccountQuery{Action: "local", User: "b"}},
 		{ProcLookup, ProcParent, &LookupAccountResult{Outcome: Outcome{Status: StatusOK}, Account: Account{"b", "/home/b", 1000, 100}}},
-		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{1<<32 | 1, StatusOK, ""}}},
+		{ProcMDA, ProcParent, &MDADeliveryResult{DeliveryResult{EvpID: 1<<32 | 1, Status: StatusOK}}},
 		{ProcSMTP, ProcMFA, &SMTPFilterEvent{Session: 7, Listener: 1, Time: time.Unix(1700000000, 123456000), Event: "tx-mail", Params: []string{"1a2b", "ok", "a@example.org"}}},
 		{ProcSMTP, ProcMFA, NewSMTPFilterMessage(f, 7, 1, 0x1234, 2048)},
 		{ProcMFA, ProcSMTP, &MFAMessageVerdict{Verdict: VerdictProceed, Fate: MessageFate{Discard: true}}},
@@ -99,6 +100,9 @@ func samples(t *testing.T) []struct {
 		{ProcControl, ProcMFA, &ControlFiltersQuery{}},
 		{ProcMFA, ProcControl, &MFAFilterLines{TextLines{Lines: []string{"dkim running"}, Last: true}}},
 		{ProcQueue, ProcSMTP, &QueueOverload{On: true, Reason: "queue holds 10001 envelopes"}},
+		{ProcMFA, ProcParent, &MFAMilterConnect{Filter: 3}},
+		{ProcParent, ProcMFA, NewParentMilterSocket(f)},
+		{ProcParent, ProcMFA, &ParentMilterRefused{Text: "dial unix /run/opendkim/opendkim.sock: connection refused"}},
 	}
 }
 
@@ -193,6 +197,10 @@ func TestDecodeStrict(t *testing.T) {
 		{"huge count", ProcQueue, ProcControl, TypeStatUpdate, []byte{0xff, 0xff, 0xff, 0xff}, false, ErrBadFrame},
 		{"bad stat op", ProcQueue, ProcControl, TypeStatUpdate, []byte{1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0}, false, ErrBadFrame},
 		{"string past end", ProcControl, ProcClient, TypeControlError, []byte{5, 0, 0, 0, 'a'}, false, ErrShortPayload},
+		{"deferral without a time", ProcMTA, ProcQueue, TypeMTADeliveryResult, deliveryPayload(StatusDeferred, 0), false, ErrBadFrame},
+		{"time without a deferral", ProcMTA, ProcQueue, TypeMTADeliveryResult, deliveryPayload(StatusTempfail, 1), false, ErrBadFrame},
+		{"bad delivery status", ProcParent, ProcQueue, TypeParentDeliveryResult, deliveryPayload(StatusDeferred+1, 0), false, ErrBadFrame},
+		{"lookups never defer", ProcLookup, ProcMFA, TypeLookupTableResult, []byte{byte(StatusDeferred), 0, 0, 0, 0}, false, ErrBadFrame},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -211,6 +219,18 @@ func TestDecodeStrict(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deliveryPayload is a DeliveryResult's payload with the given status
+// and retry time in Unix nanoseconds, which Encode would not write.
+func deliveryPayload(status Status, retry int64) []byte {
+	var w Writer
+	w.U64(1<<32 | 1)
+	w.U8(uint8(status))
+	w.String("")
+	w.I64(retry)
+	p, _ := w.Payload()
+	return p
 }
 
 func TestParseFrame(t *testing.T) {

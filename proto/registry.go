@@ -125,6 +125,9 @@ var registry = [...]spec{
 	TypeControlFiltersQuery: {"ControlFiltersQuery", func() Message { return &ControlFiltersQuery{} }, one(procs(ProcControl), procs(ProcMFA))},
 	TypeMFAFilterLines:      {"MFAFilterLines", func() Message { return &MFAFilterLines{} }, one(procs(ProcMFA), procs(ProcControl))},
 	TypeQueueOverload:       {"QueueOverload", func() Message { return &QueueOverload{} }, one(procs(ProcQueue), procs(ProcSMTP, ProcControl))},
+	TypeMFAMilterConnect:    {"MFAMilterConnect", func() Message { return &MFAMilterConnect{} }, one(procs(ProcMFA), procs(ProcParent))},
+	TypeParentMilterSocket:  {"ParentMilterSocket", func() Message { return &ParentMilterSocket{} }, one(procs(ProcParent), procs(ProcMFA))},
+	TypeParentMilterRefused: {"ParentMilterRefused", func() Message { return &ParentMilterRefused{} }, one(procs(ProcParent), procs(ProcMFA))},
 }
 
 // lookupSpec returns the registry entry of t, or false for an unknown type.

@@ -118,3 +118,62 @@ filter "dkimsign" {
 	}
 	verifyDKIM(t, msg, record)
 }
+
+// TestMilterOpenDKIM: Debian's OpenDKIM, a milter, signs mail relayed
+// through us (the client is one of its internal hosts); python3-dkim
+// verifies the signature at the receiving end. The milter listens on a
+// unix socket outside mfa's chroot, which the parent opens for it.
+func TestMilterOpenDKIM(t *testing.T) {
+	prog, err := exec.LookPath("opendkim")
+	if err != nil {
+		prog = "/usr/sbin/opendkim"
+	}
+	if _, err := os.Stat(prog); err != nil {
+		t.Fatalf("%s: %v (make test installs opendkim)", prog, err)
+	}
+	far := StartWith(t, bin, Options{Addr: fmt.Sprintf("127.0.0.2:%d", FreePort(t))})
+	dir, _ := WriteConfig(t, "")
+	record := dkimKey(t, dir)
+	sock := filepath.Join(dir, "opendkim.sock")
+	conf := filepath.Join(dir, "opendkim.conf")
+	if err := os.WriteFile(conf, []byte(strings.Join([]string{
+		"Syslog no", "Background no", "Socket local:" + sock, "UMask 007",
+		"Domain example.test", "Selector test", "KeyFile " + filepath.Join(dir, "key.pem"),
+		"Mode s", "Canonicalization relaxed/simple", "InternalHosts 127.0.0.1", "RequireSafeKeys false",
+		"PidFile " + filepath.Join(dir, "opendkim.pid"), "",
+	}, "\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	milter := exec.Command(prog, "-f", "-x", conf)
+	var out syncBuffer
+	milter.Stdout, milter.Stderr = &out, &out
+	if err := milter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		milter.Process.Kill()
+		milter.Wait()
+		if t.Failed() {
+			t.Logf("opendkim:\n%s", out.String())
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("opendkim made no socket in 10 s:\n%s", out.String())
+		}
+	}
+	d := StartWith(t, bin, Options{Dir: dir, Config: relayConfig(far, "filter.dkim", `
+filter "dkim" {
+  milter  = "unix:{{DIR}}/opendkim.sock"
+  timeout = "10s"
+}
+`)})
+	msg := sendSigned(t, d, far)
+	verifyDKIM(t, msg, record)
+	if out, _, _ := d.Smtpctl("show", "filters"); !strings.Contains(out, "dkim\tmilter\tunix:"+sock) || strings.Contains(out, "last error") {
+		t.Errorf("show filters:\n%s", out)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"smtpd/internal/dns/dnstest"
 )
 
 // filterDir makes a test directory holding the test filter phases.py
@@ -199,4 +201,45 @@ func TestFilterFailures(t *testing.T) {
 	if junk != 2 || rewritten != 1 {
 		t.Errorf("%d junk messages (want 2), %d rewritten (want 1)", junk, rewritten)
 	}
+}
+
+// TestFilterSenderscore: Debian's filter-senderscore, an OpenSMTPD
+// filter written in Go, runs unchanged: it looks the client's address
+// up in the reputation zone (our test DNS, which the daemon's mount
+// namespace gives as the resolver in resolv.conf) and refuses the
+// sender of a client with a low score, while another client passes.
+func TestFilterSenderscore(t *testing.T) {
+	requireRoot(t, "a mount namespace for the filter's resolv.conf and a DNS server on port 53")
+	const prog = "/usr/libexec/opensmtpd/filter-senderscore"
+	if _, err := os.Stat(prog); err != nil {
+		t.Fatalf("%s: %v (make test installs opensmtpd-filter-senderscore)", prog, err)
+	}
+	srv, err := dnstest.StartOn("127.0.0.99:53", "1.0.0.127.score.senderscore.com. 300 IN A 127.0.4.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	dir, _ := WriteConfig(t, "")
+	resolv := filepath.Join(dir, "resolv.conf")
+	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.99\noptions attempts:1 timeout:2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := WithFilters(DefaultConfig, "filter.senderscore", `
+filter "senderscore" {
+  command = "`+prog+` -blockBelow 50 -blockPhase mail-from"
+}
+`)
+	d := StartWith(t, bin, Options{Dir: dir, Config: cfg,
+		Wrap: []string{"unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", `mount --bind "$0" /etc/resolv.conf && exec "$@"`, resolv}})
+	ehlo := "expect 220\nsend EHLO client.example.net\nexpect 250\n"
+	if err := RunDialogue(d.SMTPAddr, ehlo+"send MAIL FROM:<author@example.net>\nexpect 550 your IP reputation is too low\nexpect-close\n"); err != nil {
+		t.Error(err)
+	}
+	if srv.Queries("1.0.0.127.score.senderscore.com.", "A") == 0 {
+		t.Error("the filter asked no reputation")
+	}
+	if err := RunDialogueFrom("127.0.0.3", d.SMTPAddr, ehlo+message("alice@example.test", "250")+"send QUIT\nexpect 221\n"); err != nil {
+		t.Error(err)
+	}
+	d.WaitMail(1, 10*time.Second)
 }

@@ -160,6 +160,9 @@ type Options struct {
 	Credential *syscall.Credential
 	// Env is added to the daemon's environment (monkey settings).
 	Env []string
+	// Wrap, if set, is a command that runs the daemon: the daemon's
+	// command line is appended to it (unshare, for instance).
+	Wrap []string
 }
 
 // Start starts a daemon in the foreground on DefaultConfig and waits
@@ -202,7 +205,11 @@ func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 		Socket: filepath.Join(dir, "run", "smtpd.sock"),
 		t:      t, log: &syncBuffer{}, exited: make(chan struct{}),
 	}
-	d.Cmd = exec.Command(bin.Smtpd, "-d", "-v", "-f", path)
+	args := []string{bin.Smtpd, "-d", "-v", "-f", path}
+	if opts.Wrap != nil {
+		args = append(append([]string{}, opts.Wrap...), args...)
+	}
+	d.Cmd = exec.Command(args[0], args[1:]...)
 	d.Cmd.Stdout, d.Cmd.Stderr = d.log, d.log
 	if opts.Env != nil {
 		d.Cmd.Env = append(os.Environ(), opts.Env...)
@@ -449,8 +456,16 @@ func (d *Daemon) Kill() {
 //
 // Empty lines and lines starting with # are skipped. It returns an error
 // naming the line that failed.
-func RunDialogue(addr, script string) error {
-	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func RunDialogue(addr, script string) error { return RunDialogueFrom("", addr, script) }
+
+// RunDialogueFrom is RunDialogue from the client address localIP
+// (such as 127.0.0.3), or any if "".
+func RunDialogueFrom(localIP, addr, script string) error {
+	dialer := net.Dialer{Timeout: 5 * time.Second}
+	if localIP != "" {
+		dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(localIP)}
+	}
+	raw, err := dialer.Dial("tcp", addr)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,9 @@
 package mfa
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -79,7 +81,11 @@ func Run(c *privsep.Child) {
 		case config.FilterProc:
 			m.procs[f.ID] = newProcSlot(m, f)
 		case config.FilterMilter:
-			m.milters[f.ID] = milter.New(milter.Options{Network: f.MilterNetwork, Address: f.MilterAddress, Timeout: f.Timeout, Hostname: m.cfg.Hostname})
+			o := milter.Options{Network: f.MilterNetwork, Address: f.MilterAddress, Timeout: f.Timeout, Hostname: m.cfg.Hostname}
+			if f.MilterNetwork == "unix" && c.Chrooted {
+				o.Dial = m.parentDialer(f)
+			}
+			m.milters[f.ID] = milter.New(o)
 		}
 	}
 	if err := c.Ready(); err != nil {
@@ -109,7 +115,7 @@ func (m *MFA) chain(id uint32) []*config.Filter {
 
 func (m *MFA) handle(ch *proto.Channel, env *proto.Frame) error {
 	switch msg := env.Msg.(type) {
-	case *proto.LookupTableResult:
+	case *proto.LookupTableResult, *proto.ParentMilterSocket, *proto.ParentMilterRefused:
 		if !m.child.Requests.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -203,6 +209,29 @@ func (m *MFA) message(ch *proto.Channel, id uint32, msg *proto.SMTPFilterMessage
 			m.log.Fatalf("%v", err)
 		}
 	})
+}
+
+// parentDialer connects to a milter's unix socket through the parent:
+// the socket is outside mfa's chroot.
+func (m *MFA) parentDialer(f *config.Filter) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		timeout := f.Timeout
+		if d, ok := ctx.Deadline(); ok {
+			timeout = time.Until(d)
+		}
+		frames, err := m.child.Requests.Ask(m.child.Parent, &proto.MFAMilterConnect{Filter: uint32(f.ID)}, timeout)
+		if err != nil {
+			return nil, err
+		}
+		switch a := frames[0].Msg.(type) {
+		case *proto.ParentMilterSocket:
+			defer a.File().Close()
+			return net.FileConn(a.File())
+		case *proto.ParentMilterRefused:
+			return nil, fmt.Errorf("%s %s: %s", network, address, a.Text)
+		}
+		return nil, fmt.Errorf("parent answered %s", frames[0].Type)
+	}
 }
 
 // milterState records a milter's failure for show filters.

@@ -3,6 +3,7 @@ package parent
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -223,5 +224,33 @@ func (fp *filterProcs) close() {
 		}
 		fp.mu.Unlock()
 		<-done
+	}
+}
+
+// connectMilter opens the unix socket of a milter for mfa, which its
+// chroot keeps from the file system, and hands it the connection.
+func (p *Parent) connectMilter(m *proto.MFAMilterConnect, id uint32) {
+	mfa := p.children[proto.ProcMFA].ch
+	var answer proto.Message
+	if int(m.Filter) >= len(p.cfg.Filters) || p.cfg.Filters[m.Filter].MilterNetwork != "unix" {
+		answer = &proto.ParentMilterRefused{Text: fmt.Sprintf("filter %d is no milter on a unix socket", m.Filter)}
+	} else {
+		f := p.cfg.Filters[m.Filter]
+		conn, err := net.DialTimeout("unix", f.MilterAddress, f.Timeout)
+		if err != nil {
+			answer = &proto.ParentMilterRefused{Text: err.Error()}
+		} else {
+			file, err := conn.(*net.UnixConn).File()
+			conn.Close()
+			if err != nil {
+				answer = &proto.ParentMilterRefused{Text: err.Error()}
+			} else {
+				defer file.Close()
+				answer = proto.NewParentMilterSocket(file)
+			}
+		}
+	}
+	if err := mfa.Send(answer, id); err != nil {
+		p.fatal <- fmt.Errorf("lost child: mfa: %w", err)
 	}
 }

@@ -131,6 +131,9 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 				case *proto.MFAFilterBroken:
 					p.filters.broken(m)
 					continue
+				case *proto.MFAMilterConnect:
+					go p.connectMilter(m, ev.env.PeerID)
+					continue
 				}
 			}
 			monkey.LostChild()

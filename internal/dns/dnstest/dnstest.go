@@ -24,15 +24,38 @@ type Server struct {
 }
 
 // Start serves records (zone file lines, such as
-// "example.test. 300 IN MX 10 mx1.example.test.") on 127.0.0.1.
+// "example.test. 300 IN MX 10 mx1.example.test.") on a free port of
+// 127.0.0.1.
 func Start(records ...string) (*Server, error) {
+	return start(listenUDPAndTCP, records)
+}
+
+// StartOn is Start on a given address, such as "127.0.0.99:53" for
+// programs that take their resolver from resolv.conf, which has no
+// port.
+func StartOn(addr string, records ...string) (*Server, error) {
+	return start(func() (net.PacketConn, net.Listener, error) {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			pc.Close()
+			return nil, nil, err
+		}
+		return pc, l, nil
+	}, records)
+}
+
+func start(listen func() (net.PacketConn, net.Listener, error), records []string) (*Server, error) {
 	s := &Server{records: map[string][]mdns.RR{}, servfail: map[string]bool{}, queries: map[string]int{}}
 	for _, r := range records {
 		if err := s.Add(r); err != nil {
 			return nil, err
 		}
 	}
-	pc, l, err := listenUDPAndTCP()
+	pc, l, err := listen()
 	if err != nil {
 		return nil, err
 	}

@@ -56,6 +56,9 @@ type Options struct {
 	// Hostname is our host name, sent as the j and {daemon_name}
 	// macros; empty means os.Hostname().
 	Hostname string
+	// Dial, if set, opens the connection instead of net.Dialer: a
+	// chrooted process has another process open unix sockets for it.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Client opens milter sessions to one milter.
@@ -145,7 +148,11 @@ func (c *Client) Session(ctx context.Context) (*Session, error) {
 
 // open dials and negotiates once.
 func (c *Client) open(ctx context.Context, actions gomilter.OptAction, protocol gomilter.OptProtocol) (*Session, error) {
-	d := &captureDialer{ctx: ctx, d: net.Dialer{Timeout: c.o.Timeout}}
+	d := &captureDialer{ctx: ctx, dial: c.o.Dial}
+	if d.dial == nil {
+		nd := net.Dialer{Timeout: c.o.Timeout}
+		d.dial = nd.DialContext
+	}
 	gc := gomilter.NewClientWithOptions(c.o.Network, c.o.Address, gomilter.ClientOptions{
 		Dialer:       d,
 		ReadTimeout:  c.o.Timeout,
@@ -181,13 +188,13 @@ func (c *Client) open(ctx context.Context, actions gomilter.OptAction, protocol 
 // go-milter would not, and to abort the negotiation when ctx ends.
 type captureDialer struct {
 	ctx  context.Context
-	d    net.Dialer
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
 	conn net.Conn
 	stop func() bool
 }
 
 func (d *captureDialer) Dial(network, addr string) (net.Conn, error) {
-	conn, err := d.d.DialContext(d.ctx, network, addr)
+	conn, err := d.dial(d.ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
