@@ -25,7 +25,9 @@ FUZZ_TARGETS = \
 	./internal/smtp/server:FuzzSession \
 	./internal/address:FuzzParse \
 	./internal/lookup:FuzzParseForward \
-	./internal/lookup:FuzzAliases
+	./internal/lookup:FuzzAliases \
+	./internal/mfa/procfilter:FuzzParseLine \
+	./internal/mfa/milter:FuzzReadHeader
 
 .PHONY: all build run test test-deps users fuzz bench bench-full install clean monkey
 

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +67,11 @@ func monkeyTraffic(addr string, seed uint64, count int) *monkeyRun {
 						run.results[i].accepted = true
 						break
 					}
+					if code == 421 {
+						// refused at the greeting: a filter restarting
+						time.Sleep(250 * time.Millisecond)
+						continue
+					}
 					if code >= 500 {
 						mu.Lock()
 						run.fivexx = append(run.fivexx, code)
@@ -103,9 +110,20 @@ func TestMonkey(t *testing.T) {
 	}
 	t.Logf("monkey seed %d, %d messages", seed, count)
 	w := startRelayWorld(t)
+	// the listener runs a filter process, which in the monkey run
+	// crashes, hangs or writes garbage at random, three times at most
+	filtered := func(monkey string) string {
+		return WithFilters(w.config(), "filter.phases", `
+filter "phases" {
+  command = "/usr/bin/python3 {{DIR}}/phases.py {{DIR}}/filter.log`+monkey+`"
+  timeout = "1s"
+}
+`)
+	}
 	// the same traffic, fewer messages, without monkeys: the 5xx
 	// replies it gets are the only ones the monkeys may cause
-	clean := StartWith(t, bin, Options{Config: w.config()})
+	cleanDir, _ := filterDir(t)
+	clean := StartWith(t, bin, Options{Dir: cleanDir, Config: filtered("")})
 	baseline := monkeyTraffic(clean.SMTPAddr, seed+1, count/5)
 	allowed := map[int]bool{}
 	for _, c := range baseline.fivexx {
@@ -114,7 +132,14 @@ func TestMonkey(t *testing.T) {
 	clean.Kill()
 	t.Logf("without monkeys: %d messages, 5xx replies: %v", count/5, baseline.fivexx)
 
-	d := StartWith(t, bin, Options{Config: w.config(), Env: []string{"SMTPD_MONKEYS=all", fmt.Sprintf("SMTPD_MONKEY_SEED=%d", seed)}})
+	dir, _ := filterDir(t)
+	budget := filepath.Join(dir, "filter.budget")
+	if err := os.WriteFile(budget, []byte("3"), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(budget, 0o666)
+	d := StartWith(t, bin, Options{Dir: dir, Config: filtered(fmt.Sprintf(" monkey %d {{DIR}}/filter.budget", seed)),
+		Env: []string{"SMTPD_MONKEYS=all", fmt.Sprintf("SMTPD_MONKEY_SEED=%d", seed)}})
 	run := monkeyTraffic(d.SMTPAddr, seed, count)
 	for i, c := range run.fivexx {
 		if !allowed[c] {
@@ -179,5 +204,15 @@ func TestMonkey(t *testing.T) {
 	if left := spoolFiles(d.Dir); len(left) > 0 {
 		fail("spool not empty: %v", left)
 	}
-	t.Logf("remote duplicates after dropped sessions: %d; counters: %v", dups, d.Stats())
+	st := d.Stats()
+	if left, _ := os.ReadFile(budget); strings.TrimSpace(string(left)) != "0" || atoiOr(st["mfa.filter.phases.restarts"]) < 3 {
+		fail("the filter misbehaved %s times of 3, was restarted %s times", 3-atoiOr(string(left)), st["mfa.filter.phases.restarts"])
+	}
+	t.Logf("remote duplicates after dropped sessions: %d; counters: %v", dups, st)
+}
+
+// atoiOr is the number in s, or 0.
+func atoiOr(s string) int {
+	n, _ := strconv.Atoi(strings.TrimSpace(s))
+	return n
 }

@@ -11,7 +11,13 @@ a misbehaviour, so that one test can try them all:
   reject@...   the recipient is refused with 550
   junk@...     the session is marked as junk
   rewrite@...  the recipient becomes sink@<same domain>
+
+With "monkey SEED BUDGETFILE" after the log file, it also misbehaves at
+random (crash, hang or garbage, one request in fifty) as long as the
+number in BUDGETFILE, which it counts down, is above zero.
 """
+import os
+import random
 import sys
 import time
 
@@ -24,6 +30,31 @@ EVENTS = ["link-connect", "link-disconnect", "link-greeting", "link-identify",
 
 log = open(sys.argv[1], "a", buffering=1)
 out = sys.stdout
+monkey = None
+if len(sys.argv) > 4 and sys.argv[2] == "monkey":
+    monkey = random.Random(int(sys.argv[3]) * 1000003 + os.getpid())
+    budget_file = sys.argv[4]
+
+
+def misbehave(sid, token):
+    """At random, and within the budget, crash, hang or write garbage."""
+    if monkey is None or monkey.random() >= 0.02:
+        return
+    with open(budget_file, "r+") as f:
+        left = int(f.read().strip() or "0")
+        if left <= 0:
+            return
+        f.seek(0)
+        f.truncate()
+        f.write(str(left - 1))
+    what = monkey.choice(["crash", "hang", "garbage"])
+    log.write("monkey: %s at %s %s\n" % (what, sid, token))
+    if what == "crash":
+        os._exit(3)
+    if what == "hang":
+        while True:
+            time.sleep(3600)
+    send("filter-result|%s|%s|not the protocol" % (sid, token))
 
 
 def send(line):
@@ -51,6 +82,7 @@ for line in sys.stdin:
         continue
     phase, sid, token = fields[4], fields[5], fields[6]
     params = "|".join(fields[7:])
+    misbehave(sid, token)
     if phase == "data-line":
         if sid not in started:
             started.add(sid)
