@@ -181,6 +181,11 @@ func TestFilterFailures(t *testing.T) {
 	if st["mfa.filter.phases.restarts"] != "3" || st["mfa.filter.phases.timeouts"] != "1" || st["mfa.filter.phases.errors"] < "1" {
 		t.Errorf("filter counters: restarts=%s timeouts=%s errors=%s", st["mfa.filter.phases.restarts"], st["mfa.filter.phases.timeouts"], st["mfa.filter.phases.errors"])
 	}
+	// a filter that makes the message malformed fails the transaction
+	if err := RunDialogue(d.SMTPAddr, ehlo+"send MAIL FROM:<author@example.net>\nexpect 250\nsend RCPT TO:<badcr@example.test>\nexpect 250\n"+
+		"send DATA\nexpect 354\nsend Subject: bare CR\nsend\nsend body\nsend .\nexpect 451 4.7.0\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Error(err)
+	}
 	// what the filter decides
 	if err := RunDialogue(d.SMTPAddr, ehlo+message("reject@example.test", "550 5.7.1 Refused by the phases filter")+"send QUIT\nexpect 221\n"); err != nil {
 		t.Error(err)

@@ -538,11 +538,14 @@ func (s *session) messageStage(f *config.Filter, in *os.File, size int64) (*os.F
 		}
 		out, err := memFile()
 		if err == nil {
-			if err = c.DataLines(context.Background(), time.Now(), s.id, io.NewSectionReader(in, 0, size), out); err != nil {
+			if err = c.DataLines(context.Background(), time.Now(), s.id, io.NewSectionReader(in, 0, size), &checkedWriter{w: out}); err != nil {
 				out.Close()
 			}
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, errMalformedData):
+			return nil, s.malformed(f, err)
+		case err != nil:
 			return nil, s.failure(f, err)
 		}
 		return out, nil
@@ -558,6 +561,9 @@ func (s *session) messageStage(f *config.Filter, in *os.File, size int64) (*os.F
 		res, err := ms.Message(io.NewSectionReader(in, 0, size), out)
 		if err != nil {
 			out.Close()
+			if errors.Is(err, milter.ErrMalformed) {
+				return nil, s.malformed(f, err)
+			}
 			return nil, s.milterFailure(f, err)
 		}
 		if res.Quarantine != "" {
@@ -570,6 +576,38 @@ func (s *session) messageStage(f *config.Filter, in *os.File, size int64) (*os.F
 		return out, nil
 	}
 	return nil, nil
+}
+
+// errMalformedData is a message line from a filter that could not be
+// written to the spool as it is: a NUL or a bare CR, which receivers
+// read differently (the stuff of SMTP smuggling).
+var errMalformedData = errors.New("malformed message data")
+
+// checkedWriter passes a filter's message lines on, refusing NUL and
+// CR not followed by LF.
+type checkedWriter struct {
+	w  io.Writer
+	cr bool // the last byte written was a CR
+}
+
+func (c *checkedWriter) Write(p []byte) (int, error) {
+	for _, b := range p {
+		switch {
+		case c.cr && b != '\n', b == 0:
+			return 0, fmt.Errorf("%w: a NUL or a bare CR", errMalformedData)
+		}
+		c.cr = b == '\r'
+	}
+	return c.w.Write(p)
+}
+
+// malformed is the verdict when a filter made the message malformed:
+// the transaction fails with 451 whatever the filter's failure policy,
+// since neither a corrupt message nor the unfiltered one may go on.
+func (s *session) malformed(f *config.Filter, err error) *proto.MFAFilterVerdict {
+	s.m.log.Warnf("%016x: filter %s: %v", s.id, f.Name, err)
+	s.m.stats.Increment("mfa.filter."+f.Name+".errors", 1)
+	return &proto.MFAFilterVerdict{Verdict: proto.VerdictTempfail, Reply: proto.Reply{Code: 451, Enhanced: "4.7.0", Text: "Temporary failure in a filter, try again later"}}
 }
 
 // sanitizeLog keeps a filter's text on one log line.

@@ -11,6 +11,7 @@ a misbehaviour, so that one test can try them all:
   reject@...   the recipient is refused with 550
   junk@...     the session is marked as junk
   rewrite@...  the recipient becomes sink@<same domain>
+  badcr@...    the message comes back with a bare CR in a line
 
 With "monkey SEED BUDGETFILE" after the log file, it also misbehaves at
 random (crash, hang or garbage, one request in fifty) as long as the
@@ -74,6 +75,7 @@ for e in EVENTS:
 send("register|ready")
 
 started = set()
+badcr = set()
 for line in sys.stdin:
     line = line.rstrip("\n")
     log.write(line + "\n")
@@ -87,6 +89,8 @@ for line in sys.stdin:
         if sid not in started:
             started.add(sid)
             send("filter-dataline|%s|%s|X-Phases-Filter: seen" % (sid, token))
+            if sid in badcr:
+                send("filter-dataline|%s|%s|X-Bad: a\rb" % (sid, token))
         send("filter-dataline|%s|%s|%s" % (sid, token, params))
         if params == ".":
             started.discard(sid)
@@ -107,6 +111,8 @@ for line in sys.stdin:
         if local == "junk":
             send("filter-result|%s|%s|junk" % (sid, token))
             continue
+        if local == "badcr":
+            badcr.add(sid)
         if local == "rewrite":
             send("filter-result|%s|%s|rewrite|<sink@%s>" % (sid, token, params.split("@")[1]))
             continue
