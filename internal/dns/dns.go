@@ -44,6 +44,10 @@ func IsPermanent(err error) bool {
 // ErrNullMX marks a domain that accepts no mail (RFC 7505).
 var ErrNullMX = errors.New("domain accepts no mail (null MX)")
 
+// ErrNoSuchDomain marks an answer of NXDOMAIN: the name does not exist
+// (SPF counts such answers as void lookups, RFC 7208 §4.6.4).
+var ErrNoSuchDomain = errors.New("no such domain")
+
 // MX is one mail exchanger with its addresses.
 type MX struct {
 	Preference uint16
@@ -146,7 +150,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*md
 			case mdns.RcodeSuccess:
 				return resp, nil
 			case mdns.RcodeNameError:
-				return nil, &Error{Name: name, Permanent: true, Msg: "no such domain"}
+				return nil, &Error{Name: name, Permanent: true, Msg: "no such domain", Err: ErrNoSuchDomain}
 			default:
 				last = &Error{Name: name, Msg: mdns.RcodeToString[resp.Rcode]}
 			}
@@ -154,6 +158,28 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*md
 		}
 	}
 	return nil, last
+}
+
+// Records returns the records of qtype for name, following CNAMEs:
+// none and no error for a name without such records (NODATA), an
+// *Error wrapping ErrNoSuchDomain for a name that does not exist, a
+// temporary *Error for a server failure or a timeout.
+func (r *Resolver) Records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, error) {
+	return r.records(ctx, name, qtype)
+}
+
+// TXT returns the TXT records of name, the strings of each record
+// joined as RFC 7208 §3.3 and RFC 6376 §3.6.2.2 ask.
+func (r *Resolver) TXT(ctx context.Context, name string) ([]string, error) {
+	rrs, err := r.records(ctx, name, mdns.TypeTXT)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(rrs))
+	for _, rr := range rrs {
+		out = append(out, strings.Join(rr.(*mdns.TXT).Txt, ""))
+	}
+	return out, nil
 }
 
 // records returns the records of qtype for name, following CNAMEs.
