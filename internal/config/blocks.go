@@ -55,13 +55,17 @@ type Listener struct {
 	// Filters is the listener's filter chain, run in this order; none
 	// if empty.
 	Filters []*Filter
-	Range   hcl.Range
+	// Checks are the checks of clients and mail the listener makes
+	// (Check*); DNSLists the block and allow lists of the dnsbl check.
+	Checks   []string
+	DNSLists []DNSList
+	Range    hcl.Range
 }
 
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
 	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
-	{Name: "senders"}, {Name: "filters"},
+	{Name: "senders"}, {Name: "filters"}, {Name: "checks"}, {Name: "dnsbl"}, {Name: "dnswl"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {
@@ -119,6 +123,7 @@ func (d *decoder) listener(b *hcl.Block) {
 		}
 	}
 	l.Filters = d.filterChain(attrs)
+	d.listenerChecks(l, attrs)
 	l.AuthTable = d.tableRef(attrs, "auth_table", "listen "+l.Name+" auth_table")
 	l.Senders = d.tableRef(attrs, "senders", "listen "+l.Name+" senders")
 	switch {
@@ -202,13 +207,16 @@ type Action struct {
 	// Backup makes an MX relay a backup MX: it hands mail only to
 	// exchangers preferred to this host.
 	Backup bool
-	Range  hcl.Range
+	// Sign are the DKIM keys that sign mail received for this action.
+	Sign  []*DKIMKey
+	Range hcl.Range
 }
 
 var actionSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: string(Maildir)}, {Name: string(Mbox)}, {Name: string(LMTP)}, {Name: string(MDA)}, {Name: string(Relay)},
 	{Name: "alias"}, {Name: "virtual"}, {Name: "userbase"}, {Name: "user"},
 	{Name: "helo"}, {Name: "source"}, {Name: "credentials"}, {Name: "tls"}, {Name: "backup"},
+	{Name: "sign"},
 }}
 
 // defaultTargets are the targets of `maildir = true` and `mbox = true`.
@@ -254,6 +262,7 @@ func (d *decoder) action(b *hcl.Block) {
 	if d.decode(attrs, "user", &a.User) && a.User == "" {
 		d.errorf(attrs["user"].Expr.Range(), "Empty user name", "user must name a user.")
 	}
+	a.Sign = d.dkimList(attrs, "sign")
 }
 
 func describe(names []string) string {

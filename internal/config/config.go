@@ -60,6 +60,12 @@ type Config struct {
 	Throttle     Throttle
 	Destinations []*Destination
 	Overload     Overload
+	// AuthservID names this host in Authentication-Results fields
+	// (RFC 8601); the host name by default.
+	AuthservID string
+	// DKIMKeys are the dkim blocks; SRS is the srs block, or nil.
+	DKIMKeys []*DKIMKey
+	SRS      *SRS
 }
 
 // Limits bounds what clients and the queue may do.

@@ -43,7 +43,7 @@ var fileSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "hostname"}, {Name: "spool"}, {Name: "control_socket"},
 		{Name: "user"}, {Name: "queue_user"}, {Name: "empty_dir"},
-		{Name: "resolver"}, {Name: "mx_port"}, {Name: "listen_metrics"},
+		{Name: "resolver"}, {Name: "mx_port"}, {Name: "listen_metrics"}, {Name: "authserv_id"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "limits"},
@@ -55,6 +55,8 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "throttle"},
 		{Type: "destination", LabelNames: []string{"domain"}},
 		{Type: "overload"},
+		{Type: "dkim", LabelNames: []string{"name"}},
+		{Type: "srs"},
 	},
 }
 
@@ -78,6 +80,14 @@ func (d *decoder) decode(attrs hcl.Attributes, name string, dst any) bool {
 	return !diags.HasErrors()
 }
 
+// abs resolves a path against the configuration's directory.
+func (d *decoder) abs(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(d.dir, p)
+}
+
 // path decodes a file path attribute, resolved against the config's
 // directory.
 func (d *decoder) path(attrs hcl.Attributes, name string, dst *string) bool {
@@ -88,9 +98,7 @@ func (d *decoder) path(attrs hcl.Attributes, name string, dst *string) bool {
 		d.errorf(attrs[name].Expr.Range(), "Empty path", "%s must not be empty.", name)
 		return false
 	}
-	if !filepath.IsAbs(*dst) {
-		*dst = filepath.Join(d.dir, *dst)
-	}
+	*dst = d.abs(*dst)
 	return true
 }
 
@@ -129,6 +137,10 @@ func (d *decoder) file(body hcl.Body) {
 	if cfg.Hostname == "" {
 		cfg.Hostname, _ = os.Hostname()
 	}
+	cfg.AuthservID = cfg.Hostname
+	if d.decode(attrs, "authserv_id", &cfg.AuthservID) && (cfg.AuthservID == "" || strings.ContainsAny(cfg.AuthservID, " \t\r\n;()\"")) {
+		d.errorf(attrs["authserv_id"].Expr.Range(), "Invalid authserv-id", "%q is not a single token such as a host name (RFC 8601 §2.5).", cfg.AuthservID)
+	}
 	d.path(attrs, "spool", &cfg.SpoolDir)
 	d.path(attrs, "control_socket", &cfg.ControlSocket)
 	d.path(attrs, "empty_dir", &cfg.EmptyDir)
@@ -154,6 +166,12 @@ func (d *decoder) file(body hcl.Body) {
 		d.table(b)
 	}
 	d.ctx = &hcl.EvalContext{Variables: map[string]cty.Value{"table": d.tableRefs()}}
+	d.named(byType["dkim"], "dkim key")
+	for _, b := range byType["dkim"] {
+		d.dkim(b)
+	}
+	d.ctx.Variables["dkim"] = d.dkimRefs()
+	d.single(byType["srs"], d.srs)
 	d.named(byType["action"], "action")
 	for _, b := range byType["action"] {
 		d.action(b)
@@ -362,7 +380,7 @@ func (d *decoder) refsKnown(expr hcl.Expression) bool {
 	for _, tr := range expr.Variables() {
 		root := tr.RootName()
 		refs, isRef := d.ctx.Variables[root]
-		if (root != "table" && root != "action" && root != "filter") || len(tr) < 2 {
+		if (root != "table" && root != "action" && root != "filter" && root != "dkim") || len(tr) < 2 {
 			continue
 		}
 		attr, isAttr := tr[1].(hcl.TraverseAttr)
