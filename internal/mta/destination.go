@@ -1,6 +1,7 @@
 package mta
 
 import (
+	"math"
 	"strings"
 	"time"
 
@@ -32,22 +33,35 @@ import (
 // pace has no burst (throttle.NewPaced): the transactions start
 // r.Every() apart, so that no span of the rate's period holds more than
 // its allowance whenever the remote side starts counting; "30/m" is one
-// message every 2 s, 30 in any minute. A message whose turn comes
-// within maxPaceWait waits for it in mta (counted in mta.throttled);
-// one whose turn is further away goes back to the queue at once as a
-// temporary failure, "rate limit for domain X", which the scheduler
-// retries (counted in mta.throttled.deferred).
+// message every 2 s, 30 in any minute. A message whose turn is near
+// waits for it in mta (counted in mta.throttled). One whose turn is
+// further goes back to the queue at once, deferred to its turn
+// (proto.StatusDeferred, "rate limit for domain X", counted in
+// mta.throttled.deferred): the turn is taken for it and kept (booked),
+// so that the messages of a backlog come back one turn apart, each to
+// the turn it was given, and drain at the rate. A deferral is no
+// failure: the queue counts no retry for it, and records no error.
 //
 // Why not wait for every turn: the queue hands mta at most
 // queue.MaxInflight (32) envelopes at a time, for all deliveries, local
 // ones too, and an envelope waiting in mta holds its slot. Waiting for
 // the whole backlog of a slow destination would stop all other mail
-// behind it; with the bound, its waiting messages hold at most
-// maxPaceWait x rate slots, for at most maxPaceWait. The price is that a
-// backlog much larger than that drains at the scheduler's retry rhythm
-// (retry_base x n²) rather than at the rate: the queue would have to set
-// such envelopes aside without counting a retry to do better.
-const maxPaceWait = 30 * time.Second
+// behind it, and so would that of a fast one: at "20/s", 30 s of turns
+// are 600 messages. So a message waits in mta only if its turn is at
+// most maxPaceWait away and among the destination's next paceWaiting
+// turns: a destination holds at most paceWaiting slots, a quarter of
+// them, each for at most maxPaceWait. A deferred message that comes
+// back at its turn holds its slot only while it is sent.
+const (
+	maxPaceWait = 30 * time.Second
+	paceWaiting = 8
+)
+
+// bookingGrace is how long a booked turn is kept after it passed: the
+// queue may send the message back late, when it has no slot free, or
+// some of its envelopes after the others. Past that, the message takes
+// a turn anew.
+const bookingGrace = 10 * time.Minute
 
 // pacedKeys bounds the destinations whose turns are remembered for one
 // destination block: "*" paces every domain. One forgotten starts again
@@ -65,6 +79,11 @@ type destination struct {
 	sessions int
 	// last is when the latest message was let go, or will be (waitTurn).
 	last time.Time
+	// booked are the turns taken for messages deferred to them, by
+	// message id, and bookings the same in the order they were taken,
+	// to forget them once past (forget).
+	booked   map[uint32]time.Time
+	bookings []booking
 	// relays are the relays to the destination, to hand a session to
 	// when one ends.
 	relays []*relay
@@ -107,34 +126,95 @@ func (d *destination) what() string {
 	return "relay host " + d.name
 }
 
-// turn takes the next message's turn at the destination: it returns
-// when the message may go, or a temporary failure if that is more than
-// maxPaceWait away. The turn is taken when the message reaches mta, so
-// that one too far away goes back at once, rather than after holding
-// its delivery slot. m.mu is held.
-func (m *MTA) turn(d *destination) (due time.Time, err error) {
+// booking is a turn taken for a deferred message.
+type booking struct {
+	msgid uint32
+	at    time.Time
+}
+
+// turn takes the turn of message msgid at the destination: it returns
+// when the message may go, or a deferral to its turn if it should not
+// wait for it in mta. The turn is taken when the message reaches mta,
+// so that one too far away goes back at once, rather than after holding
+// its delivery slot. A message deferred before has its turn booked and
+// gets it again, rather than one after those taken since. m.mu is held.
+func (m *MTA) turn(d *destination, msgid uint32) (due time.Time, err error) {
 	if d == nil || d.limits == nil || d.limits.MessageRate.IsZero() {
 		return time.Time{}, nil
 	}
-	if m.paces == nil {
-		m.paces = map[*config.Destination]*throttle.Keyed{}
+	now := time.Now()
+	d.forget(now)
+	at, booked := d.booked[msgid]
+	if !booked {
+		if m.paces == nil {
+			m.paces = map[*config.Destination]*throttle.Keyed{}
+		}
+		k := m.paces[d.limits]
+		if k == nil {
+			k = throttle.NewPaced(d.limits.MessageRate, pacedKeys)
+			m.paces[d.limits] = k
+		}
+		// the turn is taken however far away it is: a deferred message
+		// keeps it, and those after it come after
+		delay, _ := k.Reserve(d.key, math.MaxInt64)
+		at = now.Add(delay)
 	}
-	k := m.paces[d.limits]
-	if k == nil {
-		k = throttle.NewPaced(d.limits.MessageRate, pacedKeys)
-		m.paces[d.limits] = k
-	}
-	delay, ok := k.Reserve(d.key, maxPaceWait)
-	if !ok {
-		m.stats.Increment("mta.throttled.deferred", 1)
-		return time.Time{}, tempfail(smtp.EnhancedCode{4, 4, 5}, nil, "rate limit for %s (%s): its turn is %v away, later than mta waits (%v)",
-			d.what(), d.limits.MessageRate, delay.Round(time.Second), maxPaceWait)
-	}
-	if delay == 0 {
+	every := d.limits.MessageRate.Every()
+	switch delay := at.Sub(now); {
+	case delay <= 0:
 		return time.Time{}, nil
+	case delay <= maxPaceWait && delay <= (paceWaiting-1)*every:
+		m.stats.Increment("mta.throttled", 1)
+		return at, nil
+	default:
+		if !booked {
+			d.book(msgid, at)
+		}
+		m.stats.Increment("mta.throttled.deferred", 1)
+		return time.Time{}, deferral(at, smtp.EnhancedCode{4, 4, 5}, "rate limit for %s (%s): its turn is %v away",
+			d.what(), d.limits.MessageRate, roundDelay(delay))
 	}
-	m.stats.Increment("mta.throttled", 1)
-	return time.Now().Add(delay), nil
+}
+
+// roundDelay rounds a delay for a failure text: to the second, or the
+// millisecond below one.
+func roundDelay(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
+
+// book keeps the turn at taken for a deferred message; m.mu is held.
+func (d *destination) book(msgid uint32, at time.Time) {
+	if d.booked == nil {
+		d.booked = map[uint32]time.Time{}
+	}
+	d.booked[msgid] = at
+	d.bookings = append(d.bookings, booking{msgid, at})
+}
+
+// forget drops the bookings past by more than bookingGrace. Turns are
+// taken in order, so the oldest come first; one out of order, after the
+// pace forgot the destination (pacedKeys), is only dropped late. m.mu
+// is held.
+func (d *destination) forget(now time.Time) {
+	n := 0
+	for _, b := range d.bookings {
+		if now.Sub(b.at) <= bookingGrace {
+			break
+		}
+		if d.booked[b.msgid].Equal(b.at) {
+			delete(d.booked, b.msgid)
+		}
+		n++
+	}
+	// the array's forgotten front is freed when append next has to
+	// grow it, and copies only those kept
+	d.bookings = d.bookings[n:]
+	if len(d.bookings) == 0 {
+		d.bookings = nil
+	}
 }
 
 // yields reports whether an idle session of r should end so that

@@ -122,6 +122,18 @@ type paceWorld struct {
 
 	mu     sync.Mutex
 	counts map[string]int64
+	// requeue hands deferred envelopes back to mta at their time, as
+	// the queue does, instead of passing their results on.
+	requeue bool
+	// deferrals are the deferred results, in order.
+	deferrals []proto.DeliveryResult
+	// sent are the envelopes sent, with their bodies' paths, by id.
+	sent map[uint64]sentEnvelope
+}
+
+type sentEnvelope struct {
+	e    *envelope.Envelope
+	path string
 }
 
 func newPaceWorld(t *testing.T, conf string, port int) *paceWorld {
@@ -144,14 +156,25 @@ func newPaceWorld(t *testing.T, conf string, port int) *paceWorld {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &paceWorld{results: make(chan proto.DeliveryResult, 1000), stop: make(chan struct{}), flushed: make(chan struct{}), counts: map[string]int64{}}
+	w := &paceWorld{results: make(chan proto.DeliveryResult, 1000), stop: make(chan struct{}), flushed: make(chan struct{}), counts: map[string]int64{}, sent: map[uint64]sentEnvelope{}}
 	go func() {
 		for {
 			f, err := queue.Recv()
 			if err != nil {
 				return
 			}
-			w.results <- f.Msg.(*proto.MTADeliveryResult).DeliveryResult
+			r := f.Msg.(*proto.MTADeliveryResult).DeliveryResult
+			if r.Status == proto.StatusDeferred {
+				w.mu.Lock()
+				w.deferrals = append(w.deferrals, r)
+				requeue := w.requeue
+				w.mu.Unlock()
+				if requeue {
+					time.AfterFunc(time.Until(r.Retry), func() { w.resend(r.EvpID) })
+					continue
+				}
+			}
+			w.results <- r
 		}
 	}()
 	var reqs *proto.Requests
@@ -206,9 +229,42 @@ func (w *paceWorld) send(t *testing.T, action string, rcpts ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := &envelope.Envelope{ID: uint64(i+1)<<32 | 1, Kind: envelope.MTA, Action: action, Sender: "a@out.test", Dest: rcpt}
+		// ids go on across calls: one message each
+		w.mu.Lock()
+		e := &envelope.Envelope{ID: uint64(len(w.sent)+1)<<32 | 1, Kind: envelope.MTA, Action: action, Sender: "a@out.test", Dest: rcpt}
+		w.sent[e.ID] = sentEnvelope{e, path}
+		w.mu.Unlock()
 		w.m.enqueue(e, f)
 	}
+}
+
+// resend hands a deferred envelope to mta again; a failure to is its
+// result.
+func (w *paceWorld) resend(id uint64) {
+	w.mu.Lock()
+	s := w.sent[id]
+	w.mu.Unlock()
+	f, err := os.Open(s.path)
+	if err != nil {
+		w.results <- proto.DeliveryResult{EvpID: id, Status: proto.StatusTempfail, Text: "test: " + err.Error()}
+		return
+	}
+	w.m.enqueue(s.e, f)
+}
+
+// setRequeue makes deferred envelopes come back as the queue would
+// send them, at their time (paceWorld.requeue).
+func (w *paceWorld) setRequeue() {
+	w.mu.Lock()
+	w.requeue = true
+	w.mu.Unlock()
+}
+
+// deferred returns the deferred results so far.
+func (w *paceWorld) deferred() []proto.DeliveryResult {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]proto.DeliveryResult(nil), w.deferrals...)
 }
 
 // wait collects n results, by outcome text.
@@ -305,7 +361,9 @@ destination "*"          { message_rate = "600/m" }
 }
 
 // TestPaced: messages to a domain with a message rate go at its pace,
-// one session at a time, none failing; another domain is not held up.
+// one session at a time, none failing: those beyond the turns mta
+// waits for come back when the queue sends them again at their turns.
+// Another domain is not held up.
 func TestPaced(t *testing.T) {
 	s := startPaceServer(t, 0)
 	w := newPaceWorld(t, fmt.Sprintf(paceRelays, s.port)+`
@@ -315,6 +373,7 @@ destination "dest.test" {
 }
 `, s.port)
 	const n = 12
+	w.setRequeue()
 	start := time.Now()
 	w.send(t, "out", rcpts(n, "dest.test")...)
 	w.send(t, "out", rcpts(n, "free.test")...)
@@ -336,8 +395,12 @@ destination "dest.test" {
 	if d := free[n-1].Sub(start); d > paced[n-1].Sub(start) {
 		t.Errorf("the domain without limits took %v, the paced one %v", d, paced[n-1].Sub(start))
 	}
-	if got := w.stat("mta.throttled"); got != n-1 {
-		t.Errorf("mta.throttled = %d, want %d", got, n-1)
+	// the first goes at once, the next paceWaiting-1 wait in mta, the
+	// others come back at their turns and go at once; fewer if the
+	// machine is slow enough that turns pass while they are sent
+	throttled, deferred := w.stat("mta.throttled"), w.stat("mta.throttled.deferred")
+	if throttled < 1 || throttled > paceWaiting-1 || deferred < 1 || throttled+deferred > n-1 {
+		t.Errorf("mta.throttled = %d, mta.throttled.deferred = %d; want %d and %d", throttled, deferred, paceWaiting-1, n-paceWaiting)
 	}
 	t.Logf("paced: %v for %d; free: %v", paced[n-1].Sub(start).Round(time.Millisecond), n, free[n-1].Sub(start).Round(time.Millisecond))
 }
@@ -369,18 +432,20 @@ func TestWaitTurn(t *testing.T) {
 }
 
 // TestPaceDeferred: a message whose turn is further than mta waits goes
-// back to the queue as a temporary failure that says why.
+// back to the queue deferred to its turn, with a text that says why;
+// each takes the turn after the one before.
 func TestPaceDeferred(t *testing.T) {
 	s := startPaceServer(t, 0)
 	for _, c := range []struct {
 		name, conf, action, domain string
 		ok                         int
 		why                        string
+		rate                       time.Duration // between turns
 	}{
-		{"domain", `destination "dest.test" { message_rate = "1/m" }`, "out", "dest.test", 1, "rate limit for domain dest.test (1/m)"},
-		{"default", `destination "*" { message_rate = "1/m" }`, "out", "any.test", 1, "rate limit for domain any.test (1/m)"},
-		{"smarthost", `destination "smart.test" { message_rate = "1/h" }`, "smart", "dest.test", 1, "rate limit for relay host smart.test (1/h)"},
-		{"smarthost and *", `destination "*" { message_rate = "1/h" }`, "smart", "dest.test", 3, ""},
+		{"domain", `destination "dest.test" { message_rate = "1/m" }`, "out", "dest.test", 1, "rate limit for domain dest.test (1/m)", time.Minute},
+		{"default", `destination "*" { message_rate = "1/m" }`, "out", "any.test", 1, "rate limit for domain any.test (1/m)", time.Minute},
+		{"smarthost", `destination "smart.test" { message_rate = "1/h" }`, "smart", "dest.test", 1, "rate limit for relay host smart.test (1/h)", time.Hour},
+		{"smarthost and *", `destination "*" { message_rate = "1/h" }`, "smart", "dest.test", 3, "", 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			w := newPaceWorld(t, fmt.Sprintf(paceRelays, s.port)+c.conf, s.port)
@@ -390,14 +455,119 @@ func TestPaceDeferred(t *testing.T) {
 				t.Fatalf("%d delivered, failures %q; want %d delivered", ok, failed, c.ok)
 			}
 			for _, f := range failed {
-				if !strings.HasPrefix(f, fmt.Sprintf("%v 451 4.4.5 %s: its turn is ", proto.StatusTempfail, c.why)) {
-					t.Errorf("failure %q, want a temporary one for %q", f, c.why)
+				if !strings.HasPrefix(f, fmt.Sprintf("%v 451 4.4.5 %s: its turn is ", proto.StatusDeferred, c.why)) {
+					t.Errorf("failure %q, want a deferral for %q", f, c.why)
+				}
+			}
+			deferrals := w.deferred()
+			for i, r := range deferrals {
+				turn := c.rate * time.Duration(i+1)
+				if wait := time.Until(r.Retry); wait > turn || wait < turn-5*time.Second {
+					t.Errorf("deferral %d to %v from now, want %v", i, wait.Round(time.Second), turn)
 				}
 			}
 			if got := w.stat("mta.throttled.deferred"); got != int64(3-c.ok) {
 				t.Errorf("mta.throttled.deferred = %d, want %d", got, 3-c.ok)
 			}
 		})
+	}
+}
+
+// TestPaceBacklog: a backlog far beyond the turns mta waits for drains
+// at the rate, not at the queue's retry rhythm: the deferred messages
+// come back one turn apart, each to its own turn, once, and go then.
+func TestPaceBacklog(t *testing.T) {
+	s := startPaceServer(t, 0)
+	w := newPaceWorld(t, fmt.Sprintf(paceRelays, s.port)+`destination "dest.test" { message_rate = "20/s" }`, s.port)
+	w.setRequeue()
+	const n = 30
+	const every = 50 * time.Millisecond
+	start := time.Now()
+	w.send(t, "out", rcpts(n, "dest.test")...)
+	ok, failed := w.wait(t, n, 10*time.Second)
+	if ok != n {
+		t.Fatalf("%d delivered, failures: %q", ok, failed)
+	}
+	took := time.Since(start)
+	if took < (n-2)*every || took > (n-1)*every+2*time.Second {
+		t.Errorf("%d messages at 20/s took %v, want about %v", n, took, (n-1)*every)
+	}
+	deferrals := w.deferred()
+	if len(deferrals) > n-paceWaiting || len(deferrals) < n/2 {
+		t.Errorf("%d deferrals, want %d", len(deferrals), n-paceWaiting)
+	}
+	seen := map[uint64]bool{}
+	for i, r := range deferrals {
+		if seen[r.EvpID] {
+			t.Errorf("envelope %x deferred twice", r.EvpID)
+		}
+		seen[r.EvpID] = true
+		if i == 0 {
+			if first := r.Retry.Sub(start); first < (paceWaiting-1)*every {
+				t.Errorf("first deferral to %v after the start, within the turns mta waits for", first)
+			}
+			continue
+		}
+		if gap := r.Retry.Sub(deferrals[i-1].Retry); gap < every-10*time.Millisecond || gap > every+10*time.Millisecond {
+			t.Errorf("deferrals %d and %d are %v apart, want %v", i-1, i, gap, every)
+		}
+	}
+	paced := s.times("dest.test")
+	for i := 1; i < len(paced); i++ {
+		if d := paced[i].Sub(paced[i-1]); d < 35*time.Millisecond {
+			t.Errorf("messages %d and %d arrived %v apart, want 50ms", i-1, i, d)
+		}
+	}
+	if got := w.stat("mta.throttled.deferred"); got != int64(len(deferrals)) {
+		t.Errorf("mta.throttled.deferred = %d, want %d", got, len(deferrals))
+	}
+	t.Logf("%d messages in %v, %d deferred once", n, took.Round(time.Millisecond), len(deferrals))
+}
+
+// TestTurnBooked: a deferred message keeps its turn: sent back before
+// it, it is deferred to it again rather than to one after those taken
+// since, and near it, it waits for it; a booking long past is
+// forgotten.
+func TestTurnBooked(t *testing.T) {
+	m := &MTA{stats: stats.NewSender(func(*proto.StatUpdate) error { return nil })}
+	d := &destination{key: "mx:dest.test", name: "dest.test", limits: &config.Destination{MessageRate: config.Rate{Events: 1, Per: time.Minute}}}
+	retry := func(msgid uint32) time.Time {
+		t.Helper()
+		due, err := m.turn(d, msgid)
+		if err == nil {
+			t.Fatalf("message %d: due %v, want a deferral", msgid, due)
+		}
+		r := outcome("", err)
+		if r.Status != proto.StatusDeferred {
+			t.Fatalf("message %d: %v %s, want a deferral", msgid, r.Status, r.Text)
+		}
+		return r.Retry
+	}
+	if due, err := m.turn(d, 1); err != nil || !due.IsZero() {
+		t.Fatalf("first message: due %v, %v; want at once", due, err)
+	}
+	start := time.Now()
+	two, three := retry(2), retry(3)
+	if at := two.Sub(start); at < 59*time.Second || at > time.Minute {
+		t.Errorf("second message deferred to %v from now, want 1m", at)
+	}
+	if gap := three.Sub(two); gap < 59*time.Second || gap > 61*time.Second {
+		t.Errorf("third message deferred %v after the second, want 1m", gap)
+	}
+	if again := retry(2); !again.Equal(two) {
+		t.Errorf("second message back early: deferred to %v, want its turn %v", again, two)
+	}
+	near := time.Now().Add(100 * time.Millisecond)
+	d.book(4, near)
+	if due, err := m.turn(d, 4); err != nil || !due.Equal(near) {
+		t.Errorf("message back near its turn: due %v, %v; want %v", due, err, near)
+	}
+	d.forget(two.Add(bookingGrace + time.Second))
+	if _, ok := d.booked[2]; ok {
+		t.Error("a booking long past is kept")
+	}
+	if _, ok := d.booked[3]; !ok || len(d.bookings) != 2 {
+		t.Errorf("bookings %v after forgetting the second message's", d.bookings)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -24,6 +25,9 @@ type deliveryError struct {
 	status smtp.EnhancedCode
 	msg    string
 	cause  error
+	// retry, if set, is when the delivery, not tried, should be: it
+	// was put off (proto.StatusDeferred), which is no failure.
+	retry time.Time
 }
 
 func (e *deliveryError) Error() string {
@@ -50,6 +54,15 @@ func (e *deliveryError) Temporary() bool { return e.code/100 == 4 }
 // saying which.
 func tempfail(status smtp.EnhancedCode, cause error, format string, args ...any) *deliveryError {
 	return &deliveryError{code: 451, status: status, msg: fmt.Sprintf(format, args...), cause: cause}
+}
+
+// deferral is a delivery not tried now, to be tried at the time retry:
+// the queue puts its envelope off without counting a failure. Its code
+// is that of a temporary failure, for the logs.
+func deferral(retry time.Time, status smtp.EnhancedCode, format string, args ...any) *deliveryError {
+	de := tempfail(status, nil, format, args...)
+	de.retry = retry
+	return de
 }
 
 // permfail is a failure that will not change on retry.
@@ -92,20 +105,24 @@ func mxError(res *proto.LookupMXResult) *deliveryError {
 	return permfail(550, smtp.EnhancedCode{5, 1, 2}, "%s", res.Text)
 }
 
-// outcome is what queue records for one envelope: delivered, with the
-// remote host's reply, when err is nil; otherwise the failure with its
-// class. An error that was not classified where it happened is a
-// temporary local failure (451 4.3.0), never a reason to bounce.
-func outcome(reply string, err error) (proto.Status, string) {
+// outcome is what queue records for one envelope, all but its id:
+// delivered, with the remote host's reply, when err is nil; put off to
+// a time for a deferral; otherwise the failure with its class. An error
+// that was not classified where it happened is a temporary local
+// failure (451 4.3.0), never a reason to bounce.
+func outcome(reply string, err error) proto.DeliveryResult {
 	if err == nil {
-		return proto.StatusOK, reply
+		return proto.DeliveryResult{Status: proto.StatusOK, Text: reply}
 	}
 	var de *deliveryError
 	if !errors.As(err, &de) {
 		de = tempfail(smtp.EnhancedCode{4, 3, 0}, err, "")
 	}
-	if de.Temporary() {
-		return proto.StatusTempfail, de.Error()
+	switch {
+	case !de.retry.IsZero():
+		return proto.DeliveryResult{Status: proto.StatusDeferred, Text: de.Error(), Retry: de.retry}
+	case de.Temporary():
+		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: de.Error()}
 	}
-	return proto.StatusPermfail, de.Error()
+	return proto.DeliveryResult{Status: proto.StatusPermfail, Text: de.Error()}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -34,9 +35,20 @@ func TestClassification(t *testing.T) {
 		{cause, proto.StatusTempfail, "451 4.3.0 connection reset"},
 	}
 	for _, c := range cases {
-		status, text := outcome("", c.err)
-		if status != c.status || text != c.text {
-			t.Errorf("%v: %v %q, want %v %q", c.err, status, text, c.status, c.text)
+		r := outcome("", c.err)
+		if r.Status != c.status || r.Text != c.text || !r.Retry.IsZero() {
+			t.Errorf("%v: %v %q retry %v, want %v %q", c.err, r.Status, r.Text, r.Retry, c.status, c.text)
+		}
+	}
+	// a deferral is no failure: it carries the time to try again, also
+	// wrapped
+	at := time.Now().Add(time.Minute)
+	for _, err := range []error{
+		deferral(at, smtp.EnhancedCode{4, 4, 5}, "rate limit"),
+		fmt.Errorf("relay: %w", deferral(at, smtp.EnhancedCode{4, 4, 5}, "rate limit")),
+	} {
+		if r := outcome("", err); r.Status != proto.StatusDeferred || r.Text != "451 4.4.5 rate limit" || !r.Retry.Equal(at) {
+			t.Errorf("%v: %+v, want deferred to %v", err, r, at)
 		}
 	}
 	// an outer classification wins over the remote reply it wraps
@@ -45,7 +57,7 @@ func TestClassification(t *testing.T) {
 	if !errors.As(auth, &de) || !de.Temporary() || de.status != (smtp.EnhancedCode{4, 7, 8}) || de.Error() != "451 4.7.8 authentication with 127.0.0.1 failed: 535 5.7.8 bad credentials" {
 		t.Errorf("%v", auth)
 	}
-	if status, text := outcome("250 2.0.0 queued", nil); status != proto.StatusOK || text != "250 2.0.0 queued" {
-		t.Errorf("delivered: %v %q", status, text)
+	if r := outcome("250 2.0.0 queued", nil); r.Status != proto.StatusOK || r.Text != "250 2.0.0 queued" {
+		t.Errorf("delivered: %v %q", r.Status, r.Text)
 	}
 }

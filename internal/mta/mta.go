@@ -199,7 +199,8 @@ func relayFor(act *config.Action, dest string) (key, dom string) {
 // enqueue adds an envelope to its relay, joining the task of its
 // message if that has not started yet, and starts a session if the
 // relay may have one more. A new task takes its turn at the
-// destination, or goes back to the queue if that is too far away.
+// destination, or goes back to the queue to wait for it if that is too
+// far away.
 func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	act := m.cfg.Action(e.Action)
 	if act == nil || act.Method != config.Relay {
@@ -229,7 +230,7 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	if joined {
 		body.Close()
 	} else {
-		due, err := m.turn(r.dest)
+		due, err := m.turn(r.dest, e.MsgID())
 		if err != nil {
 			m.mu.Unlock()
 			body.Close()
@@ -322,8 +323,9 @@ func (m *MTA) next(r *relay, wait bool) *task {
 // report tells queue how one envelope went: delivered with the remote
 // host's reply when err is nil.
 func (m *MTA) report(e *envelope.Envelope, reply string, err error) {
-	status, text := outcome(reply, err)
-	if err := m.child.Send(m.child.Peers[proto.ProcQueue], &proto.MTADeliveryResult{DeliveryResult: proto.DeliveryResult{EvpID: e.ID, Status: status, Text: text}}, 0); err != nil {
+	res := outcome(reply, err)
+	res.EvpID = e.ID
+	if err := m.child.Send(m.child.Peers[proto.ProcQueue], &proto.MTADeliveryResult{DeliveryResult: res}, 0); err != nil {
 		m.child.Log.Fatalf("%v", err)
 	}
 }

@@ -111,8 +111,8 @@ func TestCredentials(t *testing.T) {
 		r := newRelay()
 		for range 2 {
 			_, err := m.credentials(r)
-			if status, text := outcome("", err); status != proto.StatusTempfail || text != c.text {
-				t.Errorf("%v: %v %q", c.answer.Status, status, text)
+			if r := outcome("", err); r.Status != proto.StatusTempfail || r.Text != c.text {
+				t.Errorf("%v: %v %q", c.answer.Status, r.Status, r.Text)
 			}
 		}
 		if l.count() != c.asks {

@@ -195,8 +195,8 @@ type result struct {
 
 func collect(results map[string]result) reportFunc {
 	return func(e *envelope.Envelope, reply string, err error) {
-		status, text := outcome(reply, err)
-		results[e.Dest] = result{status, text, err}
+		r := outcome(reply, err)
+		results[e.Dest] = result{r.Status, r.Text, err}
 	}
 }
 

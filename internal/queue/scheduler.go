@@ -18,7 +18,9 @@ import (
 )
 
 // Scheduler decides when each envelope is tried: at once when it is new,
-// then after retry_base x retries² until it expires.
+// then after retry_base x retries² until it expires. A delivery put off
+// (proto.StatusDeferred) is tried again when its deliverer asked,
+// without counting as a retry.
 type Scheduler struct {
 	store   *Store
 	limits  config.Limits
@@ -49,6 +51,9 @@ type entry struct {
 	next     time.Time
 	inflight bool
 	paused   bool
+	// deferred is set while the entry waits for the time its last
+	// delivery was put off to, for smtpctl show queue.
+	deferred bool
 	index    int // in waiting, -1 when not there
 }
 
@@ -75,7 +80,11 @@ func (h *waitHeap) Pop() any {
 	return en
 }
 
-// MaxInflight bounds the local deliveries running at once.
+// MaxInflight bounds the deliveries, local and relayed, running at
+// once. An envelope handed to mta holds its slot until its result, also
+// while it waits there for its turn at a paced destination; mta defers
+// those whose turn is far (mta/destination.go), so that they wait here
+// without a slot.
 const MaxInflight = 32
 
 // NewScheduler returns a scheduler that hands due local envelopes to
@@ -174,7 +183,36 @@ func (s *Scheduler) Result(r proto.DeliveryResult) {
 		s.log.Warnf("result for envelope %s that is not being delivered", envelope.FormatEvpID(r.EvpID))
 		return
 	}
+	if r.Status == proto.StatusDeferred {
+		s.putOff(en, r.Retry, r.Text)
+		s.poke()
+		return
+	}
 	s.finish(en, r.Status, r.Text)
+}
+
+// putOff puts an envelope whose delivery was not tried back to wait
+// until the time its deliverer gave, as when mta has no turn for it
+// sooner at its destination's message rate. That is no failure: the
+// envelope's retries, last try and error and its delay warning stay as
+// they were, and it is not written again, since nothing about it
+// changed. After a crash it is due at once, which only costs another
+// deferral. It still expires when its time is up.
+func (s *Scheduler) putOff(en *entry, until time.Time, text string) {
+	e := en.env
+	if !e.Expire.IsZero() && e.Expire.Before(until) {
+		// due at its expiry, to expire then rather than at its turn
+		until = e.Expire
+	}
+	s.stats.Increment("scheduler.delivery.deferred", 1)
+	s.log.Infof("%s: deferred for <%s> until %s: %s", envelope.FormatEvpID(e.ID), e.Dest, until.Format(time.DateTime), text)
+	s.mu.Lock()
+	en.inflight = false
+	en.deferred = true
+	en.next = until
+	s.inflight--
+	heap.Push(&s.waiting, en)
+	s.mu.Unlock()
 }
 
 func (s *Scheduler) finish(en *entry, status proto.Status, text string) {
@@ -232,6 +270,7 @@ func (s *Scheduler) retry(en *entry, text string) {
 	}
 	s.mu.Lock()
 	en.inflight = false
+	en.deferred = false
 	en.next = e.LastTry.Add(s.backoff(e.Retries))
 	s.inflight--
 	heap.Push(&s.waiting, en)
@@ -262,6 +301,8 @@ func (s *Scheduler) Lines(target string) []string {
 				state = "inflight"
 			case s.held[en.env.ID] != nil:
 				state = "paused"
+			case en.deferred:
+				state = "deferred until " + en.next.Format(time.DateTime)
 			}
 			lines = append(lines, en.env.QueueLine(state))
 		}
@@ -331,6 +372,7 @@ func (s *Scheduler) Schedule(target string) int {
 	for _, en := range s.envs {
 		if en.index >= 0 && en.env.Matches(target) {
 			en.next = time.Now()
+			en.deferred = false
 			heap.Fix(&s.waiting, en.index)
 			n++
 		}
@@ -408,6 +450,7 @@ func (s *Scheduler) Resume(target string) int {
 			continue
 		}
 		en.paused = false
+		en.deferred = false
 		delete(s.held, id)
 		if s.paused[en.env.Kind] {
 			s.held[id] = en

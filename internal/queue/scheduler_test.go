@@ -1,0 +1,199 @@
+package queue
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"smtpd/internal/config"
+	"smtpd/internal/envelope"
+	"smtpd/internal/logging"
+	"smtpd/internal/stats"
+	"smtpd/proto"
+)
+
+// schedWorld is a scheduler on a store whose deliveries are recorded,
+// not made, with its counters.
+type schedWorld struct {
+	s       *Scheduler
+	store   *Store
+	stop    chan struct{}
+	flushed chan struct{}
+
+	mu        sync.Mutex
+	delivered []uint64
+	delays    []uint64
+	permfails []string
+	counts    map[string]int64
+}
+
+func newSchedWorld(t *testing.T) *schedWorld {
+	t.Helper()
+	w := &schedWorld{store: newTestStore(t), stop: make(chan struct{}), flushed: make(chan struct{}), counts: map[string]int64{}}
+	st := stats.NewSender(func(u *proto.StatUpdate) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, c := range u.Changes {
+			switch c.Op {
+			case proto.StatIncrement:
+				w.counts[c.Key] += c.Value
+			case proto.StatDecrement:
+				w.counts[c.Key] -= c.Value
+			case proto.StatSet:
+				w.counts[c.Key] = c.Value
+			}
+		}
+		return nil
+	})
+	go func() {
+		st.Run(w.stop)
+		close(w.flushed)
+	}()
+	limits := config.DefaultLimits()
+	w.s = NewScheduler(w.store, limits, st, func(e *envelope.Envelope, _ *os.File) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.delivered = append(w.delivered, e.ID)
+		return nil
+	}, logging.NewWriter("queue", io.Discard, false))
+	w.s.OnDelay = func(e *envelope.Envelope, _ string) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.delays = append(w.delays, e.ID)
+	}
+	w.s.OnPermfail = func(e *envelope.Envelope, reason string) error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.permfails = append(w.permfails, reason)
+		return nil
+	}
+	return w
+}
+
+// deliveries returns how many deliveries were started so far.
+func (w *schedWorld) deliveries() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.delivered)
+}
+
+// stat returns a counter once every change was sent.
+func (w *schedWorld) stat(key string) int64 {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.flushed
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.counts[key]
+}
+
+// TestSchedulerDeferred: a deferred delivery is no failure: the
+// envelope keeps its retries, last try and error, gets no delay
+// warning, is not written again, waits until the time given, is
+// listed as deferred and counted; one deferred past its expiry expires
+// then.
+func TestSchedulerDeferred(t *testing.T) {
+	w := newSchedWorld(t)
+	_, envs := commitOne(t, w.store, "a@example.org")
+	e := envs[0]
+	// created long ago: a temporary failure would warn the sender
+	e.Expire = time.Now().Add(time.Hour)
+	w.s.Add(e)
+	w.s.dispatch()
+	if w.deliveries() != 1 {
+		t.Fatalf("%d deliveries started, want 1", w.deliveries())
+	}
+	path := w.store.envelopePath(e.ID)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	retry := time.Now().Add(10 * time.Minute)
+	w.s.Result(proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusDeferred, Text: "451 4.4.5 rate limit for domain example.org (30/m): its turn is 10m0s away", Retry: retry})
+	if e.Retries != 0 || !e.LastTry.IsZero() || e.LastError != "" || e.Warned {
+		t.Errorf("deferred envelope changed: retries %d, last try %v, error %q, warned %v", e.Retries, e.LastTry, e.LastError, e.Warned)
+	}
+	if after, err := os.ReadFile(path); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("envelope file after the deferral: %q, %v; want it as it was", after, err)
+	}
+	if fi2, err := os.Stat(path); err != nil || !fi2.ModTime().Equal(fi.ModTime()) {
+		t.Errorf("envelope file written again (%v)", err)
+	}
+	if wait := w.s.dispatch(); wait < 9*time.Minute || wait > 10*time.Minute {
+		t.Errorf("next dispatch in %v, want at the deferral's time, 10m", wait)
+	}
+	if w.deliveries() != 1 {
+		t.Errorf("deferred envelope delivered before its time")
+	}
+	lines := w.s.Lines("all")
+	want := "|mda|deferred until " + retry.Format(time.DateTime) + "|"
+	if len(lines) != 1 || !strings.Contains(lines[0], want) {
+		t.Errorf("show queue: %q, want a line with %q", lines, want)
+	}
+
+	// due again, it is tried; a temporary failure then counts
+	if n := w.s.Schedule("all"); n != 1 {
+		t.Fatalf("scheduled %d", n)
+	}
+	w.s.dispatch()
+	if w.deliveries() != 2 {
+		t.Fatalf("%d deliveries started, want 2", w.deliveries())
+	}
+	if lines := w.s.Lines("all"); len(lines) != 1 || !strings.Contains(lines[0], "|mda|inflight|") {
+		t.Errorf("show queue: %q, want the envelope in flight", lines)
+	}
+	w.s.Result(proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusTempfail, Text: "451 4.2.0 mailbox busy"})
+	if e.Retries != 1 || e.LastError != "451 4.2.0 mailbox busy" || !e.Warned {
+		t.Errorf("after a temporary failure: retries %d, error %q, warned %v", e.Retries, e.LastError, e.Warned)
+	}
+	if lines := w.s.Lines("all"); len(lines) != 1 || !strings.Contains(lines[0], "|mda|pending|") {
+		t.Errorf("show queue: %q, want the envelope pending", lines)
+	}
+
+	// deferred past its expiry, it is due at its expiry and expires
+	w.s.Schedule("all")
+	w.s.dispatch()
+	e.Expire = time.Now().Add(50 * time.Millisecond)
+	w.s.Result(proto.DeliveryResult{EvpID: e.ID, Status: proto.StatusDeferred, Text: "451 4.4.5 rate limit", Retry: time.Now().Add(time.Hour)})
+	if wait := w.s.dispatch(); wait > 50*time.Millisecond {
+		t.Errorf("next dispatch in %v, want at the expiry", wait)
+	}
+	time.Sleep(60 * time.Millisecond)
+	w.s.dispatch()
+	deadline := time.Now().Add(5 * time.Second)
+	for w.s.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.mu.Lock()
+	permfails, delays := w.permfails, len(w.delays)
+	w.mu.Unlock()
+	if w.s.Len() != 0 || len(permfails) != 1 || !strings.HasPrefix(permfails[0], "message expired") {
+		t.Errorf("%d envelopes left, notices %q; want it expired", w.s.Len(), permfails)
+	}
+	if w.deliveries() != 3 {
+		t.Errorf("%d deliveries started, want 3: none after the expiry", w.deliveries())
+	}
+	if delays != 1 {
+		t.Errorf("%d delay warnings, want 1, for the temporary failure", delays)
+	}
+	for key, want := range map[string]int64{
+		"scheduler.delivery.deferred": 2, "scheduler.delivery.tempfail": 1,
+		"scheduler.envelope.expired": 1, "scheduler.envelope": 0,
+	} {
+		if got := w.stat(key); got != want {
+			t.Errorf("%s = %d, want %d", key, got, want)
+		}
+	}
+}
