@@ -48,11 +48,15 @@ type SMTPFilterMessage struct {
 	Listener uint32
 	MsgID    uint32
 	Size     int64
+	// Sign are the DKIM keys (by their place in the configuration)
+	// that sign the message once filtered: those of the actions of
+	// its recipients.
+	Sign []uint32
 }
 
 // NewSMTPFilterMessage returns an SMTPFilterMessage carrying f.
-func NewSMTPFilterMessage(f *os.File, session uint64, listener, msgid uint32, size int64) *SMTPFilterMessage {
-	return &SMTPFilterMessage{fileField{f}, session, listener, msgid, size}
+func NewSMTPFilterMessage(f *os.File, session uint64, listener, msgid uint32, size int64, sign []uint32) *SMTPFilterMessage {
+	return &SMTPFilterMessage{fileField{f}, session, listener, msgid, size, sign}
 }
 
 func (*SMTPFilterMessage) Type() Type { return TypeSMTPFilterMessage }
@@ -61,9 +65,19 @@ func (m *SMTPFilterMessage) Encode(w *Writer) {
 	w.U32(m.Listener)
 	w.U32(m.MsgID)
 	w.I64(m.Size)
+	w.U32(uint32(len(m.Sign)))
+	for _, k := range m.Sign {
+		w.U32(k)
+	}
 }
 func (m *SMTPFilterMessage) Decode(r *Reader) {
 	m.Session, m.Listener, m.MsgID, m.Size = r.U64(), r.U32(), r.U32(), r.I64()
+	if n := r.Count(4, "keys"); n > 0 {
+		m.Sign = make([]uint32, n)
+		for i := range m.Sign {
+			m.Sign[i] = r.U32()
+		}
+	}
 }
 
 // MessageFate is what the filters decided for a message they let
@@ -72,14 +86,18 @@ func (m *SMTPFilterMessage) Decode(r *Reader) {
 type MessageFate struct {
 	Discard    bool
 	Quarantine string
+	// Auth sums up the checks of the message for its log line, such
+	// as "spf=pass dkim=pass dmarc=pass".
+	Auth string
 }
 
 func (f *MessageFate) encode(w *Writer) {
 	w.Bool(f.Discard)
 	w.String(f.Quarantine)
+	w.String(f.Auth)
 }
 
-func (f *MessageFate) decode(r *Reader) { f.Discard, f.Quarantine = r.Bool(), r.String() }
+func (f *MessageFate) decode(r *Reader) { f.Discard, f.Quarantine, f.Auth = r.Bool(), r.String(), r.String() }
 
 // MFAMessageVerdict answers SMTPFilterMessage when the message is to
 // be kept as it is, or refused.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -27,12 +28,14 @@ type listenerFilters struct {
 	external bool
 }
 
-// newListenerFilters reads a chain. A chain with filter processes or
-// milters is asked at every phase, since what a process registered is
-// mfa's to know; built-in filters only at their own phase.
-func newListenerFilters(chain []*config.Filter) listenerFilters {
-	lf := listenerFilters{phases: map[proto.Phase]bool{}}
-	for _, f := range chain {
+// newListenerFilters reads a listener's chain and checks. A chain with
+// filter processes or milters is asked at every phase, since what a
+// process registered is mfa's to know, and so is a listener that makes
+// checks (SPF at MAIL, DKIM at the end of the message...); built-in
+// filters only at their own phase.
+func newListenerFilters(l *config.Listener) listenerFilters {
+	lf := listenerFilters{phases: map[proto.Phase]bool{}, external: len(l.Checks) > 0}
+	for _, f := range l.Filters {
 		if f.Kind != config.FilterBuiltin {
 			lf.external = true
 			continue
@@ -92,19 +95,40 @@ func (sess *session) filter(phase proto.Phase, param *string) *server.Reply {
 	return r
 }
 
+// signKeys are the DKIM keys of the actions of the transaction's
+// recipients.
+func (sess *session) signKeys() []uint32 {
+	var keys []uint32
+	for _, r := range sess.rcpts {
+		for _, d := range r.dests {
+			a := sess.s.cfg.Action(d.Action)
+			if a == nil {
+				continue
+			}
+			for _, k := range a.Sign {
+				if !slices.Contains(keys, uint32(k.ID)) {
+					keys = append(keys, uint32(k.ID))
+				}
+			}
+		}
+	}
+	return keys
+}
+
 // filterMessage passes the received message through the chain's
-// data-line filters and milters; when they changed it, their version
-// replaces the body file's content. The queue's commit makes the new
-// content durable like any other.
+// data-line filters, milters and checks, and has it signed; when they
+// changed it, their version replaces the body file's content. The
+// queue's commit makes the new content durable like any other.
 func (sess *session) filterMessage() *server.Reply {
-	if !sess.filters.external {
+	sign := sess.signKeys()
+	if !sess.filters.external && len(sign) == 0 {
 		return nil
 	}
 	size, err := sess.body.Seek(0, io.SeekEnd)
 	if err != nil {
 		return sess.internalErr(err)
 	}
-	env, err := sess.s.ask(sess.s.mfa, proto.NewSMTPFilterMessage(sess.body, sess.info.ID, sess.listenerID, sess.msgid, size))
+	env, err := sess.s.ask(sess.s.mfa, proto.NewSMTPFilterMessage(sess.body, sess.info.ID, sess.listenerID, sess.msgid, size, sign))
 	if err != nil {
 		return sess.internalErr(err)
 	}
@@ -126,7 +150,7 @@ func (sess *session) filterMessage() *server.Reply {
 	default:
 		return sess.internalErr(fmt.Errorf("mfa answered %s", env.Type))
 	}
-	sess.discard, sess.quarantine = fate.Discard, fate.Quarantine
+	sess.discard, sess.quarantine, sess.auth = fate.Discard, fate.Quarantine, fate.Auth
 	return nil
 }
 

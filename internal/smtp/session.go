@@ -58,6 +58,8 @@ type session struct {
 	junk       bool
 	discard    bool
 	quarantine string
+	// auth sums up the checks of the message for its log line
+	auth string
 }
 
 // created is queue's answer to SMTPMessageCreate, or why none came.
@@ -383,7 +385,11 @@ func (sess *session) commit() *server.Reply {
 	sess.mails++
 	sess.s.stats.Increment("smtp.message", 1)
 	id := envelope.FormatMsgID(msgid)
-	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients", sess.info.ID, id, sess.info.Sender, len(sess.rcpts))
+	auth := ""
+	if sess.auth != "" {
+		auth = " (" + sess.auth + ")"
+	}
+	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients%s", sess.info.ID, id, sess.info.Sender, len(sess.rcpts), auth)
 	return reply(250, server.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", id)
 }
 
@@ -410,7 +416,7 @@ func (sess *session) endMessage() {
 	}
 	sess.msgid, sess.body, sess.bw = 0, nil, nil
 	sess.info.Sender, sess.mail, sess.rcpts = "", server.MailParams{}, nil
-	sess.discard, sess.quarantine = false, ""
+	sess.discard, sess.quarantine, sess.auth = false, "", ""
 }
 
 // Abort ends a transaction without a message: RSET, a refused message,

@@ -68,7 +68,7 @@ type Server struct {
 func New(c *privsep.Child) (*Server, error) {
 	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, authFailures: newAuthFailures(c.Config.Limits.AuthFailuresPerIP), local: newLocalListener()}
 	for _, l := range c.Config.Listeners {
-		s.listenerFilters = append(s.listenerFilters, newListenerFilters(l.Filters))
+		s.listenerFilters = append(s.listenerFilters, newListenerFilters(l))
 	}
 	t := c.Config.Throttle
 	s.connectRate = throttle.NewKeyed(t.ConnectRate, throttleKeys)
