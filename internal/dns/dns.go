@@ -177,10 +177,36 @@ func (r *Resolver) TXT(ctx context.Context, name string) ([]string, error) {
 	}
 	out := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
-		out = append(out, strings.Join(rr.(*mdns.TXT).Txt, ""))
+		var b strings.Builder
+		for _, s := range rr.(*mdns.TXT).Txt {
+			unescapeTXT(&b, s)
+		}
+		out = append(out, b.String())
 	}
 	return out, nil
 }
+
+// unescapeTXT writes s, a TXT string as github.com/miekg/dns keeps it
+// (in presentation form: \" for a quote, \DDD for other bytes), as the
+// bytes that were on the wire.
+func unescapeTXT(b *strings.Builder, s string) {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' || i+1 == len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')*100 + (s[i+2]-'0')*10 + (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i+1])
+		i++
+	}
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 // records returns the records of qtype for name, following CNAMEs.
 func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, error) {

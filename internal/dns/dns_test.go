@@ -73,3 +73,21 @@ func TestResolver(t *testing.T) {
 		t.Errorf("no server: %v", err)
 	}
 }
+
+// TXT records come back as the bytes on the wire, whatever escapes
+// miekg/dns keeps them with.
+func TestTXTUnescaped(t *testing.T) {
+	srv, err := dnstest.Start(`t.example.test. 300 IN TXT "v=spf1 \"quoted\" semi\;colon \160byte" "second"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	r, err := New([]string{srv.Addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.TXT(context.Background(), "t.example.test")
+	if err != nil || len(got) != 1 || got[0] != "v=spf1 \"quoted\" semi;colon \xa0bytesecond" {
+		t.Errorf("%q %v", got, err)
+	}
+}

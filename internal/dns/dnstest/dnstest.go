@@ -1,6 +1,8 @@
 // Package dnstest is a DNS server for tests: it serves records from a
 // map on loopback (UDP and TCP) with github.com/miekg/dns, can answer
-// SERVFAIL for chosen names, and counts the queries it gets.
+// SERVFAIL for chosen names, leave chosen queries unanswered so that
+// clients time out, answer NODATA for empty non-terminals, and counts
+// the queries it gets.
 package dnstest
 
 import (
@@ -21,6 +23,13 @@ type Server struct {
 	servfail map[string]bool
 	queries  map[string]int // "name TYPE"
 	udp, tcp *mdns.Server
+
+	// silent holds the names whose queries get no answer, with the
+	// types concerned; mdns.TypeNone stands for every type.
+	silent map[string]map[uint16]bool
+	// ent makes a name that exists only as the parent of another
+	// answer NODATA instead of NXDOMAIN.
+	ent bool
 }
 
 // Start serves records (zone file lines, such as
@@ -101,6 +110,51 @@ func (s *Server) Add(record string) error {
 	return nil
 }
 
+// AddRR adds records built by the caller, for contents zone file syntax
+// cannot express or that should reach the wire as they are: TXT
+// strings with arbitrary bytes or none at all, owner names with
+// unusual characters (in the presentation format miekg/dns gives
+// received names, such as "a\\ b.example."), records of any type.
+func (s *Server) AddRR(rrs ...mdns.RR) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rr := range rrs {
+		name := strings.ToLower(rr.Header().Name)
+		s.records[name] = append(s.records[name], rr)
+	}
+}
+
+// Timeout makes the server leave queries for name unanswered, so that
+// clients time out: queries of the given types (mdns.TypeTXT...), or of
+// every type when none is given. Calls add up.
+func (s *Server) Timeout(name string, qtypes ...uint16) {
+	name = mdns.Fqdn(strings.ToLower(name))
+	if len(qtypes) == 0 {
+		qtypes = []uint16{mdns.TypeNone} // every type
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.silent == nil {
+		s.silent = map[string]map[uint16]bool{}
+	}
+	if s.silent[name] == nil {
+		s.silent[name] = map[uint16]bool{}
+	}
+	for _, t := range qtypes {
+		s.silent[name][t] = true
+	}
+}
+
+// EmptyNonTerminals sets whether a name without records of its own but
+// with records below it (b.example. when only a.b.example. is known)
+// answers NODATA, as real servers do (RFC 8020), rather than NXDOMAIN,
+// which it answers by default.
+func (s *Server) EmptyNonTerminals(on bool) {
+	s.mu.Lock()
+	s.ent = on
+	s.mu.Unlock()
+}
+
 // ServFail makes queries for name fail with SERVFAIL.
 func (s *Server) ServFail(name string) {
 	s.mu.Lock()
@@ -139,7 +193,14 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	s.queries[name+" "+mdns.TypeToString[q.Qtype]]++
 	rrs, known := s.records[name]
 	fail := s.servfail[name]
+	quiet := s.silent[name][mdns.TypeNone] || s.silent[name][q.Qtype]
+	if !known && s.ent {
+		known = s.hasDescendant(name)
+	}
 	s.mu.Unlock()
+	if quiet {
+		return // the client times out
+	}
 	switch {
 	case fail:
 		resp.Rcode = mdns.RcodeServerFailure
@@ -153,4 +214,19 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 		}
 	}
 	w.WriteMsg(resp)
+}
+
+// hasDescendant reports whether a record is known below name. The
+// caller holds s.mu.
+func (s *Server) hasDescendant(name string) bool {
+	suffix := "." + name
+	if name == "." {
+		suffix = "."
+	}
+	for n := range s.records {
+		if n != name && strings.HasSuffix(n, suffix) {
+			return true
+		}
+	}
+	return false
 }
