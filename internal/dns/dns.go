@@ -197,9 +197,11 @@ func unescapeTXT(b *strings.Builder, s string) {
 			continue
 		}
 		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
-			b.WriteByte((s[i+1]-'0')*100 + (s[i+2]-'0')*10 + (s[i+3] - '0'))
-			i += 3
-			continue
+			if n := int(s[i+1]-'0')*100 + int(s[i+2]-'0')*10 + int(s[i+3]-'0'); n <= 255 {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
 		}
 		b.WriteByte(s[i+1])
 		i++

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"smtpd/internal/dns/dnstest"
@@ -89,5 +90,22 @@ func TestTXTUnescaped(t *testing.T) {
 	got, err := r.TXT(context.Background(), "t.example.test")
 	if err != nil || len(got) != 1 || got[0] != "v=spf1 \"quoted\" semi;colon \xa0bytesecond" {
 		t.Errorf("%q %v", got, err)
+	}
+}
+
+func TestUnescapeTXT(t *testing.T) {
+	for in, want := range map[string]string{
+		`plain`:            "plain",
+		`a\"b\\c`:          `a"b\c`,
+		`\000\013\010\255`: "\x00\r\n\xff",
+		`\256`:             "256",
+		`\12`:              "12",
+		`end\`:             `end\`,
+		`caf\195\169`:      "café",
+	} {
+		var b strings.Builder
+		if unescapeTXT(&b, in); b.String() != want {
+			t.Errorf("unescapeTXT(%q) = %q, want %q", in, b.String(), want)
+		}
 	}
 }
