@@ -10,7 +10,7 @@ SYSCONF  ?= /etc/mail
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
-TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim \
+TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim python3-nacl \
 	opensmtpd-filter-dkimsign opensmtpd-filter-senderscore opendkim opendkim-tools
 
 # package:target for every fuzz target
@@ -102,11 +102,13 @@ bench: build
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	$(GO) build -o bin/bench ./bench
+	$(GO) build -o bin/passfilter ./bench/passfilter
 	bin/bench
 
 bench-full: build
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
 	$(GO) build -o bin/bench ./bench
+	$(GO) build -o bin/passfilter ./bench/passfilter
 	bin/bench -full
 
 # smtpctl is also the sendmail interface, by the name it is called by.

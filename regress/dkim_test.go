@@ -1,6 +1,7 @@
 package regress
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -37,16 +38,49 @@ func dkimKey(t *testing.T, dir string) string {
 	return "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(pub)
 }
 
-// verifyDKIM checks the message's DKIM signature with python3-dkim.
-// The delivery's own fields (Return-Path, Delivered-To) are not signed
-// and stay; line ends become CRLF again, as on the wire.
+// ed25519Key writes an Ed25519 key for selector "ed" of example.test
+// into dir as ed.pem and returns its DNS record (RFC 8463).
+func ed25519Key(t *testing.T, dir string) string {
+	t.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ed.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(pub)
+}
+
+// verifyDKIM checks the message's DKIM signatures with python3-dkim,
+// record standing for every key.
 func verifyDKIM(t *testing.T, msg, record string) {
+	t.Helper()
+	verifyDKIMWith(t, msg, map[string]string{"": record})
+}
+
+// verifyDKIMWith checks every DKIM signature of the message with
+// python3-dkim, records giving the key record of each name ("" for any
+// name). The delivery's own fields (Return-Path, Delivered-To) are not
+// signed and stay; line ends become CRLF again, as on the wire.
+func verifyDKIMWith(t *testing.T, msg string, records map[string]string) {
 	t.Helper()
 	if !regexp.MustCompile(`(?m)^DKIM-Signature: `).MatchString(msg) {
 		t.Fatalf("no DKIM-Signature in:\n%s", msg)
 	}
 	crlf := strings.ReplaceAll(strings.ReplaceAll(msg, "\r\n", "\n"), "\n", "\r\n")
-	cmd := exec.Command("/usr/bin/python3", filepath.Join("testdata", "filters", "dkimverify.py"), record)
+	args := []string{filepath.Join("testdata", "filters", "dkimverify.py")}
+	for name, record := range records {
+		if name != "" {
+			record = name + "=" + record
+		}
+		args = append(args, record)
+	}
+	cmd := exec.Command("/usr/bin/python3", args...)
 	cmd.Stdin = strings.NewReader(crlf)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -157,7 +157,14 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 	}
 	var srv *smtp.Server
 	var relay *mta.MTA
+	var filters *mfa.MFA
 	switch proc {
+	case proto.ProcMFA:
+		// DKIM keys are readable by root only, resolv.conf is out of
+		// sight after the chroot
+		if filters, err = mfa.New(c); err != nil {
+			c.Log.Fatalf("%v", err)
+		}
 	case proto.ProcSMTP:
 		// certificates and keys are readable by root only
 		if srv, err = smtp.New(c); err != nil {
@@ -183,7 +190,7 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 	case proto.ProcLookup:
 		lookup.Run(c)
 	case proto.ProcMFA:
-		mfa.Run(c)
+		filters.Run()
 	case proto.ProcMTA:
 		relay.Run()
 	}

@@ -59,13 +59,16 @@ type Listener struct {
 	// (Check*); DNSLists the block and allow lists of the dnsbl check.
 	Checks   []string
 	DNSLists []DNSList
-	Range    hcl.Range
+	// DNSFailure is what a check that cannot tell for a DNS failure
+	// does: tempfail (the default) or proceed.
+	DNSFailure string
+	Range      hcl.Range
 }
 
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
 	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
-	{Name: "senders"}, {Name: "filters"}, {Name: "checks"}, {Name: "dnsbl"}, {Name: "dnswl"},
+	{Name: "senders"}, {Name: "filters"}, {Name: "checks"}, {Name: "dnsbl"}, {Name: "dnswl"}, {Name: "dns_failure"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {

@@ -203,8 +203,13 @@ type DNSList struct {
 	Allow bool
 }
 
-// listenerChecks decodes a listener's checks, dnsbl and dnswl.
+// listenerChecks decodes a listener's checks, dnsbl, dnswl and
+// dns_failure.
 func (d *decoder) listenerChecks(l *Listener, attrs hcl.Attributes) {
+	l.DNSFailure = FailTempfail
+	if d.decode(attrs, "dns_failure", &l.DNSFailure) && l.DNSFailure != FailTempfail && l.DNSFailure != FailProceed {
+		d.errorf(attrs["dns_failure"].Expr.Range(), "Invalid dns_failure", "dns_failure must be \"tempfail\" or \"proceed\", not %q.", l.DNSFailure)
+	}
 	if d.decode(attrs, "checks", &l.Checks) {
 		for _, c := range l.Checks {
 			if !slices.Contains(allChecks, c) {

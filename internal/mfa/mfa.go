@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -37,6 +38,8 @@ type MFA struct {
 	stats *stats.Sender
 	has   TableCheck
 
+	// checks are the checks of mail and the signing keys
+	checks *Checks
 	// procs and milters are the filter processes and milters, by
 	// filter id
 	procs   map[int]*procSlot
@@ -53,13 +56,25 @@ type milterFailure struct {
 	err string
 }
 
-// Run runs the mfa process on c.
-func Run(c *privsep.Child) {
-	m := &MFA{
-		child: c, cfg: c.Config, log: c.Log, stats: c.Stats,
+// New prepares the mfa process: it reads the DKIM keys and the
+// resolver's configuration, which must happen before the process drops
+// its privileges.
+func New(c *privsep.Child) (*MFA, error) {
+	checks, err := NewChecks(c.Config)
+	if err != nil {
+		return nil, err
+	}
+	return &MFA{
+		child: c, cfg: c.Config, log: c.Log, checks: checks,
 		procs: map[int]*procSlot{}, milters: map[int]*milter.Client{},
 		sessions: map[uint64]*session{}, milterErr: map[int]milterFailure{},
-	}
+	}, nil
+}
+
+// Run runs the mfa process.
+func (m *MFA) Run() {
+	c := m.child
+	m.stats = c.Stats
 	lookup := c.Peers[proto.ProcLookup]
 	// mfa holds no table contents: lookup answers for the filter tables
 	m.has = func(id uint32, kind proto.TableKey, key string) (bool, error) {
@@ -155,7 +170,11 @@ func (m *MFA) sessionOf(id uint64, listener uint32, create bool) *session {
 	defer m.mu.Unlock()
 	s := m.sessions[id]
 	if s == nil && create {
-		s = m.newSession(id, m.chain(listener))
+		var l *config.Listener
+		if int(listener) < len(m.cfg.Listeners) {
+			l = m.cfg.Listeners[listener]
+		}
+		s = m.newSession(id, l)
 		m.sessions[id] = s
 		m.stats.Increment("mfa.session", 1)
 	}
@@ -187,7 +206,7 @@ func (m *MFA) query(ch *proto.Channel, id uint32, q *proto.SMTPFilterQuery) {
 		}
 	}
 	chain := m.chain(q.Listener)
-	if !external(chain) {
+	if !external(chain) && !m.checking(q.Listener) {
 		// a verdict may wait for lookup: decide out of order
 		go func() { answer(Decide(chain, m.has, q)) }()
 		return
@@ -197,10 +216,8 @@ func (m *MFA) query(ch *proto.Channel, id uint32, q *proto.SMTPFilterQuery) {
 }
 
 func (m *MFA) message(ch *proto.Channel, id uint32, msg *proto.SMTPFilterMessage) {
-	s := m.sessionOf(msg.Session, msg.Listener, true)
-	s.enqueue(func() {
-		defer msg.File().Close()
-		answer, f := s.message(msg)
+	reply := func(answer proto.Message, f *os.File) {
+		msg.File().Close()
 		err := m.child.Send(ch, answer, id)
 		if f != nil {
 			f.Close()
@@ -208,7 +225,21 @@ func (m *MFA) message(ch *proto.Channel, id uint32, msg *proto.SMTPFilterMessage
 		if err != nil {
 			m.log.Fatalf("%v", err)
 		}
-	})
+	}
+	if !external(m.chain(msg.Listener)) && !m.checking(msg.Listener) {
+		// a session mfa keeps no state of: the message is only signed
+		go func() {
+			reply(runStages(msg.File(), msg.Size, []messageStage{m.checks.signStage(m, msg.Session, msg.Sign)}, func() proto.MessageFate { return proto.MessageFate{} }))
+		}()
+		return
+	}
+	s := m.sessionOf(msg.Session, msg.Listener, true)
+	s.enqueue(func() { reply(s.message(msg)) })
+}
+
+// checking reports whether the listener numbered id makes checks.
+func (m *MFA) checking(id uint32) bool {
+	return int(id) < len(m.cfg.Listeners) && len(m.cfg.Listeners[id].Checks) > 0
 }
 
 // parentDialer connects to a milter's unix socket through the parent:

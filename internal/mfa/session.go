@@ -26,9 +26,10 @@ import (
 // own goroutine: a filter sees a session's reports and requests in
 // order, and a slow filter holds up only the sessions it filters.
 type session struct {
-	m     *MFA
-	id    uint64
-	chain []*config.Filter
+	m        *MFA
+	id       uint64
+	listener *config.Listener
+	chain    []*config.Filter
 
 	mu      sync.Mutex
 	jobs    []func()
@@ -54,13 +55,20 @@ type session struct {
 	// message: drop it, or keep it out of delivery
 	discard    bool
 	quarantine string
+	// checked is what the checks learnt, authSummary their results
+	// for the message's log line
+	checked     authState
+	authSummary string
 }
 
-func (m *MFA) newSession(id uint64, chain []*config.Filter) *session {
+func (m *MFA) newSession(id uint64, l *config.Listener) *session {
 	s := &session{
-		m: m, id: id, chain: chain, wake: make(chan struct{}, 1),
+		m: m, id: id, listener: l, wake: make(chan struct{}, 1),
 		gens: map[int]uint32{}, failed: map[int]bool{},
 		milters: map[int]*milter.Session{}, done: map[int]bool{},
+	}
+	if l != nil {
+		s.chain = l.Filters
 	}
 	go s.run()
 	return s
@@ -182,6 +190,9 @@ func (s *session) failure(f *config.Filter, err error) *proto.MFAFilterVerdict {
 // query runs a phase through the chain, in order, until a filter
 // refuses; a rewrite changes what the filters after it see.
 func (s *session) query(q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
+	if v := s.check(q); v != nil {
+		return v
+	}
 	verdict := &proto.MFAFilterVerdict{Verdict: proto.VerdictProceed}
 	for _, f := range s.chain {
 		if s.failed[f.ID] {
@@ -490,13 +501,36 @@ func memFile() (*os.File, error) {
 // answers with the verdict or the new message (whose file the caller
 // closes once sent).
 func (s *session) message(m *proto.SMTPFilterMessage) (proto.Message, *os.File) {
-	cur, size := m.File(), m.Size
-	var rewritten *os.File
+	// the chain's filters in order, then the checks (which see the
+	// message as filtered), then the signatures (over all of it)
+	var stages []messageStage
 	for _, f := range s.chain {
-		if s.failed[f.ID] || s.done[f.ID] {
-			continue
+		if !s.failed[f.ID] && !s.done[f.ID] {
+			stages = append(stages, func(in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict) {
+				return s.filterStage(f, in, size)
+			})
 		}
-		out, v := s.messageStage(f, cur, size)
+	}
+	stages = append(stages, s.messageChecks, s.m.checks.signStage(s.m, s.id, m.Sign))
+	return runStages(m.File(), m.Size, stages, func() proto.MessageFate {
+		return proto.MessageFate{Discard: s.discard, Quarantine: s.quarantine, Auth: s.authSummary}
+	})
+}
+
+// messageStage is one step a message goes through: it gives a new
+// version of the message (nil to keep it) or a verdict that ends the
+// transaction.
+type messageStage func(in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict)
+
+// runStages runs the stages, each reading what the one before wrote,
+// and gives the answer to SMTPFilterMessage and the file it carries, if
+// any, which the caller closes once sent. fate tells, once the stages
+// ran, what they decided.
+func runStages(in *os.File, size int64, stages []messageStage, fate func() proto.MessageFate) (proto.Message, *os.File) {
+	cur := in
+	var rewritten *os.File
+	for _, stage := range stages {
+		out, v := stage(cur, size)
 		if v != nil {
 			if rewritten != nil {
 				rewritten.Close()
@@ -516,17 +550,20 @@ func (s *session) message(m *proto.SMTPFilterMessage) (proto.Message, *os.File) 
 		}
 		rewritten, cur, size = out, out, end
 	}
-	fate := proto.MessageFate{Discard: s.discard, Quarantine: s.quarantine}
 	if rewritten == nil {
-		return &proto.MFAMessageVerdict{Verdict: proto.VerdictProceed, Fate: fate}, nil
+		return &proto.MFAMessageVerdict{Verdict: proto.VerdictProceed, Fate: fate()}, nil
 	}
-	return proto.NewMFAMessageRewritten(rewritten, size, fate), rewritten
+	return proto.NewMFAMessageRewritten(rewritten, size, fate()), rewritten
 }
 
-// messageStage runs one filter of the chain on the message: the new
+// signFailure is the reply when a message cannot be signed: the
+// daemon's trouble, a temporary failure.
+var signFailure = proto.Reply{Code: 451, Enhanced: "4.3.0", Text: "Temporary failure signing the message, try again later"}
+
+// filterStage runs one filter of the chain on the message: the new
 // message if the filter changed it, or a verdict that ends the
 // transaction, or neither.
-func (s *session) messageStage(f *config.Filter, in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict) {
+func (s *session) filterStage(f *config.Filter, in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict) {
 	switch f.Kind {
 	case config.FilterProc:
 		c := s.proc(f)

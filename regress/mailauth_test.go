@@ -1,0 +1,123 @@
+package regress
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"smtpd/internal/dns/dnstest"
+)
+
+// TestInboundChecks: a listener that checks FCrDNS, SPF, DKIM, DMARC
+// and a DNS block list, against our test DNS. A forged message from a
+// domain whose DMARC policy is reject is refused with 550 5.7.1 at the
+// end of data; a valid one is delivered with our Authentication-Results
+// and Received-SPF, and a field that claimed our authserv-id is gone; a
+// listed client is refused with the list's text; a list that cannot be
+// asked makes the refusal temporary.
+func TestInboundChecks(t *testing.T) {
+	srv, err := dnstest.Start(
+		"good.example. 300 IN TXT \"v=spf1 ip4:127.0.0.1 -all\"",
+		"_dmarc.good.example. 300 IN TXT \"v=DMARC1; p=reject\"",
+		"forged.example. 300 IN TXT \"v=spf1 ip4:192.0.2.1 -all\"",
+		"_dmarc.forged.example. 300 IN TXT \"v=DMARC1; p=reject\"",
+		"1.0.0.127.in-addr.arpa. 300 IN PTR client.good.example.",
+		"client.good.example. 300 IN A 127.0.0.1",
+		"3.0.0.127.bl.example. 300 IN A 127.0.0.2",
+		"3.0.0.127.bl.example. 300 IN TXT \"Listed: see https://bl.example/127.0.0.3\"",
+		"bl.example. 300 IN SOA ns.bl.example. hostmaster.bl.example. 1 3600 600 86400 300",
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	cfg := strings.Replace(DefaultConfig, `listen "mx" { address = "{{ADDR}}" }`, `resolver = ["`+srv.Addr+`"]
+listen "mx" {
+  address = "{{ADDR}}"
+  checks  = ["fcrdns", "spf", "dkim", "dmarc", "dnsbl"]
+  dnsbl   = ["bl.example"]
+}`, 1)
+	d := StartWith(t, bin, Options{Config: cfg})
+	msg := func(mailFrom, from, extra string) string {
+		return "expect 220\nsend EHLO client.good.example\nexpect 250\nsend MAIL FROM:<" + mailFrom + ">\nexpect 250\n" +
+			"send RCPT TO:<reader@example.test>\nexpect 250\nsend DATA\nexpect 354\n" + extra +
+			"send From: <" + from + ">\nsend Subject: checked\nsend\nsend hello\nsend .\n"
+	}
+	if err := RunDialogue(d.SMTPAddr, msg("a@forged.example", "boss@forged.example", "")+"expect 550 5.7.1\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Errorf("forged: %v", err)
+	}
+	if err := RunDialogue(d.SMTPAddr, msg("a@good.example", "a@good.example", "send Authentication-Results: mx.example.test; dkim=pass header.d=bank.example\n")+"expect 250\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Fatalf("valid: %v", err)
+	}
+	for _, m := range d.WaitMail(1, 10*time.Second) {
+		unfolded := strings.ReplaceAll(m, "\n\t", " ")
+		for _, want := range []string{
+			`(?m)^Authentication-Results: mx\.example\.test; iprev=pass .*spf=pass smtp\.mailfrom=a@good\.example.*dkim=none.*dmarc=pass header\.from=good\.example`,
+			`(?m)^Received-SPF: pass `,
+		} {
+			if !regexp.MustCompile(want).MatchString(unfolded) {
+				t.Errorf("no /%s/ in:\n%s", want, m)
+			}
+		}
+		if strings.Contains(m, "bank.example") {
+			t.Errorf("the client's field claiming our authserv-id is still there:\n%s", m)
+		}
+	}
+	if err := RunDialogueFrom("127.0.0.3", d.SMTPAddr, "expect 554 5.7.1 Listed: see https://bl.example/127.0.0.3\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Errorf("listed client: %v", err)
+	}
+	srv.ServFail("4.0.0.127.bl.example")
+	if err := RunDialogueFrom("127.0.0.4", d.SMTPAddr, "expect 421\nexpect-close\n"); err != nil {
+		t.Errorf("list failing: %v", err)
+	}
+	if !strings.Contains(d.Log(), "(spf=pass dkim=none dmarc=pass)") {
+		t.Errorf("the accepted line does not name the results:\n%s", d.Log())
+	}
+	d.WaitStat("mfa.check.dmarc.fail", "1", 5*time.Second)
+	d.WaitStat("mfa.check.dnsbl.listed", "1", 5*time.Second)
+}
+
+// TestDKIMSigning: mail relayed by an action with two keys (RSA and
+// Ed25519) arrives signed by both, and python3-dkim verifies each.
+func TestDKIMSigning(t *testing.T) {
+	far := StartWith(t, bin, Options{Addr: fmt.Sprintf("127.0.0.2:%d", FreePort(t))})
+	dir, _ := WriteConfig(t, "")
+	rsaRecord := dkimKey(t, dir)
+	edRecord := ed25519Key(t, dir)
+	d := StartWith(t, bin, Options{Dir: dir, Config: `
+hostname       = "out.example.test"
+spool          = "spool"
+control_socket = "run/smtpd.sock"
+
+listen "mx" { address = "{{ADDR}}" }
+
+dkim "rsa" {
+  domain   = "example.test"
+  selector = "test"
+  key      = "key.pem"
+}
+dkim "ed" {
+  domain   = "example.test"
+  selector = "ed"
+  key      = "ed.pem"
+}
+
+action "out" {
+  relay = "smtp://` + far.SMTPAddr + `"
+  sign  = [dkim.rsa, dkim.ed]
+}
+
+match {
+  from   = "any"
+  for    = "any"
+  action = action.out
+}
+`})
+	msg := sendSigned(t, d, far)
+	if n := strings.Count(msg, "DKIM-Signature:"); n != 2 {
+		t.Fatalf("%d signatures:\n%s", n, msg)
+	}
+	verifyDKIMWith(t, msg, map[string]string{"test._domainkey.example.test.": rsaRecord, "ed._domainkey.example.test.": edRecord})
+}
