@@ -27,7 +27,16 @@ FUZZ_TARGETS = \
 	./internal/lookup:FuzzParseForward \
 	./internal/lookup:FuzzAliases \
 	./internal/mfa/procfilter:FuzzParseLine \
-	./internal/mfa/milter:FuzzReadHeader
+	./internal/mfa/milter:FuzzReadHeader \
+	./internal/mailauth/spf:FuzzParseRecord \
+	./internal/mailauth/dkim:FuzzParseTags \
+	./internal/mailauth/dkim:FuzzReadHeader \
+	./internal/mailauth/dkim:FuzzLoadKey \
+	./internal/mailauth/dmarc:FuzzParseRecord \
+	./internal/mailauth/dmarc:FuzzFromDomain \
+	./internal/mailauth/srs:FuzzReverse \
+	./internal/mailauth/dnsbl:FuzzText \
+	./internal/mailauth/arc:FuzzTagList
 
 .PHONY: all build run test test-deps users fuzz bench bench-full install clean monkey
 

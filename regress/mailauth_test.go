@@ -2,6 +2,8 @@ package regress
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -120,4 +122,86 @@ match {
 		t.Fatalf("%d signatures:\n%s", n, msg)
 	}
 	verifyDKIMWith(t, msg, map[string]string{"test._domainkey.example.test.": rsaRecord, "ed._domainkey.example.test.": edRecord})
+}
+
+// TestSRS: mail forwarded through an alias to another domain leaves
+// with an SRS sender of ours; a bounce to that sender comes back to the
+// original sender; a forged SRS address is refused with 550.
+func TestSRS(t *testing.T) {
+	farCfg := strings.Replace(DefaultConfig, `list = ["example.test"]`, `list = ["far.test"]`, 1)
+	far := StartWith(t, bin, Options{Addr: fmt.Sprintf("127.0.0.2:%d", FreePort(t)), Config: farCfg})
+	dir, _ := WriteConfig(t, "")
+	if err := os.WriteFile(filepath.Join(dir, "srs.key"), []byte("a long secret for the tests of smtpd\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := StartWith(t, bin, Options{Dir: dir, Config: `
+hostname       = "fwd.example.test"
+spool          = "spool"
+control_socket = "run/smtpd.sock"
+
+listen "mx" { address = "{{ADDR}}" }
+
+srs {
+  key    = "srs.key"
+  domain = "example.test"
+}
+
+table "aliases" { map = { fwd = "reader@far.test" } }
+
+action "local" {
+  maildir  = "mail"
+  alias    = table.aliases
+  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
+}
+action "origin" {
+  maildir  = "mail"
+  virtual  = { "@" = "sink" }
+  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
+}
+action "out" { relay = "smtp://` + far.SMTPAddr + `" }
+
+match {
+  from   = "any"
+  for    = "example.test"
+  action = action.local
+}
+match {
+  from   = "any"
+  for    = "origin.example"
+  action = action.origin
+}
+match {
+  from   = "any"
+  for    = "far.test"
+  action = action.out
+}
+`})
+	send := func(from, rcpt, want string) error {
+		return RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO client.example.net\nexpect 250\nsend MAIL FROM:<"+from+">\nexpect 250\n"+
+			"send RCPT TO:<"+rcpt+">\nexpect "+want+"\n"+map[bool]string{true: "send DATA\nexpect 354\nsend Subject: srs\nsend\nsend hi\nsend .\nexpect 250\n"}[want == "250"]+"send QUIT\nexpect 221\n")
+	}
+	if err := send("author@origin.example", "fwd@example.test", "250"); err != nil {
+		t.Fatal(err)
+	}
+	var srsSender string
+	for _, m := range far.WaitMail(1, 20*time.Second) {
+		match := regexp.MustCompile(`(?m)^Return-Path: <(SRS0=[^=]+=[^=]+=origin\.example=author@example\.test)>`).FindStringSubmatch(m)
+		if match == nil {
+			t.Fatalf("the forwarded message's sender is not ours:\n%s", m)
+		}
+		srsSender = match[1]
+	}
+	// the far side's bounce, to our SRS sender
+	if err := send("", srsSender, "250"); err != nil {
+		t.Fatalf("bounce: %v", err)
+	}
+	for _, m := range d.WaitMail(1, 10*time.Second) {
+		if !strings.Contains(m, "Delivered-To: author@origin.example") && !strings.Contains(m, "for <"+srsSender+">") {
+			t.Errorf("the bounce did not reach the original sender:\n%s", m)
+		}
+	}
+	forged := "SRS0=abcd=" + srsSender[strings.Index(srsSender, "=")+6:]
+	if err := send("", forged, "550 5.7.1"); err != nil {
+		t.Errorf("forged %s: %v", forged, err)
+	}
 }

@@ -158,7 +158,13 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 	var srv *smtp.Server
 	var relay *mta.MTA
 	var filters *mfa.MFA
+	var tables *lookup.Lookup
 	switch proc {
+	case proto.ProcLookup:
+		// the SRS secrets are readable by root only
+		if tables, err = lookup.New(c); err != nil {
+			c.Log.Fatalf("%v", err)
+		}
 	case proto.ProcMFA:
 		// DKIM keys are readable by root only, resolv.conf is out of
 		// sight after the chroot
@@ -188,7 +194,7 @@ func runChild(name, cfgPath string, foreground, verbose bool) {
 	case proto.ProcQueue:
 		queue.Run(c)
 	case proto.ProcLookup:
-		lookup.Run(c)
+		tables.Run()
 	case proto.ProcMFA:
 		filters.Run()
 	case proto.ProcMTA:

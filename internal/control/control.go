@@ -202,7 +202,7 @@ func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 			lines := []string{"SMTP " + state}
 			if o := s.overload.Load(); o != nil && o.On {
 				lines = append(lines, "Overload on: "+o.Reason)
-			} else {
+			} else if s.child.Config.Overload.Enabled() {
 				lines = append(lines, "Overload off")
 			}
 			if err := ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: lines}}, env.PeerID); err != nil {

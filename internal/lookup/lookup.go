@@ -12,22 +12,69 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"time"
 
+	"smtpd/internal/config"
 	"smtpd/internal/dns"
+	"smtpd/internal/mailauth/srs"
 	"smtpd/internal/monkey"
-
 	"smtpd/internal/privsep"
 	"smtpd/proto"
 )
+
+// loadSRS reads the SRS secrets: the first line of each file, the
+// current one's first.
+func loadSRS(cfg *config.SRS) (*srs.Rewriter, error) {
+	var keys [][]byte
+	for _, p := range append([]string{cfg.Key}, cfg.OldKeys...) {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("srs: %w", err)
+		}
+		key, _, err := srs.ParseKeys(data)
+		if err != nil {
+			return nil, fmt.Errorf("srs: %s: %w", p, err)
+		}
+		keys = append(keys, key)
+	}
+	rw, err := srs.New(keys[0], keys[1:]...)
+	if err != nil {
+		return nil, fmt.Errorf("srs: %w", err)
+	}
+	rw.MaxAge = cfg.MaxAge
+	return rw, nil
+}
 
 // destinationsPerFrame keeps a LookupExpandResult inside proto.MaxPayload
 // with addresses of up to 256 bytes.
 const destinationsPerFrame = 25
 
-// Run runs the lookup process on c.
-func Run(c *privsep.Child) {
+// Lookup is the lookup process, prepared by New.
+type Lookup struct {
+	c   *privsep.Child
+	srs *srs.Rewriter
+}
+
+// New prepares the lookup process: it reads the SRS secrets, which
+// must happen before the process drops its privileges.
+func New(c *privsep.Child) (*Lookup, error) {
+	l := &Lookup{c: c}
+	if c.Config.SRS != nil {
+		// lookup alone holds the SRS secrets: it rewrites and reverses
+		var err error
+		if l.srs, err = loadSRS(c.Config.SRS); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// Run runs the lookup process.
+func (l *Lookup) Run() {
+	c := l.c
 	r := NewResolver(c.Config)
+	r.SRS = l.srs
 	res, err := dns.New(c.Config.Resolvers)
 	if err != nil {
 		c.Log.Fatalf("%v", err)

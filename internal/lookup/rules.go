@@ -12,6 +12,7 @@ import (
 	"smtpd/internal/address"
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
+	"smtpd/internal/mailauth/srs"
 	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
 	"smtpd/internal/table"
@@ -33,6 +34,9 @@ type Resolver struct {
 	// Forward returns the entries of a user's ~/.forward, none if the
 	// user has no usable one; nil means .forward files are not read.
 	Forward func(proto.Account) ([]string, error)
+	// SRS, if set, rewrites the senders of mail forwarded to other
+	// domains and reverses the bounces to such senders.
+	SRS *srs.Rewriter
 
 	// mu lets Reload replace table contents while expansions run.
 	mu sync.RWMutex
@@ -119,6 +123,23 @@ type expansion struct {
 	sess proto.Session
 	seen map[string]bool
 	out  []proto.Destination
+	// srsReversed is set once a bounce to an SRS address was turned
+	// back into its original sender, which is not rewritten again
+	srsReversed bool
+}
+
+// srsBounce expands a recipient that is one of our SRS addresses: a
+// bounce to mail we forwarded. A forged or expired one is refused; a
+// good one goes to the address it stands for, matched as mail from
+// this host, since the bounce is ours to pass on.
+func (x *expansion) srsBounce(a address.Address, depth int) error {
+	orig, err := x.r.SRS.Reverse(a.String())
+	if err != nil {
+		return reject(550, "5.7.1", "Invalid SRS address <%s>", a.String())
+	}
+	x.srsReversed = true
+	x.sess.Local = true
+	return x.address(orig, depth+1)
 }
 
 // address matches an address against the rules and expands it.
@@ -140,6 +161,9 @@ func (x *expansion) address(s string, depth int) error {
 		return nil // a loop: this address is expanded already
 	}
 	x.seen[key] = true
+	if x.r.SRS != nil && strings.EqualFold(a.Domain, x.r.Config.SRS.Domain) && srs.IsSRS(a.String()) {
+		return x.srsBounce(a, depth)
+	}
 	idx, m := x.r.match(x.sess, a)
 	switch {
 	case m == nil && x.r.ours(a.Domain):
@@ -151,7 +175,15 @@ func (x *expansion) address(s string, depth int) error {
 	}
 	act := m.Action
 	if act.Method == config.Relay {
-		x.out = append(x.out, proto.Destination{Kind: string(envelope.MTA), Rule: uint32(idx), Action: act.Name, Dest: a.String()})
+		d := proto.Destination{Kind: string(envelope.MTA), Rule: uint32(idx), Action: act.Name, Dest: a.String()}
+		if depth > 0 && x.r.SRS != nil && !x.srsReversed {
+			// forwarded: the sender's domain did not authorize us to
+			// send for it, the SRS domain does
+			if sender, ok := x.r.SRS.Forward(x.sess.Sender, x.r.Config.SRS.Domain); ok {
+				d.Sender = sender
+			}
+		}
+		x.out = append(x.out, d)
 		return nil
 	}
 	if act.Virtual != nil {

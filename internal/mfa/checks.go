@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -393,6 +394,12 @@ func (c *Checks) signersOf(keys []uint32) []*dkim.Signer {
 func (c *Checks) signStage(m *MFA, sid uint64, keys []uint32) messageStage {
 	return func(in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict) {
 		out, err := c.sign(in, size, keys)
+		if errors.Is(err, dkim.ErrNoFrom) || errors.Is(err, dkim.ErrHeaderTooLarge) {
+			// the message's own doing: it goes unsigned, as it would
+			// go nowhere else
+			m.log.Warnf("%016x: not signed: %v", sid, err)
+			return nil, nil
+		}
 		if err != nil {
 			m.log.Warnf("%016x: DKIM signing: %v", sid, err)
 			return nil, &proto.MFAFilterVerdict{Verdict: proto.VerdictTempfail, Reply: signFailure}

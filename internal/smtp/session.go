@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"net"
@@ -476,7 +477,7 @@ func (sess *session) submit(msgid uint32) *server.Reply {
 			e := &envelope.Envelope{
 				ID:   envelope.NewEvpID(msgid),
 				Kind: envelope.Kind(d.Kind), Rule: int(d.Rule), Action: d.Action,
-				Sender: sess.info.Sender, Rcpt: r.addr, Dest: d.Dest, User: d.User, Target: d.Target,
+				Sender: cmp.Or(d.Sender, sess.info.Sender), Rcpt: r.addr, Dest: d.Dest, User: d.User, Target: d.Target,
 				Helo: sanitize(sess.info.Helo), Remote: sess.info.Remote,
 				Created: now, Expire: now.Add(sess.s.cfg.Limits.QueueExpire),
 				Ret: sess.mail.Ret, Notify: strings.Join(r.params.Notify, ","),

@@ -43,6 +43,7 @@ var (
 type header struct {
 	raw    []byte
 	fields []string
+	counts map[string]int // fields by lower-case name, made by count
 }
 
 // readHeader reads the header of the message from br, up to and
@@ -95,15 +96,17 @@ func fieldName(field string) (name, value string) {
 	return strings.TrimSpace(name), value
 }
 
-// count returns how many fields of the header are named name.
+// count returns how many fields of the header are named name, in any
+// case.
 func (h *header) count(name string) int {
-	n := 0
-	for _, f := range h.fields {
-		if k, _ := fieldName(f); strings.EqualFold(k, name) {
-			n++
+	if h.counts == nil {
+		h.counts = map[string]int{}
+		for _, f := range h.fields {
+			k, _ := fieldName(f)
+			h.counts[strings.ToLower(k)]++
 		}
 	}
-	return n
+	return h.counts[strings.ToLower(name)]
 }
 
 // isWSP reports whether c is white space inside a tag-list: WSP, or the

@@ -78,9 +78,10 @@ func (s *Signer) Sign(r io.Reader) (field string, err error) {
 }
 
 // SignAll reads a message once and signs it with every signer, for
-// instance with rsa-sha256 and ed25519-sha256 keys (RFC 8463 §3 asks
-// for both while verifiers adopt Ed25519). It returns the fields to
-// prepend, in the order of signers, concatenated.
+// instance with an rsa-sha256 and an ed25519-sha256 key, as in the
+// example of RFC 8463 Appendix A.3, since verifiers that do not know
+// Ed25519 ignore its signature. It returns the fields to prepend, in
+// the order of signers, concatenated.
 func SignAll(r io.Reader, signers ...*Signer) (fields string, err error) {
 	if len(signers) == 0 {
 		return "", errors.New("dkim: no signer")

@@ -2,7 +2,8 @@ package dkim
 
 import (
 	"context"
-	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io"
 	"runtime"
@@ -86,13 +87,15 @@ func TestSignOptions(t *testing.T) {
 		t.Errorf("without over-signing h=%s", got)
 	}
 
-	small, err := rsa.GenerateKey(zeroReader{}, 512)
-	if err == nil {
-		// Go refuses to make such keys unless GODEBUG=rsa1024min=0
-		s := Signer{Domain: "example.org", Selector: "x", Key: small}
-		if _, err := s.Sign(strings.NewReader(testMessage)); !errors.Is(err, ErrKeyTooSmall) {
-			t.Errorf("512-bit key: %v", err)
-		}
+	// a key set directly, not through LoadKey, is checked too
+	block, _ := pem.Decode(readTestdata(t, "rsa512.pem"))
+	small, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tiny := Signer{Domain: "example.org", Selector: "x", Key: small}
+	if _, err := tiny.Sign(strings.NewReader(testMessage)); !errors.Is(err, ErrKeyTooSmall) {
+		t.Errorf("512-bit key: %v", err)
 	}
 	for _, tc := range []struct {
 		name string
@@ -123,14 +126,28 @@ func TestSignOptions(t *testing.T) {
 	}
 }
 
-// zeroReader is a deterministic, insecure randomness source.
-type zeroReader struct{}
-
-func (zeroReader) Read(p []byte) (int, error) {
-	for i := range p {
-		p[i] = 0x5a
+// TestSignNoLeak: go-msgauth signs in a goroutine per signature; none
+// is left behind when a signer is refused or the message cannot be read.
+func TestSignNoLeak(t *testing.T) {
+	rsaS, edS, _ := testSigners(t)
+	bad := *edS
+	bad.Selector = ""
+	before := runtime.NumGoroutine()
+	for range 20 {
+		if _, err := SignAll(strings.NewReader(testMessage), rsaS, edS, &bad); err == nil {
+			t.Fatal("bad signer accepted")
+		}
+		if _, err := SignAll(&errReader{testMessage}, rsaS, edS); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+			t.Fatalf("read error: %v", err)
+		}
 	}
-	return len(p), nil
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines left behind", n-before)
+	}
 }
 
 // TestSignAllOnePass: several signatures from one reading of the

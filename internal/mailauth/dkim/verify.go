@@ -15,9 +15,10 @@ import (
 	"smtpd/internal/dns"
 )
 
-// MaxSignatures bounds the signatures verified in one message: each
-// costs a DNS query and a public-key operation, and a sender can add
-// any number (RFC 6376 §8.4). Signatures beyond it get StatusPolicy.
+// MaxSignatures bounds the signatures verified in one message, as RFC
+// 6376 §6.1 allows against denial of service: each costs a DNS query
+// and a public-key operation, and a sender can add any number.
+// Signatures beyond it get StatusPolicy.
 const MaxSignatures = 5
 
 // Resolver looks up the key records. *dns.Resolver satisfies it: its

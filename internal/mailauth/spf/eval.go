@@ -89,11 +89,11 @@ func (e *eval) checkHost(ctx context.Context, domain string, depth int) (Result,
 		return PermError, nil, permErr(ErrTooManyLookups)
 	}
 	txt, err := e.record(ctx, domain)
-	if err != nil || txt == "" {
-		if err != nil {
-			return resultOf(err), nil, err
-		}
-		return None, nil, nil
+	if err != nil {
+		return resultOf(err), nil, err
+	}
+	if txt == "" {
+		return None, nil, nil // §4.5
 	}
 	rec, err := parseRecord(txt)
 	if err != nil {

@@ -52,7 +52,7 @@ func parseMacroString(s string, exp bool) (macroString, error) {
 			switch s[i] {
 			case '%', '_', '-':
 				flush()
-				ms = append(ms, macroPart{literal: map[byte]string{'%': "%", '_': " ", '-': "%20"}[s[i]], escape: true})
+				ms = append(ms, macroPart{literal: escapeValue(s[i]), escape: true})
 			case '{':
 				end := strings.IndexByte(s[i:], '}')
 				if end < 0 {
@@ -77,6 +77,17 @@ func parseMacroString(s string, exp bool) (macroString, error) {
 	}
 	flush()
 	return ms, nil
+}
+
+// escapeValue is the expansion of "%%", "%_" and "%-" (§7.1).
+func escapeValue(c byte) string {
+	switch c {
+	case '%':
+		return "%"
+	case '_':
+		return " "
+	}
+	return "%20"
 }
 
 // parseExpand parses the inside of "%{...}":
@@ -140,7 +151,12 @@ func (ms macroString) String() string {
 			b.WriteString(p.delims)
 			b.WriteByte('}')
 		case p.escape:
-			b.WriteString(map[string]string{"%": "%%", " ": "%_", "%20": "%-"}[p.literal])
+			for _, c := range []byte("%_-") {
+				if escapeValue(c) == p.literal {
+					b.WriteByte('%')
+					b.WriteByte(c)
+				}
+			}
 		default:
 			b.WriteString(p.literal)
 		}

@@ -21,14 +21,26 @@ const (
 	mechExists
 )
 
-var kindNames = [...]string{"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
-
-func (k kind) String() string { return kindNames[k] }
-
-// queriesDNS reports whether a mechanism counts against the limit of
-// §4.6.4: include, a, mx, ptr and exists do, all, ip4 and ip6 do not.
-func (k kind) queriesDNS() bool {
-	return k != mechAll && k != mechIP4 && k != mechIP6
+func (k kind) String() string {
+	switch k {
+	case mechAll:
+		return "all"
+	case mechInclude:
+		return "include"
+	case mechA:
+		return "a"
+	case mechMX:
+		return "mx"
+	case mechPTR:
+		return "ptr"
+	case mechIP4:
+		return "ip4"
+	case mechIP6:
+		return "ip6"
+	case mechExists:
+		return "exists"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
 
 // mechanism is a directive: a qualifier and a mechanism (§4.6.2).
