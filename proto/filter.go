@@ -49,14 +49,14 @@ type SMTPFilterMessage struct {
 	MsgID    uint32
 	Size     int64
 	// Sign are the DKIM keys (by their place in the configuration)
-	// that sign the message once filtered: those of the actions of
-	// its recipients.
-	Sign []uint32
+	// that sign the message once filtered, Seal those that add an ARC
+	// set: those of the actions of its recipients.
+	Sign, Seal []uint32
 }
 
 // NewSMTPFilterMessage returns an SMTPFilterMessage carrying f.
-func NewSMTPFilterMessage(f *os.File, session uint64, listener, msgid uint32, size int64, sign []uint32) *SMTPFilterMessage {
-	return &SMTPFilterMessage{fileField{f}, session, listener, msgid, size, sign}
+func NewSMTPFilterMessage(f *os.File, session uint64, listener, msgid uint32, size int64, sign, seal []uint32) *SMTPFilterMessage {
+	return &SMTPFilterMessage{fileField{f}, session, listener, msgid, size, sign, seal}
 }
 
 func (*SMTPFilterMessage) Type() Type { return TypeSMTPFilterMessage }
@@ -65,17 +65,21 @@ func (m *SMTPFilterMessage) Encode(w *Writer) {
 	w.U32(m.Listener)
 	w.U32(m.MsgID)
 	w.I64(m.Size)
-	w.U32(uint32(len(m.Sign)))
-	for _, k := range m.Sign {
-		w.U32(k)
+	for _, keys := range [][]uint32{m.Sign, m.Seal} {
+		w.U32(uint32(len(keys)))
+		for _, k := range keys {
+			w.U32(k)
+		}
 	}
 }
 func (m *SMTPFilterMessage) Decode(r *Reader) {
 	m.Session, m.Listener, m.MsgID, m.Size = r.U64(), r.U32(), r.U32(), r.I64()
-	if n := r.Count(4, "keys"); n > 0 {
-		m.Sign = make([]uint32, n)
-		for i := range m.Sign {
-			m.Sign[i] = r.U32()
+	for _, keys := range []*[]uint32{&m.Sign, &m.Seal} {
+		if n := r.Count(4, "keys"); n > 0 {
+			*keys = make([]uint32, n)
+			for i := range *keys {
+				(*keys)[i] = r.U32()
+			}
 		}
 	}
 }

@@ -238,6 +238,9 @@ type Destination struct {
 	// Target is "|command" or "/file" for alias and .forward entries
 	// that deliver to a program or a file, "" otherwise.
 	Target string
+	// Sender, if set, replaces the envelope sender: the SRS address of
+	// mail forwarded to another domain.
+	Sender string
 }
 
 // LookupExpandResult answers SMTPExpandRcpt, in several frames for a
@@ -263,17 +266,18 @@ func (m *LookupExpandResult) Encode(w *Writer) {
 		w.String(d.Dest)
 		w.String(d.User)
 		w.String(d.Target)
+		w.String(d.Sender)
 	}
 }
 func (m *LookupExpandResult) Decode(r *Reader) {
 	m.Status = decodeStatus(r)
 	m.Reply.decode(r)
 	m.More = r.Bool()
-	n := r.Count(20, "destinations")
+	n := r.Count(24, "destinations")
 	m.Destinations = make([]Destination, 0, n)
 	for range n {
 		m.Destinations = append(m.Destinations, Destination{
-			Kind: r.String(), Rule: r.U32(), Action: r.String(), Dest: r.String(), User: r.String(), Target: r.String(),
+			Kind: r.String(), Rule: r.U32(), Action: r.String(), Dest: r.String(), User: r.String(), Target: r.String(), Sender: r.String(),
 		})
 	}
 }

@@ -3,6 +3,7 @@ package regress
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -203,5 +204,63 @@ match {
 	forged := "SRS0=abcd=" + srsSender[strings.Index(srsSender, "=")+6:]
 	if err := send("", forged, "550 5.7.1"); err != nil {
 		t.Errorf("forged %s: %v", forged, err)
+	}
+}
+
+// TestARCSeal: mail relayed by an action that seals gets our ARC set,
+// over the results of our checks, and python3-dkim validates the chain
+// at the receiving end.
+func TestARCSeal(t *testing.T) {
+	srv, err := dnstest.Start("good.example. 300 IN TXT \"v=spf1 ip4:127.0.0.1 -all\"")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	far := StartWith(t, bin, Options{Addr: fmt.Sprintf("127.0.0.2:%d", FreePort(t))})
+	dir, _ := WriteConfig(t, "")
+	record := dkimKey(t, dir)
+	d := StartWith(t, bin, Options{Dir: dir, Config: `
+hostname       = "fwd.example.test"
+spool          = "spool"
+control_socket = "run/smtpd.sock"
+resolver       = ["` + srv.Addr + `"]
+
+listen "mx" {
+  address = "{{ADDR}}"
+  checks  = ["spf", "dkim", "arc"]
+}
+
+dkim "rsa" {
+  domain   = "fwd.example.test"
+  selector = "test"
+  key      = "key.pem"
+}
+
+action "out" {
+  relay = "smtp://` + far.SMTPAddr + `"
+  seal  = [dkim.rsa]
+}
+
+match {
+  from   = "any"
+  for    = "any"
+  action = action.out
+}
+`})
+	if err := RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO client.good.example\nexpect 250\nsend MAIL FROM:<a@good.example>\nexpect 250\n"+
+		"send RCPT TO:<reader@example.test>\nexpect 250\nsend DATA\nexpect 354\nsend From: <a@good.example>\nsend Subject: sealed\n"+
+		"send Date: Thu, 26 Nov 2026 12:00:00 +0000\nsend\nsend hello\nsend .\nexpect 250\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range far.WaitMail(1, 20*time.Second) {
+		if !regexp.MustCompile(`(?m)^ARC-Authentication-Results: i=1; fwd\.example\.test; spf=pass`).MatchString(strings.ReplaceAll(m, "\n\t", " ")) {
+			t.Errorf("no ARC set with our results:\n%s", m)
+		}
+		crlf := strings.ReplaceAll(strings.ReplaceAll(m, "\r\n", "\n"), "\n", "\r\n")
+		cmd := exec.Command("/usr/bin/python3", filepath.Join("testdata", "filters", "arcverify.py"), record)
+		cmd.Stdin = strings.NewReader(crlf)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("arc_verify: %v\n%s\nmessage:\n%s", err, out, m)
+		}
 	}
 }

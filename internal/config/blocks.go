@@ -210,8 +210,11 @@ type Action struct {
 	// Backup makes an MX relay a backup MX: it hands mail only to
 	// exchangers preferred to this host.
 	Backup bool
-	// Sign are the DKIM keys that sign mail received for this action.
+	// Sign are the DKIM keys that sign mail received for this action;
+	// Seal the key that adds an ARC set (RFC 8617) to it, for mail
+	// forwarded on, so that its authentication survives the hop.
 	Sign  []*DKIMKey
+	Seal  *DKIMKey
 	Range hcl.Range
 }
 
@@ -219,7 +222,7 @@ var actionSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: string(Maildir)}, {Name: string(Mbox)}, {Name: string(LMTP)}, {Name: string(MDA)}, {Name: string(Relay)},
 	{Name: "alias"}, {Name: "virtual"}, {Name: "userbase"}, {Name: "user"},
 	{Name: "helo"}, {Name: "source"}, {Name: "credentials"}, {Name: "tls"}, {Name: "backup"},
-	{Name: "sign"},
+	{Name: "sign"}, {Name: "seal"},
 }}
 
 // defaultTargets are the targets of `maildir = true` and `mbox = true`.
@@ -266,6 +269,11 @@ func (d *decoder) action(b *hcl.Block) {
 		d.errorf(attrs["user"].Expr.Range(), "Empty user name", "user must name a user.")
 	}
 	a.Sign = d.dkimList(attrs, "sign")
+	if seal := d.dkimList(attrs, "seal"); len(seal) == 1 {
+		a.Seal = seal[0]
+	} else if len(seal) > 1 {
+		d.errorf(attrs["seal"].Expr.Range(), "One sealing key", "An action seals with one key, such as seal = [dkim.NAME]; a message gets one ARC set per hop.")
+	}
 }
 
 func describe(names []string) string {

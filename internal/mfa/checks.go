@@ -18,6 +18,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/dns"
+	"smtpd/internal/mailauth/arc"
 	"smtpd/internal/mailauth/dkim"
 	"smtpd/internal/mailauth/dmarc"
 	"smtpd/internal/mailauth/dnsbl"
@@ -39,14 +40,16 @@ type Checks struct {
 	resolver   *dns.Resolver
 	spf        *spf.Checker
 	dmarc      *dmarc.Checker
-	// signers are the DKIM signers by key id
+	// signers are the DKIM signers by key id, sealers the ARC sealers
+	// with the same keys
 	signers map[int]*dkim.Signer
+	sealers map[int]*arc.Sealer
 }
 
 // NewChecks reads the DKIM keys of the configuration and prepares the
 // resolver; it runs before the chroot.
 func NewChecks(cfg *config.Config) (*Checks, error) {
-	c := &Checks{authservID: cfg.AuthservID, signers: map[int]*dkim.Signer{}}
+	c := &Checks{authservID: cfg.AuthservID, signers: map[int]*dkim.Signer{}, sealers: map[int]*arc.Sealer{}}
 	for _, k := range cfg.DKIMKeys {
 		pem, err := os.ReadFile(k.Key)
 		if err != nil {
@@ -57,8 +60,13 @@ func NewChecks(cfg *config.Config) (*Checks, error) {
 			return nil, fmt.Errorf("dkim %s: %s: %w", k.Name, k.Key, err)
 		}
 		c.signers[k.ID] = &dkim.Signer{Domain: k.Domain, Selector: k.Selector, Key: key, Headers: k.Headers, HeaderCanon: k.HeaderCanon, BodyCanon: k.BodyCanon}
+		c.sealers[k.ID] = &arc.Sealer{Domain: k.Domain, Selector: k.Selector, Signer: key}
 	}
+	// sealing validates the chain it extends
 	needDNS := false
+	for _, a := range cfg.Actions {
+		needDNS = needDNS || a.Seal != nil
+	}
 	for _, l := range cfg.Listeners {
 		needDNS = needDNS || len(l.Checks) > 0
 	}
@@ -81,6 +89,10 @@ type authState struct {
 	iprev   string // FCrDNS result, "" when not checked
 	iprevOK string // the name that passed
 	spf     *spf.Outcome
+	// arc is the validation of the message's ARC chain, results our
+	// Authentication-Results without the authserv-id, for a seal
+	arc     *arc.Result
+	results string
 }
 
 // checking reports whether the session's listener makes check c.
@@ -204,6 +216,17 @@ func (s *session) messageChecks(in *os.File, size int64) (*os.File, *proto.MFAFi
 			s.m.stats.Increment("mfa.check.dkim."+string(sig.Status), 1)
 		}
 	}
+	if s.checking(config.CheckARC) {
+		res, err := (&arc.Validator{Resolver: c.resolver}).Validate(ctx, io.NewSectionReader(in, 0, size))
+		if err != nil {
+			s.m.log.Warnf("%016x: ARC: %v", s.id, err)
+		} else {
+			s.checked.arc = res
+			results = append(results, res.AuthResult())
+			summary = append(summary, "arc="+string(res.Status))
+			s.m.stats.Increment("mfa.check.arc."+string(res.Status), 1)
+		}
+	}
 	hdr, bodyAt, err := readMessageHeader(in, size)
 	if err != nil {
 		return nil, &proto.MFAFilterVerdict{Verdict: proto.VerdictTempfail, Reply: proto.Reply{Code: 451, Enhanced: "4.3.0", Text: "Temporary failure reading the message"}}
@@ -219,7 +242,9 @@ func (s *session) messageChecks(in *os.File, size int64) (*os.File, *proto.MFAFi
 		junk = sum == "dmarc=fail(quarantine)"
 	}
 	var prefix strings.Builder
-	prefix.WriteString(foldField("Authentication-Results", authres.Format(c.authservID, results)))
+	ar := authres.Format(c.authservID, results)
+	s.checked.results = strings.TrimPrefix(strings.TrimPrefix(ar, c.authservID), "; ")
+	prefix.WriteString(foldField("Authentication-Results", ar))
 	if o := s.checked.spf; o != nil {
 		prefix.WriteString(spf.ReceivedSPF(o.Result, spf.HeaderFields{
 			Receiver: c.authservID, ClientIP: s.checked.ip, EnvelopeFrom: emptyIfHelo(o), Helo: s.checked.helo, Identity: o.Identity, Problem: errText(o.Err),
@@ -407,6 +432,47 @@ func (c *Checks) signStage(m *MFA, sid uint64, keys []uint32) messageStage {
 		if out != nil {
 			m.stats.Increment("mfa.dkim.signed", 1)
 		}
+		return out, nil
+	}
+}
+
+// sealStage adds our ARC set to a message we pass on (RFC 8617
+// §5.1), with the key given, over the results of our checks (results,
+// as in Authentication-Results after the authserv-id) and the chain's
+// validation (chain; nil to validate it now). A chain that failed is
+// not extended; a message that cannot be sealed goes on unsealed, as a
+// hop without ARC would pass it.
+func (c *Checks) sealStage(m *MFA, sid uint64, keys []uint32, chain *arc.Result, results string) messageStage {
+	return func(in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict) {
+		if len(keys) == 0 || c.sealers[int(keys[0])] == nil {
+			return nil, nil
+		}
+		if chain == nil {
+			var err error
+			if chain, err = (&arc.Validator{Resolver: c.resolver}).Validate(context.Background(), io.NewSectionReader(in, 0, size)); err != nil {
+				m.log.Warnf("%016x: not sealed: %v", sid, err)
+				return nil, nil
+			}
+		}
+		if results == "" {
+			results = "arc=" + string(chain.Status)
+		}
+		set, err := c.sealers[int(keys[0])].Seal(io.NewSectionReader(in, 0, size), c.authservID, results, chain)
+		if err != nil {
+			m.log.Warnf("%016x: not sealed: %v", sid, err)
+			return nil, nil
+		}
+		out, err := memFile()
+		if err == nil {
+			err = writeMessage(out, set.String(), nil, in, 0, size)
+		}
+		if err != nil {
+			if out != nil {
+				out.Close()
+			}
+			return nil, &proto.MFAFilterVerdict{Verdict: proto.VerdictTempfail, Reply: signFailure}
+		}
+		m.stats.Increment("mfa.arc.sealed", 1)
 		return out, nil
 	}
 }

@@ -229,7 +229,8 @@ func (m *MFA) message(ch *proto.Channel, id uint32, msg *proto.SMTPFilterMessage
 	if !external(m.chain(msg.Listener)) && !m.checking(msg.Listener) {
 		// a session mfa keeps no state of: the message is only signed
 		go func() {
-			reply(runStages(msg.File(), msg.Size, []messageStage{m.checks.signStage(m, msg.Session, msg.Sign)}, func() proto.MessageFate { return proto.MessageFate{} }))
+			stages := []messageStage{m.checks.sealStage(m, msg.Session, msg.Seal, nil, ""), m.checks.signStage(m, msg.Session, msg.Sign)}
+			reply(runStages(msg.File(), msg.Size, stages, func() proto.MessageFate { return proto.MessageFate{} }))
 		}()
 		return
 	}

@@ -511,7 +511,12 @@ func (s *session) message(m *proto.SMTPFilterMessage) (proto.Message, *os.File) 
 			})
 		}
 	}
-	stages = append(stages, s.messageChecks, s.m.checks.signStage(s.m, s.id, m.Sign))
+	stages = append(stages, s.messageChecks,
+		func(in *os.File, size int64) (*os.File, *proto.MFAFilterVerdict) {
+			// the checks ran by now: seal over their results
+			return s.m.checks.sealStage(s.m, s.id, m.Seal, s.checked.arc, s.checked.results)(in, size)
+		},
+		s.m.checks.signStage(s.m, s.id, m.Sign))
 	return runStages(m.File(), m.Size, stages, func() proto.MessageFate {
 		return proto.MessageFate{Discard: s.discard, Quarantine: s.quarantine, Auth: s.authSummary}
 	})

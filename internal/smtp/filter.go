@@ -95,10 +95,15 @@ func (sess *session) filter(phase proto.Phase, param *string) *server.Reply {
 	return r
 }
 
-// signKeys are the DKIM keys of the actions of the transaction's
-// recipients.
-func (sess *session) signKeys() []uint32 {
-	var keys []uint32
+// signKeys are the DKIM keys that sign and seal the message: those of
+// the actions of the transaction's recipients.
+func (sess *session) signKeys() (sign, seal []uint32) {
+	add := func(keys []uint32, k *config.DKIMKey) []uint32 {
+		if k == nil || slices.Contains(keys, uint32(k.ID)) {
+			return keys
+		}
+		return append(keys, uint32(k.ID))
+	}
 	for _, r := range sess.rcpts {
 		for _, d := range r.dests {
 			a := sess.s.cfg.Action(d.Action)
@@ -106,13 +111,12 @@ func (sess *session) signKeys() []uint32 {
 				continue
 			}
 			for _, k := range a.Sign {
-				if !slices.Contains(keys, uint32(k.ID)) {
-					keys = append(keys, uint32(k.ID))
-				}
+				sign = add(sign, k)
 			}
+			seal = add(seal, a.Seal)
 		}
 	}
-	return keys
+	return sign, seal
 }
 
 // filterMessage passes the received message through the chain's
@@ -120,15 +124,15 @@ func (sess *session) signKeys() []uint32 {
 // changed it, their version replaces the body file's content. The
 // queue's commit makes the new content durable like any other.
 func (sess *session) filterMessage() *server.Reply {
-	sign := sess.signKeys()
-	if !sess.filters.external && len(sign) == 0 {
+	sign, seal := sess.signKeys()
+	if !sess.filters.external && len(sign) == 0 && len(seal) == 0 {
 		return nil
 	}
 	size, err := sess.body.Seek(0, io.SeekEnd)
 	if err != nil {
 		return sess.internalErr(err)
 	}
-	env, err := sess.s.ask(sess.s.mfa, proto.NewSMTPFilterMessage(sess.body, sess.info.ID, sess.listenerID, sess.msgid, size, sign))
+	env, err := sess.s.ask(sess.s.mfa, proto.NewSMTPFilterMessage(sess.body, sess.info.ID, sess.listenerID, sess.msgid, size, sign, seal))
 	if err != nil {
 		return sess.internalErr(err)
 	}
