@@ -101,7 +101,9 @@ func (f *MessageFate) encode(w *Writer) {
 	w.String(f.Auth)
 }
 
-func (f *MessageFate) decode(r *Reader) { f.Discard, f.Quarantine, f.Auth = r.Bool(), r.String(), r.String() }
+func (f *MessageFate) decode(r *Reader) {
+	f.Discard, f.Quarantine, f.Auth = r.Bool(), r.String(), r.String()
+}
 
 // MFAMessageVerdict answers SMTPFilterMessage when the message is to
 // be kept as it is, or refused.
