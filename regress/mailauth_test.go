@@ -31,6 +31,7 @@ func TestInboundChecks(t *testing.T) {
 		"3.0.0.127.bl.example. 300 IN A 127.0.0.2",
 		"3.0.0.127.bl.example. 300 IN TXT \"Listed: see https://bl.example/127.0.0.3\"",
 		"bl.example. 300 IN SOA ns.bl.example. hostmaster.bl.example. 1 3600 600 86400 300",
+		"nodmarc.example. 300 IN TXT \"v=spf1 -all\"",
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +42,11 @@ listen "mx" {
   address = "{{ADDR}}"
   checks  = ["fcrdns", "spf", "dkim", "dmarc", "dnsbl"]
   dnsbl   = ["bl.example"]
+  filters = [filter.spf-junk]
+}
+filter "spf-junk" {
+  spf    = ["fail", "softfail"]
+  action = "junk"
 }`, 1)
 	d := StartWith(t, bin, Options{Config: cfg})
 	msg := func(mailFrom, from, extra string) string {
@@ -67,6 +73,22 @@ listen "mx" {
 		if strings.Contains(m, "bank.example") {
 			t.Errorf("the client's field claiming our authserv-id is still there:\n%s", m)
 		}
+	}
+	// SPF fails, no DMARC policy: delivered, marked by the filter
+	if err := RunDialogue(d.SMTPAddr, msg("a@nodmarc.example", "a@nodmarc.example", "")+"expect 250\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Fatalf("spf fail: %v", err)
+	}
+	junk := 0
+	for _, m := range d.WaitMail(2, 10*time.Second) {
+		if regexp.MustCompile(`(?m)^X-Spam: yes$`).MatchString(m) {
+			junk++
+			if !strings.Contains(m, "spf=fail") {
+				t.Errorf("junk without spf=fail:\n%s", m)
+			}
+		}
+	}
+	if junk != 1 {
+		t.Errorf("%d messages marked as junk, want 1", junk)
 	}
 	if err := RunDialogueFrom("127.0.0.3", d.SMTPAddr, "expect 554 5.7.1 Listed: see https://bl.example/127.0.0.3\nsend QUIT\nexpect 221\n"); err != nil {
 		t.Errorf("listed client: %v", err)

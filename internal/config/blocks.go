@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -125,8 +126,15 @@ func (d *decoder) listener(b *hcl.Block) {
 			d.errorf(a.Expr.Range(), "Invalid auth", "auth must be true, false or \"optional\".")
 		}
 	}
-	l.Filters = d.filterChain(attrs)
 	d.listenerChecks(l, attrs)
+	l.Filters = d.filterChain(attrs)
+	for _, f := range l.Filters {
+		for check := range f.Results {
+			if !slices.Contains(l.Checks, check) {
+				d.errorf(attrs["filters"].Expr.Range(), "Result of a check not made", "Filter %q tests the %s result, but listener %q does not check %s: add it to checks.", f.Name, check, l.Name, check)
+			}
+		}
+	}
 	l.AuthTable = d.tableRef(attrs, "auth_table", "listen "+l.Name+" auth_table")
 	l.Senders = d.tableRef(attrs, "senders", "listen "+l.Name+" senders")
 	switch {

@@ -187,6 +187,18 @@ action "local" { mbox = true }
 		{"duplicate destination", base + "destination \"a.example\" { sessions = 1 }\ndestination \"A.example\" { sessions = 2 }\n", 4, "Duplicate destination"},
 		{"empty overload", base + "overload {\n}\n", 3, "Empty overload block"},
 		{"overload low above high", base + "overload {\n  queue_high = 10\n  queue_low = 20\n}\n", 5, "between 0 and queue_high"},
+		{"unknown check", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  checks = [\"spf\", \"sender-id\"]\n}\n", 3, "not one of fcrdns"},
+		{"dmarc alone", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  checks = [\"dmarc\"]\n}\n", 3, "DMARC without SPF and DKIM"},
+		{"dnsbl without lists", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  checks = [\"dnsbl\"]\n}\n", 3, "without lists"},
+		{"bad list answer", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  checks = [\"dnsbl\"]\n  dnsbl = [\"zen.example=10.0.0.2\"]\n}\n", 4, "127.0.0.0/8"},
+		{"result of a check not made", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  filters = [filter.j]\n}\nfilter \"j\" {\n  spf = [\"fail\"]\n  action = \"junk\"\n}\n", 3, "does not check spf"},
+		{"junk at commit", base + "filter \"j\" {\n  dmarc = [\"fail\"]\n  action = \"junk\"\n}\n", 5, "Junk too late"},
+		{"unknown result", base + "filter \"j\" {\n  spf = [\"failed\"]\n}\n", 4, "is not a result"},
+		{"dkim without key", base + "dkim \"d\" {\n  domain = \"example.org\"\n  selector = \"s1\"\n}\n", 3, `The argument "key" is required`},
+		{"dkim headers without from", base + "dkim \"d\" {\n  domain = \"example.org\"\n  selector = \"s1\"\n  key = \"/etc/hostname\"\n  headers = [\"subject\"]\n}\n", 7, "From not signed"},
+		{"two sealing keys", base + "dkim \"d\" {\n  domain = \"example.org\"\n  selector = \"s1\"\n  key = \"/etc/hostname\"\n}\naction \"o\" {\n  relay = \"mx\"\n  seal = [dkim.d, dkim.d]\n}\n", 10, "One sealing key"},
+		{"unknown dkim key", base + "action \"o\" {\n  relay = \"mx\"\n  sign = [dkim.nope]\n}\n", 5, `There is no dkim "nope"`},
+		{"short srs age", base + "srs {\n  key = \"/etc/hostname\"\n  max_age = \"1h\"\n}\n", 5, "at least a day"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -58,7 +58,11 @@ type Filter struct {
 	From, Helo, Sender, Rcpt *Table
 	// HeloRegex, SenderRegex and RcptRegex must match, if set.
 	HeloRegex, SenderRegex, RcptRegex *regexp.Regexp
-	// Action is reject, tempfail or disconnect.
+	// Results are conditions on the listener's checks: the results
+	// (pass, fail, none...) of each check named (spf, fcrdns, dkim,
+	// arc, dmarc) for which the filter acts.
+	Results map[string][]string
+	// Action is reject, tempfail, disconnect or junk.
 	Action string
 	// Code, Enhanced and Text are the reply.
 	Code     int
@@ -84,6 +88,7 @@ var filterSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "phase"}, {Name: "from"}, {Name: "helo"}, {Name: "sender"}, {Name: "rcpt"},
 	{Name: "helo_regex"}, {Name: "sender_regex"}, {Name: "rcpt_regex"},
 	{Name: "action"}, {Name: "message"},
+	{Name: "spf"}, {Name: "fcrdns"}, {Name: "dkim"}, {Name: "arc"}, {Name: "dmarc"},
 	{Name: "command"}, {Name: "user"}, {Name: "milter"}, {Name: "timeout"}, {Name: "failure"},
 }}
 
@@ -92,11 +97,20 @@ var defaultReplies = map[string]string{
 	"reject":     "550 5.7.1 Rejected by local policy",
 	"tempfail":   "451 4.7.1 Temporarily rejected by local policy",
 	"disconnect": "421 4.7.0 Connection closed by local policy",
+	// junk lets the message through, marked as spam
+	"junk": "250 2.0.0 Accepted as junk",
 }
+
+// resultChecks are the checks whose results filters can test, and the
+// earliest phase each result is known at.
+var resultChecks = map[string]string{CheckFCrDNS: "connect", CheckSPF: "mail", CheckDKIM: "commit", CheckARC: "commit", CheckDMARC: "commit"}
+
+// checkResults are the results a check can have (RFC 8601 §2.7).
+var checkResults = []string{"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
 
 // builtinAttrs and externalAttrs are the attributes of each kind.
 var (
-	builtinAttrs  = []string{"phase", "from", "helo", "sender", "rcpt", "helo_regex", "sender_regex", "rcpt_regex", "action", "message"}
+	builtinAttrs  = []string{"phase", "from", "helo", "sender", "rcpt", "helo_regex", "sender_regex", "rcpt_regex", "action", "message", "spf", "fcrdns", "dkim", "arc", "dmarc"}
 	externalAttrs = []string{"user", "timeout", "failure"}
 )
 
@@ -269,6 +283,24 @@ func (d *decoder) builtin(f *Filter, attrs hcl.Attributes) {
 	case f.Helo != nil || f.HeloRegex != nil:
 		earliest = "helo"
 	}
+	for check, phase := range resultChecks {
+		var results []string
+		if !d.decode(attrs, check, &results) {
+			continue
+		}
+		for _, r := range results {
+			if indexOf(checkResults, r) < 0 {
+				d.errorf(attrs[check].Expr.Range(), "Unknown result", "%q is not a result: use %s.", r, strings.Join(checkResults, ", "))
+			}
+		}
+		if f.Results == nil {
+			f.Results = map[string][]string{}
+		}
+		f.Results[check] = results
+		if indexOf(filterPhases, phase) > indexOf(filterPhases, earliest) {
+			earliest = phase
+		}
+	}
 	f.Phase = earliest
 	if d.decode(attrs, "phase", &f.Phase) {
 		idx := indexOf(filterPhases, f.Phase)
@@ -282,8 +314,12 @@ func (d *decoder) builtin(f *Filter, attrs hcl.Attributes) {
 		}
 	}
 	if d.decode(attrs, "action", &f.Action) && defaultReplies[f.Action] == "" {
-		d.errorf(attrs["action"].Expr.Range(), "Invalid filter action", "action must be \"reject\", \"tempfail\" or \"disconnect\", not %q.", f.Action)
+		d.errorf(attrs["action"].Expr.Range(), "Invalid filter action", "action must be \"reject\", \"tempfail\", \"disconnect\" or \"junk\", not %q.", f.Action)
 		return
+	}
+	if f.Action == "junk" && f.Phase == "commit" {
+		// the spam mark goes in front of the message as it is received
+		d.errorf(attrs["action"].Expr.Range(), "Junk too late", "A filter can mark mail as junk up to the data phase; at commit it can reject or tempfail.")
 	}
 	msg := defaultReplies[f.Action]
 	custom := d.decode(attrs, "message", &msg)

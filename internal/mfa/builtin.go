@@ -1,6 +1,8 @@
 package mfa
 
 import (
+	"slices"
+
 	"smtpd/internal/config"
 	"smtpd/proto"
 )
@@ -28,19 +30,34 @@ func builtinPhase(phase string, p proto.Phase) bool {
 // query: that of the first filter of the query's phase whose conditions
 // all hold, else proceed. Tables are asked through has.
 func Decide(chain []*config.Filter, has TableCheck, q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
+	verdict := &proto.MFAFilterVerdict{Verdict: proto.VerdictProceed}
 	for _, f := range chain {
-		if v := decideBuiltin(f, has, q); v != nil {
+		v := decideBuiltin(f, has, q, nil)
+		switch {
+		case v == nil:
+		case v.Verdict == proto.VerdictProceed:
+			verdict.Junk = verdict.Junk || v.Junk
+		default:
 			return v
 		}
 	}
-	return &proto.MFAFilterVerdict{Verdict: proto.VerdictProceed}
+	return verdict
 }
+
+// ResultOf gives the result of a check of the session ("" when not
+// made), for filters that test them.
+type ResultOf func(check string) string
 
 // decideBuiltin is the verdict of one built-in filter, or nil if it
 // lets the query pass.
-func decideBuiltin(f *config.Filter, has TableCheck, q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
+func decideBuiltin(f *config.Filter, has TableCheck, q *proto.SMTPFilterQuery, result ResultOf) *proto.MFAFilterVerdict {
 	if f.Kind != config.FilterBuiltin || !builtinPhase(f.Phase, q.Phase) {
 		return nil
+	}
+	for check, want := range f.Results {
+		if result == nil || !slices.Contains(want, result(check)) {
+			return nil
+		}
 	}
 	ok, err := matches(f, has, q)
 	if err != nil {
@@ -58,6 +75,9 @@ func decideBuiltin(f *config.Filter, has TableCheck, q *proto.SMTPFilterQuery) *
 		v.Verdict = proto.VerdictTempfail
 	case "disconnect":
 		v.Verdict = proto.VerdictDisconnect
+	case "junk":
+		// proceed, marked; the filters after it still run
+		return &proto.MFAFilterVerdict{Verdict: proto.VerdictProceed, Junk: true}
 	}
 	return v
 }

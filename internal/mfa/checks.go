@@ -93,11 +93,37 @@ type authState struct {
 	// Authentication-Results without the authserv-id, for a seal
 	arc     *arc.Result
 	results string
+	// dkim and dmarc are the results for filters
+	dkim, dmarc string
 }
 
 // checking reports whether the session's listener makes check c.
 func (s *session) checking(c string) bool {
 	return s.listener != nil && slices.Contains(s.listener.Checks, c)
+}
+
+// resultOf is the result of one of the session's checks, for the
+// filters that test them: for DKIM, pass if a signature passed, else
+// the first one's result.
+func (s *session) resultOf(check string) string {
+	c := s.checked
+	switch check {
+	case config.CheckFCrDNS:
+		return c.iprev
+	case config.CheckSPF:
+		if c.spf != nil {
+			return string(c.spf.Result)
+		}
+	case config.CheckDKIM:
+		return c.dkim
+	case config.CheckARC:
+		if c.arc != nil {
+			return string(c.arc.Status)
+		}
+	case config.CheckDMARC:
+		return c.dmarc
+	}
+	return ""
 }
 
 // dnsFailure is the verdict when a check cannot tell for a DNS
@@ -209,8 +235,12 @@ func (s *session) messageChecks(in *os.File, size int64) (*os.File, *proto.MFAFi
 		if len(sigs) == 0 {
 			results = append(results, &authres.DKIMResult{Value: authres.ResultNone})
 			summary = append(summary, "dkim=none")
+			s.checked.dkim = "none"
 		}
-		for _, sig := range sigs {
+		for i, sig := range sigs {
+			if i == 0 || sig.Status == dkim.StatusPass {
+				s.checked.dkim = string(sig.Status)
+			}
 			results = append(results, sig.AuthRes())
 			summary = append(summary, "dkim="+string(sig.Status))
 			s.m.stats.Increment("mfa.check.dkim."+string(sig.Status), 1)
@@ -240,6 +270,7 @@ func (s *session) messageChecks(in *os.File, size int64) (*os.File, *proto.MFAFi
 		results = append(results, r)
 		summary = append(summary, sum)
 		junk = sum == "dmarc=fail(quarantine)"
+		s.checked.dmarc = string(r.(*authres.DMARCResult).Value)
 	}
 	var prefix strings.Builder
 	ar := authres.Format(c.authservID, results)

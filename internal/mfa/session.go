@@ -201,7 +201,11 @@ func (s *session) query(q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
 		var v *proto.MFAFilterVerdict
 		switch f.Kind {
 		case config.FilterBuiltin:
-			v = decideBuiltin(f, s.m.has, q)
+			v = decideBuiltin(f, s.m.has, q, s.resultOf)
+			if v != nil && v.Verdict == proto.VerdictProceed {
+				s.junk, verdict.Junk = true, true
+				v = nil
+			}
 		case config.FilterProc:
 			v = s.queryProc(f, q, verdict)
 		case config.FilterMilter:
