@@ -1,11 +1,11 @@
 package config
 
 import (
-	"slices"
 	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
