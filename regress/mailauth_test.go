@@ -194,8 +194,8 @@ match {
   action = action.origin
 }
 match {
-  from   = "any"
-  for    = "far.test"
+  from   = "local"
+  for    = "any"
   action = action.out
 }
 `})

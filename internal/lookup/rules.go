@@ -130,15 +130,14 @@ type expansion struct {
 
 // srsBounce expands a recipient that is one of our SRS addresses: a
 // bounce to mail we forwarded. A forged or expired one is refused; a
-// good one goes to the address it stands for, matched as mail from
-// this host, since the bounce is ours to pass on.
+// good one goes to the address it stands for, matched like any address
+// an expansion gives, as mail from this host.
 func (x *expansion) srsBounce(a address.Address, depth int) error {
 	orig, err := x.r.SRS.Reverse(a.String())
 	if err != nil {
 		return reject(550, "5.7.1", "Invalid SRS address <%s>", a.String())
 	}
 	x.srsReversed = true
-	x.sess.Local = true
 	return x.address(orig, depth+1)
 }
 
@@ -164,7 +163,14 @@ func (x *expansion) address(s string, depth int) error {
 	if x.r.SRS != nil && strings.EqualFold(a.Domain, x.r.Config.SRS.Domain) && srs.IsSRS(a.String()) {
 		return x.srsBounce(a, depth)
 	}
-	idx, m := x.r.match(x.sess, a)
+	sess := x.sess
+	if depth > 0 {
+		// an address an alias, a virtual entry or a .forward gave is
+		// this host's to pass on: it matches as mail from this host,
+		// as in OpenSMTPD, so that forwarding needs no open relay rule
+		sess.Local = true
+	}
+	idx, m := x.r.match(sess, a)
 	switch {
 	case m == nil && x.r.ours(a.Domain):
 		return reject(550, "5.1.1", "Invalid recipient: <%s>", s)

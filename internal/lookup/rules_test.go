@@ -259,3 +259,40 @@ match {
 		t.Errorf("unreadable .forward: %+v", res)
 	}
 }
+
+// Addresses that an alias gives match as mail from this host: a
+// forwarding host needs no rule that would relay for anyone.
+func TestExpandedMatchAsLocal(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+listen "mx" { address = "127.0.0.1:25" }
+table "aliases" { map = { fwd = "someone@far.example" } }
+action "local" {
+  maildir  = "/var/mail/x"
+  alias    = table.aliases
+  userbase = { fwd = "1000:1000:/home/fwd" }
+}
+action "out" { relay = "mx" }
+match {
+  from   = "any"
+  for    = "example.org"
+  action = action.local
+}
+match {
+  from   = "local"
+  for    = "any"
+  action = action.out
+}
+`), "/etc/mail/smtpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(cfg)
+	remote := proto.Session{Remote: "192.0.2.7"}
+	res := r.Expand(remote, "fwd@example.org")
+	if res.Status != proto.StatusOK || len(res.Destinations) != 1 || res.Destinations[0].Action != "out" || res.Destinations[0].Dest != "someone@far.example" {
+		t.Errorf("alias to another domain: %+v", res)
+	}
+	if res := r.Expand(remote, "someone@far.example"); res.Status != proto.StatusPermfail || res.Reply.Code != 550 {
+		t.Errorf("direct relaying from outside: %+v", res)
+	}
+}
