@@ -37,9 +37,14 @@ if len(sys.argv) > 4 and sys.argv[2] == "monkey":
     budget_file = sys.argv[4]
 
 
+misbehaved = False
+
+
 def misbehave(sid, token):
-    """At random, and within the budget, crash, hang or write garbage."""
-    if monkey is None or monkey.random() >= 0.02:
+    """At random, and within the budget, crash, hang or write garbage,
+    once per process: each misbehaviour ends the process."""
+    global misbehaved
+    if monkey is None or misbehaved or monkey.random() >= 0.02:
         return
     with open(budget_file, "r+") as f:
         left = int(f.read().strip() or "0")
@@ -48,6 +53,7 @@ def misbehave(sid, token):
         f.seek(0)
         f.truncate()
         f.write(str(left - 1))
+    misbehaved = True
     what = monkey.choice(["crash", "hang", "garbage"])
     log.write("monkey: %s at %s %s\n" % (what, sid, token))
     if what == "crash":
