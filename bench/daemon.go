@@ -136,7 +136,12 @@ limits {
 
 table "domains" { list = ["example.test"] }
 
-listen "mx" { address = "{{ADDR}}" }
+listen "mx" {
+  address = "{{ADDR}}"
+  {{CHAIN}}
+}
+
+{{FILTERS}}
 
 action "local" {
   maildir  = "{{DIR}}/Maildir"
@@ -174,7 +179,14 @@ type daemon struct {
 // target says how to start one of the daemons compared.
 type target struct {
 	name  string
-	start func(ctx context.Context, dir, ip, action string, sink int) (*daemon, error)
+	start func(ctx context.Context, dir, ip, action string, sink int, f filterConf) (*daemon, error)
+}
+
+// filterConf is what a filter run adds to our configuration: the filter
+// blocks and the listener's filters attribute. The zero value adds
+// nothing.
+type filterConf struct {
+	blocks, chain string
 }
 
 // prepareDir makes the run directory traversable for the unprivileged
@@ -205,7 +217,7 @@ func fill(text string, kv ...string) string {
 
 // ours returns the target of our daemon, the binary at bin.
 func ours(bin string) target {
-	return target{name: "smtpd", start: func(ctx context.Context, dir, ip, action string, sink int) (*daemon, error) {
+	return target{name: "smtpd", start: func(ctx context.Context, dir, ip, action string, sink int, f filterConf) (*daemon, error) {
 		md, err := prepareDir(dir)
 		if err != nil {
 			return nil, err
@@ -225,7 +237,8 @@ func ours(bin string) target {
 			relay = fmt.Sprintf(`action "relay" { relay = "smtp://127.0.0.1:%d" }`, sink)
 		}
 		text := fill(ourConfig, "{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", fmt.Sprint(uid),
-			"{{GID}}", fmt.Sprint(gid), "{{RELAY}}", relay, "{{ACTION}}", action)
+			"{{GID}}", fmt.Sprint(gid), "{{RELAY}}", relay, "{{ACTION}}", action,
+			"{{CHAIN}}", f.chain, "{{FILTERS}}", f.blocks)
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, err
 		}
@@ -252,7 +265,11 @@ func ours(bin string) target {
 // without DNS never answers, and OpenSMTPD takes seconds per session,
 // while glibc and Go read /etc/hosts first.
 func opensmtpd() target {
-	return target{name: "OpenSMTPD", start: func(ctx context.Context, dir, ip, action string, sink int) (*daemon, error) {
+	return target{name: "OpenSMTPD", start: func(ctx context.Context, dir, ip, action string, sink int, f filterConf) (*daemon, error) {
+		if f != (filterConf{}) {
+			// 6.8 speaks filter protocol 0.6 and has no milter client
+			return nil, errors.New("the bench runs filters with smtpd only")
+		}
 		if os.Getuid() != 0 {
 			return nil, errors.New("OpenSMTPD runs as root only")
 		}

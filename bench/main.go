@@ -8,11 +8,14 @@
 //
 // Usage (as root, from the top of the tree, after make build):
 //
-//	bench [-full] [-bin bin/smtpd] [-out var/bench/last.md]
+//	bench [-full] [-bin bin/smtpd] [-passfilter bin/passfilter] [-out var/bench/last.md]
 //
 // Quick mode runs the catch-all maildir and relay-to-sink scenarios with
 // 2 KB messages and 20 clients; -full adds 100 KB messages and 200
-// clients.
+// clients. Both then measure what one filter on the listener costs our
+// daemon, for each kind (built-in, filter process, milter), with
+// bench/passfilter as the pass-through filter process and milter, in
+// rounds where the kinds take turns (-only-filters runs just those).
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -32,6 +36,12 @@ type options struct {
 	bin, out  string
 	cache, ip string
 	msgs, lat int
+	// the filter cost rows: whether to run them (or only them), with
+	// which pass-through filter, their message counts and rounds
+	filters, onlyFilters  bool
+	passfilter            string
+	filterMsgs, filterLat int
+	filterRounds          int
 	// bounds of the throughput run, the wait for deliveries after it
 	// and the latency run
 	sourceMax, deliverMax, latencyMax time.Duration
@@ -46,6 +56,11 @@ func main() {
 	flag.StringVar(&o.ip, "ip", "127.0.0.2", "the loopback address the daemons listen on")
 	flag.IntVar(&o.msgs, "n", 2000, "messages per throughput run")
 	flag.IntVar(&o.lat, "latency-n", 0, "messages per latency run (default n/4)")
+	flag.BoolVar(&o.filters, "filters", true, "also measure the cost of one filter of each kind (smtpd only)")
+	flag.StringVar(&o.passfilter, "passfilter", "bin/passfilter", "the pass-through filter (go build -o bin/passfilter ./bench/passfilter)")
+	flag.BoolVar(&o.onlyFilters, "only-filters", false, "measure the cost of filters only, without the comparison")
+	flag.IntVar(&o.filterMsgs, "filter-n", 0, "messages per throughput run of the filter cost rows (default n/2)")
+	flag.IntVar(&o.filterRounds, "filter-rounds", 4, "rounds of the filter cost rows, the best of which is shown")
 	flag.DurationVar(&o.sourceMax, "source-max", 0, "longest throughput run (default 15s, 3m with -full)")
 	flag.DurationVar(&o.deliverMax, "deliver-max", 0, "longest wait for deliveries after the last 250 (default 10s, 2m with -full)")
 	flag.DurationVar(&o.latencyMax, "latency-max", 0, "longest latency run (default 10s, 1m with -full)")
@@ -53,6 +68,12 @@ func main() {
 	if o.lat == 0 {
 		o.lat = max(1, o.msgs/4)
 	}
+	if o.filterMsgs == 0 {
+		o.filterMsgs = max(1, o.msgs/2)
+	}
+	o.filterLat = max(1, o.lat*o.filterMsgs/o.msgs)
+	o.filterRounds = max(1, o.filterRounds)
+	o.filters = o.filters || o.onlyFilters
 	defaults := []time.Duration{15 * time.Second, 10 * time.Second, 10 * time.Second}
 	if o.full {
 		defaults = []time.Duration{3 * time.Minute, 2 * time.Minute, time.Minute}
@@ -86,6 +107,14 @@ func run(ctx context.Context, o options) error {
 	if _, err := os.Stat(bin); err != nil {
 		return fmt.Errorf("our daemon: %v (make build)", err)
 	}
+	if o.filters {
+		if o.passfilter, err = filepath.Abs(o.passfilter); err != nil {
+			return err
+		}
+		if _, err := os.Stat(o.passfilter); err != nil {
+			return fmt.Errorf("the pass-through filter: %v (go build -o bin/passfilter ./bench/passfilter, or -filters=false)", err)
+		}
+	}
 	cache, err := filepath.Abs(o.cache)
 	if err != nil {
 		return err
@@ -103,9 +132,17 @@ func run(ctx context.Context, o options) error {
 	os.Chmod(base, 0o755)
 
 	targets := []target{opensmtpd(), ours(bin)}
-	scens := scenarios(o)
+	var scens []scenario
+	if !o.onlyFilters {
+		scens = scenarios(o)
+	}
 	results := make([][]result, len(scens))
-	runs, total := 0, len(scens)*len(targets)
+	var fscens []scenario
+	if o.filters {
+		fscens = filterScenarios(o)
+	}
+	fresults := make([][]result, len(fscens)) // per kind, one per round
+	runs, total := 0, len(scens)*len(targets)+len(fscens)*o.filterRounds
 	start := time.Now()
 	for i, sc := range scens {
 		for _, tg := range targets {
@@ -121,8 +158,31 @@ func run(ctx context.Context, o options) error {
 			results[i] = append(results[i], r)
 		}
 	}
+	// ours only, after the comparison (see filterKind); the kinds take
+	// turns, so that a disturbance on the machine hits one round of a
+	// kind rather than all of it
+	tg := targets[len(targets)-1]
+	for round := range o.filterRounds {
+		for i, sc := range fscens {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			runs++
+			prefix := fmt.Sprintf("[%d/%d] %s, filter cost round %d: %s", runs, total, tg.name, round+1, sc.filter)
+			r := runOne(ctx, o, t, base, tg, sc, prefix)
+			if r.err != nil {
+				logf("%s: %v", prefix, r.err)
+			}
+			fresults[i] = append(fresults[i], r)
+		}
+	}
 	fmt.Fprintf(os.Stderr, "\r\033[K")
 	table := render(scens, targets, results, o, time.Since(start))
+	if o.filters {
+		var b strings.Builder
+		renderFilterCost(&b, filterBase(o), fresults, o)
+		table += b.String()
+	}
 	fmt.Print(table)
 	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 type scenario struct {
 	relay bool // to smtp-sink; else to one catch-all maildir
 	load
+	latMsgs int        // messages of the latency run
+	filter  filterKind // on the listener, ours only
 }
 
 // name describes the scenario in the table and the progress line.
@@ -25,7 +27,11 @@ func (s scenario) name() string {
 	if s.reuse {
 		conn = "reused connections"
 	}
-	return fmt.Sprintf("%s, %s, %d clients, %s", dest, sizeName(s.size), s.clients, conn)
+	name := fmt.Sprintf("%s, %s, %d clients, %s", dest, sizeName(s.size), s.clients, conn)
+	if s.filter != noFilter {
+		name += ", " + s.filter.String()
+	}
+	return name
 }
 
 // sizeName writes a message size in KB.
@@ -42,10 +48,28 @@ func scenarios(o options) []scenario {
 		for _, size := range sizes {
 			for _, c := range clients {
 				for _, reuse := range []bool{false, true} {
-					out = append(out, scenario{relay: relay, load: load{msgs: o.msgs, size: size, clients: c, reuse: reuse}})
+					out = append(out, scenario{relay: relay, load: load{msgs: o.msgs, size: size, clients: c, reuse: reuse}, latMsgs: o.lat})
 				}
 			}
 		}
+	}
+	return out
+}
+
+// filterBase is the scenario of the filter cost rows, the comparison's
+// catch-all with reused connections (the quick mode's load).
+func filterBase(o options) scenario {
+	return scenario{load: load{msgs: o.msgs, size: 2 << 10, clients: 20, reuse: true}, latMsgs: o.lat}
+}
+
+// filterScenarios returns the filter cost runs, in the order of
+// filterKinds.
+func filterScenarios(o options) []scenario {
+	var out []scenario
+	for _, k := range filterKinds() {
+		sc := filterBase(o)
+		sc.msgs, sc.latMsgs, sc.filter = o.filterMsgs, o.filterLat, k
+		out = append(out, sc)
 	}
 	return out
 }
@@ -56,12 +80,17 @@ type result struct {
 	allDelivered        bool    // every message arrived within the wait
 	stopped             bool    // smtp-source was stopped by the time bound
 	cpu                 time.Duration
+	filterCPU           time.Duration // per message, the part of cpu in passfilter
 	pss                 int64
 	procs               int
 	p50, p99            time.Duration
 	latFailed           int
 	latErr              error // the first of the failures
-	err                 error
+	// trouble counts the log lines where the filter failed, the first
+	// in firstTrouble
+	trouble      int
+	firstTrouble string
+	err          error
 }
 
 // runOne starts a fresh instance of tg (and a sink for relaying), runs
@@ -82,11 +111,26 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 		defer sk.stop()
 		sinkPort = sk.port
 	}
-	d, err := tg.start(ctx, dir, o.ip, action, sinkPort)
+	// a milter runs on its own, started first; its CPU and memory count
+	// as the daemon's
+	var roots []int
+	if sc.filter == milterFilter {
+		m, err := startMilter(ctx, o.passfilter, dir)
+		if err != nil {
+			return result{err: fmt.Errorf("milter: %v", err)}
+		}
+		defer m.stop()
+		roots = append(roots, m.pid())
+	}
+	d, err := tg.start(ctx, dir, o.ip, action, sinkPort, sc.filter.conf(o.passfilter, dir))
 	if err != nil {
 		return result{err: err}
 	}
 	defer d.stop()
+	roots = append([]int{d.pid()}, roots...)
+	if sc.filter != noFilter {
+		defer func() { r.firstTrouble, r.trouble = filterTrouble(dir) }()
+	}
 	delivered := func() int {
 		if sk != nil {
 			return int(sk.msgs.n.Load())
@@ -115,14 +159,16 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 	}()
 	defer func() { stopProgress(); <-progressDone }()
 
-	root := d.pid()
 	sctx, stopSampling := context.WithCancel(ctx)
-	peak := samplePSS(sctx, root)
+	peak := samplePSS(sctx, roots...)
 	defer func() {
 		stopSampling()
 		r.pss, r.procs = peak.result()
 	}()
-	cpu0 := treeCPU(root)
+	cpu0, fcpu0 := treeCPU(roots...), time.Duration(0)
+	if sc.filter != noFilter {
+		fcpu0 = exeCPU(o.passfilter, roots...)
+	}
 	start := time.Now()
 	err = runSource(ctx, t, d.addr, sc.load, sent, o.sourceMax)
 	if err != nil && err != context.DeadlineExceeded {
@@ -150,11 +196,14 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 	}
 	r.allDelivered = n >= want
 	r.delivered = float64(n) / last.Sub(start).Seconds()
-	r.cpu = (treeCPU(root) - cpu0) / time.Duration(want)
+	r.cpu = (treeCPU(roots...) - cpu0) / time.Duration(want)
+	if sc.filter != noFilter {
+		r.filterCPU = (exeCPU(o.passfilter, roots...) - fcpu0) / time.Duration(want)
+	}
 
 	phase.Store("latency")
 	lat := sc.load
-	lat.msgs = o.lat
+	lat.msgs = sc.latMsgs
 	lctx, cancel := context.WithTimeout(ctx, o.latencyMax)
 	defer cancel()
 	ds, failed, latErr := latencies(lctx, d.addr, lat, &latSent)
@@ -170,8 +219,12 @@ func render(scens []scenario, targets []target, results [][]result, o options, t
 		mode = "full"
 	}
 	host, _ := os.Hostname()
-	fmt.Fprintf(&b, "smtpd bench (%s mode) on %s, %s; %d messages per throughput run (smtp-source), %d per latency run; %v\n\n",
+	fmt.Fprintf(&b, "smtpd bench (%s mode) on %s, %s; %d messages per throughput run (smtp-source), %d per latency run; %v\n",
 		mode, host, time.Now().UTC().Format("2006-01-02 15:04 MST"), o.msgs, o.lat, took.Round(time.Second))
+	if len(scens) == 0 {
+		return b.String() // filter costs only
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "| scenario | metric |")
 	for _, tg := range targets {
 		fmt.Fprintf(&b, " %s |", tg.name)

@@ -67,14 +67,37 @@ func tree(root int) []int {
 	return out
 }
 
-// treeCPU returns the CPU time used by root's tree so far: every live
-// process's own time and the times of the children they reaped, so that
-// processes that came and went are counted once, in their parent.
-func treeCPU(root int) time.Duration {
+// treeCPU returns the CPU time used by the trees of roots so far: every
+// live process's own time and the times of the children they reaped, so
+// that processes that came and went are counted once, in their parent.
+// Several roots, because a milter the bench starts is no descendant of
+// the daemon and its work is part of the daemon's all the same.
+func treeCPU(roots ...int) time.Duration {
 	var total time.Duration
-	for _, pid := range tree(root) {
-		if st, ok := readStat(pid); ok {
-			total += st.cpu + st.reaped
+	for _, root := range roots {
+		for _, pid := range tree(root) {
+			if st, ok := readStat(pid); ok {
+				total += st.cpu + st.reaped
+			}
+		}
+	}
+	return total
+}
+
+// exeCPU returns the CPU time used so far by the processes of the trees
+// of roots that run the executable path (and by the children they
+// reaped): the share of a filter process or milter in treeCPU.
+func exeCPU(path string, roots ...int) time.Duration {
+	var total time.Duration
+	for _, root := range roots {
+		for _, pid := range tree(root) {
+			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+			if err != nil || strings.TrimSuffix(exe, " (deleted)") != path {
+				continue
+			}
+			if st, ok := readStat(pid); ok {
+				total += st.cpu + st.reaped
+			}
 		}
 	}
 	return total
@@ -98,7 +121,7 @@ func pss(pid int) int64 {
 	return 0
 }
 
-// pssPeak samples the summed PSS of a process tree every 100 ms.
+// pssPeak samples the summed PSS of process trees every 100 ms.
 type pssPeak struct {
 	mu    sync.Mutex
 	peak  int64
@@ -106,15 +129,15 @@ type pssPeak struct {
 	done  chan struct{}
 }
 
-// samplePSS starts sampling root's tree until ctx ends or stop is called.
-func samplePSS(ctx context.Context, root int) *pssPeak {
+// samplePSS starts sampling the trees of roots until ctx ends.
+func samplePSS(ctx context.Context, roots ...int) *pssPeak {
 	p := &pssPeak{done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			p.sample(root)
+			p.sample(roots)
 			select {
 			case <-ctx.Done():
 				return
@@ -125,10 +148,13 @@ func samplePSS(ctx context.Context, root int) *pssPeak {
 	return p
 }
 
-// sample adds one sample of root's tree.
-func (p *pssPeak) sample(root int) {
+// sample adds one sample of the trees of roots.
+func (p *pssPeak) sample(roots []int) {
 	var sum int64
-	pids := tree(root)
+	var pids []int
+	for _, root := range roots {
+		pids = append(pids, tree(root)...)
+	}
 	for _, pid := range pids {
 		sum += pss(pid)
 	}

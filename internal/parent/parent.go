@@ -232,6 +232,11 @@ func (p *Parent) awaitReady() error {
 				deferred = append(deferred, m)
 				continue
 			}
+			if m, ok := ev.env.Msg.(*proto.MFAMilterConnect); ok && ev.proc == proto.ProcMFA {
+				// a session may begin before every child is ready
+				go p.connectMilter(m, ev.env.PeerID)
+				continue
+			}
 			if ready[ev.proc] {
 				return fmt.Errorf("lost child: %s: unexpected %s", ev.proc, ev.env.Type)
 			}
