@@ -150,7 +150,14 @@ func (d *decoder) listener(b *hcl.Block) {
 // filterChain evaluates a listener's filters attribute: a list of
 // filter references such as [filter.a, filter.b].
 func (d *decoder) filterChain(attrs hcl.Attributes) []*Filter {
-	a, ok := attrs["filters"]
+	return refList[Filter](d, attrs, "filters", filterRefType, "filter")
+}
+
+// refList evaluates an attribute that lists references to blocks of
+// kind (filter.NAME, dkim.NAME) of the capsule type ty; none may be
+// listed twice.
+func refList[T any](d *decoder, attrs hcl.Attributes, name string, ty cty.Type, kind string) []*T {
+	a, ok := attrs[name]
 	if !ok || !d.refsKnown(a.Expr) {
 		return nil
 	}
@@ -159,28 +166,25 @@ func (d *decoder) filterChain(attrs hcl.Attributes) []*Filter {
 	if diags.HasErrors() {
 		return nil
 	}
-	ty := v.Type()
-	if !(ty.IsTupleType() || ty.IsListType()) || v.IsNull() {
-		d.errorf(a.Expr.Range(), "Filter list expected", "filters must be a list of filter references such as [filter.NAME]; this is %s.", ty.FriendlyName())
+	if vt := v.Type(); !(vt.IsTupleType() || vt.IsListType()) || v.IsNull() {
+		d.errorf(a.Expr.Range(), "List of references expected", "%s must be a list of references such as [%s.NAME]; this is %s.", name, kind, vt.FriendlyName())
 		return nil
 	}
-	var chain []*Filter
-	seen := map[*Filter]bool{}
+	var out []*T
 	for it := v.ElementIterator(); it.Next(); {
 		_, e := it.Element()
-		if e.Type() != filterRefType {
-			d.errorf(a.Expr.Range(), "Filter reference expected", "Each element of filters must be a reference such as filter.NAME; one is %s.", e.Type().FriendlyName())
+		if e.Type() != ty {
+			d.errorf(a.Expr.Range(), "Reference expected", "Each element of %s must be a reference such as %s.NAME; one is %s.", name, kind, e.Type().FriendlyName())
 			return nil
 		}
-		f := e.EncapsulatedValue().(*Filter)
-		if seen[f] {
-			d.errorf(a.Expr.Range(), "Filter listed twice", "Filter %q is already in this chain.", f.Name)
+		ref := e.EncapsulatedValue().(*T)
+		if slices.Contains(out, ref) {
+			d.errorf(a.Expr.Range(), "Listed twice", "%s lists a %s twice.", name, kind)
 			continue
 		}
-		seen[f] = true
-		chain = append(chain, f)
+		out = append(out, ref)
 	}
-	return chain
+	return out
 }
 
 // Method is how an action delivers.

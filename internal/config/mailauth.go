@@ -90,33 +90,10 @@ func (d *decoder) dkimRefs() cty.Value {
 	return cty.ObjectVal(m)
 }
 
-// dkimList evaluates an action's sign attribute: a list of dkim.NAME
-// references.
+// dkimList evaluates an action's sign or seal attribute: a list of
+// dkim.NAME references.
 func (d *decoder) dkimList(attrs hcl.Attributes, name string) []*DKIMKey {
-	a, ok := attrs[name]
-	if !ok || !d.refsKnown(a.Expr) {
-		return nil
-	}
-	v, diags := a.Expr.Value(d.ctx)
-	d.diags = append(d.diags, diags...)
-	if diags.HasErrors() {
-		return nil
-	}
-	ty := v.Type()
-	if !(ty.IsTupleType() || ty.IsListType()) || v.IsNull() {
-		d.errorf(a.Expr.Range(), "DKIM key list expected", "%s must be a list of references such as [dkim.NAME]; this is %s.", name, ty.FriendlyName())
-		return nil
-	}
-	var keys []*DKIMKey
-	for it := v.ElementIterator(); it.Next(); {
-		_, e := it.Element()
-		if e.Type() != dkimRefType {
-			d.errorf(a.Expr.Range(), "DKIM key reference expected", "Each element of %s must be a reference such as dkim.NAME; one is %s.", name, e.Type().FriendlyName())
-			return nil
-		}
-		keys = append(keys, e.EncapsulatedValue().(*DKIMKey))
-	}
-	return keys
+	return refList[DKIMKey](d, attrs, name, dkimRefType, "dkim")
 }
 
 // SRS is the srs block: the Sender Rewriting Scheme for mail forwarded
