@@ -1,16 +1,21 @@
 package regress
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"smtpd/internal/dns/dnstest"
+	"smtpd/internal/mailauth/dkim"
 )
 
 // TestInboundChecks: a listener that checks FCrDNS, SPF, DKIM, DMARC
@@ -285,4 +290,57 @@ match {
 			t.Errorf("arc_verify: %v\n%s\nmessage:\n%s", err, out, m)
 		}
 	}
+}
+
+// TestInboundDKIM: a message whose DKIM signature verifies passes DMARC
+// by DKIM alignment although SPF fails, and our Authentication-Results
+// say dkim=pass for its domain; the same message with its body changed
+// fails DKIM, then DMARC, and is refused.
+func TestInboundDKIM(t *testing.T) {
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dnstest.Start(
+		"signed.example. 300 IN TXT \"v=spf1 -all\"",
+		"_dmarc.signed.example. 300 IN TXT \"v=DMARC1; p=reject\"",
+		"sel._domainkey.signed.example. 300 IN TXT \"v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(pub)+"\"",
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	cfg := strings.Replace(DefaultConfig, `listen "mx" { address = "{{ADDR}}" }`, `resolver = ["`+srv.Addr+`"]
+listen "mx" {
+  address = "{{ADDR}}"
+  checks  = ["spf", "dkim", "dmarc"]
+}`, 1)
+	d := StartWith(t, bin, Options{Config: cfg})
+	body := "From: <news@signed.example>\r\nTo: <reader@example.test>\r\nSubject: signed\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n\r\nThe signed body.\r\n"
+	signer := &dkim.Signer{Domain: "signed.example", Selector: "sel", Key: key}
+	field, err := signer.Sign(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(msg, want string) error {
+		script := "expect 220\nsend EHLO client.example.net\nexpect 250\nsend MAIL FROM:<bounces@signed.example>\nexpect 250\n" +
+			"send RCPT TO:<reader@example.test>\nexpect 250\nsend DATA\nexpect 354\n"
+		for _, line := range strings.Split(strings.TrimSuffix(msg, "\r\n"), "\r\n") {
+			script += "sendraw " + strconv.Quote(line+"\r\n") + "\n"
+		}
+		return RunDialogue(d.SMTPAddr, script+"send .\nexpect "+want+"\nsend QUIT\nexpect 221\n")
+	}
+	if err := send(field+body, "250"); err != nil {
+		t.Fatalf("signed: %v", err)
+	}
+	for _, m := range d.WaitMail(1, 10*time.Second) {
+		unfolded := strings.ReplaceAll(m, "\n\t", " ")
+		if !regexp.MustCompile(`(?m)^Authentication-Results: mx\.example\.test; spf=fail .*dkim=pass header\.d=signed\.example.*dmarc=pass`).MatchString(unfolded) {
+			t.Errorf("results of a good signature:\n%s", m)
+		}
+	}
+	if err := send(field+strings.Replace(body, "signed body", "changed body", 1), "550 5.7.1"); err != nil {
+		t.Errorf("tampered: %v", err)
+	}
+	d.WaitStat("mfa.check.dkim.fail", "1", 5*time.Second)
 }
