@@ -3,6 +3,7 @@ package proto
 import (
 	"fmt"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -72,6 +73,9 @@ type Session struct {
 	Helo   string
 	Auth   string // authenticated user, "" if none
 	Sender string // MAIL FROM, "" for <> and before MAIL
+	// Results are the results of the listener's checks known so far,
+	// as "spf=pass fcrdns=fail", for the match rules that test them.
+	Results string
 }
 
 func (s *Session) encode(w *Writer) {
@@ -81,11 +85,22 @@ func (s *Session) encode(w *Writer) {
 	w.String(s.Helo)
 	w.String(s.Auth)
 	w.String(s.Sender)
+	w.String(s.Results)
 }
 
 func (s *Session) decode(r *Reader) {
 	s.ID, s.Remote, s.Local = r.U64(), r.String(), r.Bool()
-	s.Helo, s.Auth, s.Sender = r.String(), r.String(), r.String()
+	s.Helo, s.Auth, s.Sender, s.Results = r.String(), r.String(), r.String(), r.String()
+}
+
+// Result returns the result of check in Results, or "".
+func (s *Session) Result(check string) string {
+	for _, kv := range strings.Fields(s.Results) {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == check {
+			return v
+		}
+	}
+	return ""
 }
 
 // SMTPFilterQuery asks mfa whether a session may go on at a phase.
@@ -156,6 +171,9 @@ type MFAFilterVerdict struct {
 	Rewrite string
 	// Junk marks the session's messages as spam (X-Spam: yes).
 	Junk bool
+	// Results are the session's check results so far, for
+	// Session.Results.
+	Results string
 }
 
 func (*MFAFilterVerdict) Type() Type { return TypeMFAFilterVerdict }
@@ -164,12 +182,14 @@ func (m *MFAFilterVerdict) Encode(w *Writer) {
 	m.Reply.encode(w)
 	w.String(m.Rewrite)
 	w.Bool(m.Junk)
+	w.String(m.Results)
 }
 func (m *MFAFilterVerdict) Decode(r *Reader) {
 	m.Verdict = enum8(r, VerdictProceed, VerdictDisconnect, "verdict")
 	m.Reply.decode(r)
 	m.Rewrite = r.String()
 	m.Junk = r.Bool()
+	m.Results = r.String()
 }
 
 // SMTPExpandRcpt asks lookup to match a recipient against the rules and

@@ -52,6 +52,12 @@ listen "mx" {
 filter "spf-junk" {
   spf    = ["fail", "softfail"]
   action = "junk"
+}
+match {
+  from   = "any"
+  for    = "any"
+  fcrdns = ["fail", "permerror"]
+  reject = true
 }`, 1)
 	d := StartWith(t, bin, Options{Config: cfg})
 	msg := func(mailFrom, from, extra string) string {
@@ -97,6 +103,10 @@ filter "spf-junk" {
 	}
 	if err := RunDialogueFrom("127.0.0.3", d.SMTPAddr, "expect 554 5.7.1 Listed: see https://bl.example/127.0.0.3\nsend QUIT\nexpect 221\n"); err != nil {
 		t.Errorf("listed client: %v", err)
+	}
+	// a client without reverse DNS: the match rule on FCrDNS refuses it
+	if err := RunDialogueFrom("127.0.0.5", d.SMTPAddr, "expect 220\nsend EHLO nameless.example\nexpect 250\nsend MAIL FROM:<a@good.example>\nexpect 250\nsend RCPT TO:<reader@example.test>\nexpect 550 5.7.1\nsend QUIT\nexpect 221\n"); err != nil {
+		t.Errorf("client without PTR: %v", err)
 	}
 	srv.ServFail("4.0.0.127.bl.example")
 	if err := RunDialogueFrom("127.0.0.4", d.SMTPAddr, "expect 421\nexpect-close\n"); err != nil {

@@ -411,15 +411,28 @@ type Match struct {
 	// Sender, Rcpt, Helo and Auth are optional tables of addresses,
 	// addresses, HELO names and authenticated user names.
 	Sender, Rcpt, Helo, Auth *Cond
-	Action                   *Action
-	Reject                   bool
-	Range                    hcl.Range
+	// Results are conditions on the results of the listener's checks
+	// known when recipients are matched: spf and fcrdns.
+	Results map[string][]string
+	Action  *Action
+	Reject  bool
+	Range   hcl.Range
 }
 
 var matchSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "from"}, {Name: "for"}, {Name: "sender"}, {Name: "rcpt"}, {Name: "helo"}, {Name: "auth"},
 	{Name: "action"}, {Name: "reject"},
+	{Name: "spf"}, {Name: "fcrdns"}, {Name: "dkim"}, {Name: "arc"}, {Name: "dmarc"},
 }}
+
+// matchResults are the checks a match rule can test: those whose
+// result is known when recipients are matched.
+var matchResults = map[string]string{
+	CheckSPF: "", CheckFCrDNS: "",
+	CheckDKIM:  "The DKIM result is known at the end of the message, after the recipients are matched: test it in a filter.",
+	CheckARC:   "The ARC result is known at the end of the message, after the recipients are matched: test it in a filter.",
+	CheckDMARC: "The DMARC result is known at the end of the message, after the recipients are matched: test it in a filter.",
+}
 
 func (d *decoder) match(b *hcl.Block) {
 	m := &Match{Range: b.DefRange}
@@ -434,6 +447,7 @@ func (d *decoder) match(b *hcl.Block) {
 	m.Rcpt = d.cond(attrs, "rcpt", what, 0, nil)
 	m.Helo = d.cond(attrs, "helo", what, 0, nil)
 	m.Auth = d.cond(attrs, "auth", what, 0, nil)
+	m.Results = d.results(attrs, matchResults)
 	d.decode(attrs, "reject", &m.Reject)
 	if a := attrs["action"]; a != nil && d.refsKnown(a.Expr) {
 		v, diags := a.Expr.Value(d.ctx)

@@ -198,6 +198,7 @@ action "local" { mbox = true }
 		{"dkim headers without from", base + "dkim \"d\" {\n  domain = \"example.org\"\n  selector = \"s1\"\n  key = \"/etc/hostname\"\n  headers = [\"subject\"]\n}\n", 7, "From not signed"},
 		{"two sealing keys", base + "dkim \"d\" {\n  domain = \"example.org\"\n  selector = \"s1\"\n  key = \"/etc/hostname\"\n}\naction \"o\" {\n  relay = \"mx\"\n  seal = [dkim.d, dkim.d]\n}\n", 10, "lists a dkim twice"},
 		{"unknown dkim key", base + "action \"o\" {\n  relay = \"mx\"\n  sign = [dkim.nope]\n}\n", 5, `There is no dkim "nope"`},
+		{"dmarc in a match rule", base + "match {\n  dmarc = [\"fail\"]\n  reject = true\n}\n", 4, "known at the end of the message"},
 		{"short srs age", base + "srs {\n  key = \"/etc/hostname\"\n  max_age = \"1h\"\n}\n", 5, "at least a day"},
 	}
 	for _, tt := range tests {

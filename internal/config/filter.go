@@ -108,6 +108,34 @@ var resultChecks = map[string]string{CheckFCrDNS: "connect", CheckSPF: "mail", C
 // checkResults are the results a check can have (RFC 8601 §2.7).
 var checkResults = []string{"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
 
+// results decodes the conditions on checks' results of a filter or a
+// match rule: for each check named, the results that satisfy it.
+// allowed, if not nil, maps the checks that may be tested to "" and the
+// others to why they may not.
+func (d *decoder) results(attrs hcl.Attributes, allowed map[string]string) map[string][]string {
+	var out map[string][]string
+	for check := range resultChecks {
+		var results []string
+		if !d.decode(attrs, check, &results) {
+			continue
+		}
+		if why, ok := allowed[check]; allowed != nil && !ok || why != "" {
+			d.errorf(attrs[check].NameRange, "Result not known here", "%s", why)
+			continue
+		}
+		for _, r := range results {
+			if indexOf(checkResults, r) < 0 {
+				d.errorf(attrs[check].Expr.Range(), "Unknown result", "%q is not a result: use %s.", r, strings.Join(checkResults, ", "))
+			}
+		}
+		if out == nil {
+			out = map[string][]string{}
+		}
+		out[check] = results
+	}
+	return out
+}
+
 // builtinAttrs and externalAttrs are the attributes of each kind.
 var (
 	builtinAttrs  = []string{"phase", "from", "helo", "sender", "rcpt", "helo_regex", "sender_regex", "rcpt_regex", "action", "message", "spf", "fcrdns", "dkim", "arc", "dmarc"}
@@ -283,21 +311,9 @@ func (d *decoder) builtin(f *Filter, attrs hcl.Attributes) {
 	case f.Helo != nil || f.HeloRegex != nil:
 		earliest = "helo"
 	}
-	for check, phase := range resultChecks {
-		var results []string
-		if !d.decode(attrs, check, &results) {
-			continue
-		}
-		for _, r := range results {
-			if indexOf(checkResults, r) < 0 {
-				d.errorf(attrs[check].Expr.Range(), "Unknown result", "%q is not a result: use %s.", r, strings.Join(checkResults, ", "))
-			}
-		}
-		if f.Results == nil {
-			f.Results = map[string][]string{}
-		}
-		f.Results[check] = results
-		if indexOf(filterPhases, phase) > indexOf(filterPhases, earliest) {
+	f.Results = d.results(attrs, nil)
+	for check := range f.Results {
+		if phase := resultChecks[check]; indexOf(filterPhases, phase) > indexOf(filterPhases, earliest) {
 			earliest = phase
 		}
 	}

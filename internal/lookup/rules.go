@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -483,11 +484,23 @@ func (r *Resolver) match(sess proto.Session, a address.Address) (int, *config.Ma
 	for i, m := range r.Config.Matches {
 		if r.fromOK(m.From, sess) && r.forOK(m.For, a.Domain) &&
 			tableHasAddress(m.Sender, sess.Sender) && tableHasAddress(m.Rcpt, a.String()) &&
-			tableHas(m.Helo, strings.ToLower(sess.Helo)) && tableHas(m.Auth, sess.Auth) {
+			tableHas(m.Helo, strings.ToLower(sess.Helo)) && tableHas(m.Auth, sess.Auth) && resultsOK(m.Results, sess) {
 			return i, m
 		}
 	}
 	return -1, nil
+}
+
+// resultsOK reports whether the session's check results satisfy a
+// rule's conditions on them; a check the listener did not make
+// satisfies none.
+func resultsOK(want map[string][]string, sess proto.Session) bool {
+	for check, results := range want {
+		if !slices.Contains(results, sess.Result(check)) {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Resolver) fromOK(c *config.Cond, sess proto.Session) bool {

@@ -126,6 +126,18 @@ func (s *session) resultOf(check string) string {
 	return ""
 }
 
+// knownResults are the results known before the message, for the
+// match rules (proto.Session.Results).
+func (s *session) knownResults() string {
+	var out []string
+	for _, check := range []string{config.CheckSPF, config.CheckFCrDNS} {
+		if r := s.resultOf(check); r != "" {
+			out = append(out, check+"="+r)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
 // dnsFailure is the verdict when a check cannot tell for a DNS
 // failure: a temporary failure, never a refusal for good.
 var dnsFailure = proto.Reply{Code: 451, Enhanced: "4.4.3", Text: "Temporary DNS failure while checking your mail, try again later"}

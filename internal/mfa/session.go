@@ -190,6 +190,12 @@ func (s *session) failure(f *config.Filter, err error) *proto.MFAFilterVerdict {
 // query runs a phase through the chain, in order, until a filter
 // refuses; a rewrite changes what the filters after it see.
 func (s *session) query(q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
+	v := s.runQuery(q)
+	v.Results = s.knownResults()
+	return v
+}
+
+func (s *session) runQuery(q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
 	if v := s.check(q); v != nil {
 		return v
 	}

@@ -84,6 +84,9 @@ func (sess *session) filter(phase proto.Phase, param *string) *server.Reply {
 	if v.Junk {
 		sess.junk = true
 	}
+	if v.Results != "" {
+		sess.info.Results = v.Results
+	}
 	if v.Verdict == proto.VerdictProceed {
 		if v.Rewrite != "" && param != nil {
 			*param = v.Rewrite
