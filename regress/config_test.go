@@ -60,7 +60,8 @@ func TestExampleConfigs(t *testing.T) {
 		t.Fatalf("%d example files, %d man page examples", len(paths), len(examples))
 	}
 	for i, ex := range examples {
-		_, path := WriteConfig(t, ex)
+		dir, _ := WriteConfig(t, "")
+		_, path := WriteConfig(t, withFiles(t, dir, ex))
 		paths = append(paths, path)
 		t.Logf("man page example %d: %s", i+1, path)
 	}
@@ -70,6 +71,56 @@ func TestExampleConfigs(t *testing.T) {
 			t.Errorf("%s: %v\n%s", p, err, out)
 		}
 	}
+}
+
+// withFiles makes the files a man page example names under /etc (a
+// certificate and its key, DKIM keys, the SRS secret, tables) in dir,
+// and points the example at them.
+func withFiles(t *testing.T, dir, ex string) string {
+	t.Helper()
+	tlsDir := filepath.Join(dir, "tls")
+	os.Mkdir(tlsDir, 0o755)
+	cert, key := writeCert(t, tlsDir)
+	block := ""
+	lines := strings.Split(ex, "\n")
+	quoted := regexp.MustCompile(`"(/etc/[^"]+)"`)
+	for i, line := range lines {
+		if f := strings.Fields(line); len(f) > 0 && strings.HasSuffix(line, "{") {
+			block = f[0]
+		}
+		lines[i] = quoted.ReplaceAllStringFunc(line, func(q string) string {
+			name := filepath.Join(dir, "etc"+strings.Trim(q, `"`))
+			attr := strings.TrimSpace(strings.SplitN(line, "=", 2)[0])
+			var src string
+			switch {
+			case attr == "cert":
+				src = cert
+			case attr == "key" && block == "listen":
+				src = key
+			case attr == "key" && block == "dkim" && strings.Contains(name, "ed"):
+				src = filepath.Join(dir, "ed.pem")
+				ed25519Key(t, dir)
+			case attr == "key" && block == "dkim":
+				src = filepath.Join(dir, "key.pem")
+				dkimKey(t, dir)
+			}
+			data := []byte("a secret for the examples\n")
+			if src != "" {
+				var err error
+				if data, err = os.ReadFile(src); err != nil {
+					t.Fatal(err)
+				}
+			} else if block == "table" {
+				data = nil
+			}
+			os.MkdirAll(filepath.Dir(name), 0o755)
+			if err := os.WriteFile(name, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return `"` + name + `"`
+		})
+	}
+	return strings.Join(lines, "\n")
 }
 
 // manExamples returns the literal displays of the EXAMPLES section of
