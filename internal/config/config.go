@@ -130,6 +130,9 @@ type Table struct {
 	// File is the table file, or "" for inline data.
 	File string
 	Data *table.Static
+	// External, if set, is a table kept outside smtpd (a database, a
+	// directory, a program); Data is then empty.
+	External *External
 	// Range is where the table is defined.
 	Range hcl.Range
 }

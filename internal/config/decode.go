@@ -320,6 +320,9 @@ func (d *decoder) limits(b *hcl.Block) {
 
 var tableSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "list"}, {Name: "map"}, {Name: "file"},
+	{Name: "postgres"}, {Name: "sqlite"}, {Name: "ldap"}, {Name: "proc"},
+	{Name: "password_file"}, {Name: "query"}, {Name: "attributes"}, {Name: "base"}, {Name: "bind_dn"},
+	{Name: "starttls"}, {Name: "cache"}, {Name: "timeout"},
 }}
 
 func (d *decoder) table(b *hcl.Block) {
@@ -328,8 +331,15 @@ func (d *decoder) table(b *hcl.Block) {
 	content, diags := b.Body.Content(tableSchema)
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
-	if len(attrs) != 1 {
-		d.errorf(b.DefRange, "Invalid table", "Table %q needs exactly one of list, map or file; it has %d.", t.Name, len(attrs))
+	for _, kind := range backendKinds {
+		if attrs[kind] != nil {
+			t.Data = table.NewList(nil)
+			d.backendTable(t, attrs, kind)
+			return
+		}
+	}
+	if len(attrs) != 1 || attrs["list"] == nil && attrs["map"] == nil && attrs["file"] == nil {
+		d.errorf(b.DefRange, "Invalid table", "Table %q needs exactly one of list, map, file, postgres, sqlite, ldap or proc.", t.Name)
 		t.Data = table.NewList(nil)
 		return
 	}

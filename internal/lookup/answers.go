@@ -8,6 +8,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/privsep"
+	"smtpd/internal/table"
 	"smtpd/proto"
 )
 
@@ -40,12 +41,15 @@ func (r *Resolver) TableHas(id uint32, kind proto.TableKey, key string) (bool, e
 	switch kind {
 	case proto.TableKeyIP:
 		ip, err := netip.ParseAddr(key)
-		return err == nil && t.Data.HasIP(ip), nil
+		if err != nil {
+			return false, nil
+		}
+		return r.tableHasIP(t, ip)
 	case proto.TableKeyAddress:
-		return t.Data.HasAddress(key), nil
+		return r.tableHasAddress(t, key)
 	}
-	_, ok := t.Data.Lookup(strings.ToLower(key))
-	return ok, nil
+	_, ok, err := r.tableLookup(t, table.Domain, strings.ToLower(key))
+	return ok, err
 }
 
 // ErrNoCredentials is the error of a credentials request for a label
@@ -60,8 +64,11 @@ func (r *Resolver) Credentials(id uint32, label string) (user, password string, 
 		return "", "", err
 	}
 	r.mu.RLock()
-	secret, ok := t.Data.Lookup(label)
+	secret, ok, err := r.tableLookup(t, table.Credentials, label)
 	r.mu.RUnlock()
+	if err != nil {
+		return "", "", err
+	}
 	user, password, found := strings.Cut(secret, ":")
 	if !ok || !found {
 		return "", "", fmt.Errorf("%w %q in table %s", ErrNoCredentials, label, t.Name)

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"smtpd/internal/config"
+	"smtpd/internal/table"
 )
 
 // ErrUnknownHash is a password hash of a form we cannot check.
@@ -29,12 +30,22 @@ func (r *Resolver) CheckPassword(listener, user, password string) (bool, error) 
 	l := r.listener(listener)
 	var hash string
 	var found bool
+	var err error
 	if l != nil && l.AuthTable != nil {
-		hash, found = l.AuthTable.Data.Lookup(user)
+		hash, found, err = r.tableLookup(l.AuthTable, table.Credentials, user)
+		if r.Backends[l.AuthTable.ID] != nil {
+			// a database answers "user:hash", as OpenSMTPD's tables
+			if _, h, ok := strings.Cut(hash, ":"); ok {
+				hash = h
+			}
+		}
 	}
 	r.mu.RUnlock()
 	if l == nil || l.AuthTable == nil {
 		return false, fmt.Errorf("lookup: listener %q has no auth_table", listener)
+	}
+	if err != nil {
+		return false, err
 	}
 	if !found {
 		bcrypt.CompareHashAndPassword([]byte(decoyHash), []byte(password))
@@ -66,17 +77,18 @@ func checkHash(hash, password string) (bool, error) {
 
 // SenderAllowed reports whether an authenticated user may use sender in
 // MAIL FROM on the listener: always without a senders table, otherwise
-// if the user's entry lists the address or its @domain.
-func (r *Resolver) SenderAllowed(listener, user, sender string) bool {
+// if the user's entry lists the address or its @domain. An error means
+// the table cannot tell now.
+func (r *Resolver) SenderAllowed(listener, user, sender string) (bool, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	l := r.listener(listener)
 	if l == nil || l.Senders == nil {
-		return l != nil
+		return l != nil, nil
 	}
-	v, ok := l.Senders.Data.Lookup(user)
-	if !ok {
-		return false
+	v, ok, err := r.tableLookup(l.Senders, table.Mailaddrmap, user)
+	if err != nil || !ok {
+		return false, err
 	}
 	sender = strings.ToLower(sender)
 	domain := ""
@@ -85,10 +97,10 @@ func (r *Resolver) SenderAllowed(listener, user, sender string) bool {
 	}
 	for _, allowed := range strings.FieldsFunc(strings.ToLower(v), func(c rune) bool { return c == ',' || c == ' ' || c == '\t' }) {
 		if allowed == sender || domain != "" && allowed == domain {
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, nil
 }
 
 func (r *Resolver) listener(name string) *config.Listener {

@@ -75,7 +75,7 @@ match {
 		{"alice", "bob@example.org", false},
 		{"bob", "bob@example.org", false},
 	} {
-		if got := r.SenderAllowed("sub", tt.user, tt.sender); got != tt.ok {
+		if got, err := r.SenderAllowed("sub", tt.user, tt.sender); got != tt.ok || err != nil {
 			t.Errorf("SenderAllowed(%s, %s) = %v, want %v", tt.user, tt.sender, got, tt.ok)
 		}
 	}

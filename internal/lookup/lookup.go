@@ -210,7 +210,12 @@ func authAnswer(r *Resolver, c *privsep.Child, q *proto.SMTPAuthQuery) *proto.Lo
 			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 		}
 	case "sender":
-		if r.SenderAllowed(q.Listener, q.User, q.Value) {
+		ok, err := r.SenderAllowed(q.Listener, q.User, q.Value)
+		if err != nil {
+			c.Log.Warnf("senders of %q on %s: %v", q.User, q.Listener, err)
+			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: "senders cannot be checked"}}
+		}
+		if ok {
 			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 		}
 	}

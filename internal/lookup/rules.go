@@ -38,6 +38,8 @@ type Resolver struct {
 	// SRS, if set, rewrites the senders of mail forwarded to other
 	// domains and reverses the bounces to such senders.
 	SRS *srs.Rewriter
+	// Backends are the tables kept outside smtpd, by table id.
+	Backends map[int]*backendTable
 
 	// mu lets Reload replace table contents while expansions run.
 	mu sync.RWMutex
@@ -70,8 +72,15 @@ func (r *Resolver) Reload(name string) error {
 		t.Data = s
 		r.mu.Unlock()
 	}
+	for id, bt := range r.Backends {
+		if t := r.Config.Tables[id]; name == "" || t.Name == name {
+			// the next lookups ask the backend again
+			found = true
+			bt.flush()
+		}
+	}
 	if name != "" && !found {
-		errs = append(errs, fmt.Errorf("no file table %q", name))
+		errs = append(errs, fmt.Errorf("no table %q read from a file or kept outside smtpd", name))
 	}
 	return errors.Join(errs...)
 }
@@ -171,8 +180,10 @@ func (x *expansion) address(s string, depth int) error {
 		// as in OpenSMTPD, so that forwarding needs no open relay rule
 		sess.Local = true
 	}
-	idx, m := x.r.match(sess, a)
+	idx, m, err := x.r.match(sess, a)
 	switch {
+	case err != nil:
+		return err
 	case m == nil && x.r.ours(a.Domain):
 		return reject(550, "5.1.1", "Invalid recipient: <%s>", s)
 	case m == nil:
@@ -198,7 +209,11 @@ func (x *expansion) address(s string, depth int) error {
 	}
 	if act.Alias != nil {
 		user, _ := a.Base()
-		if v, ok := act.Alias.Data.Lookup(strings.ToLower(user)); ok {
+		v, ok, err := x.r.tableLookup(act.Alias, table.Alias, strings.ToLower(user))
+		if err != nil {
+			return err
+		}
+		if ok {
 			return x.targets(idx, act, a, v, depth)
 		}
 	}
@@ -220,7 +235,11 @@ func (x *expansion) virtual(idx int, act *config.Action, a address.Address, dept
 	}
 	keys = append(keys, user, "@"+a.Domain, "@")
 	for _, k := range keys {
-		if v, ok := act.Virtual.Data.Lookup(k); ok {
+		v, ok, err := x.r.tableLookup(act.Virtual, table.Alias, k)
+		if err != nil {
+			return err
+		}
+		if ok {
 			return x.targets(idx, act, a, v, depth)
 		}
 	}
@@ -429,7 +448,10 @@ func (r *Resolver) account(act *config.Action, name string) (proto.Account, erro
 	if act == nil || act.Userbase == nil {
 		return r.Passwd(name)
 	}
-	v, ok := act.Userbase.Data.Lookup(name)
+	v, ok, err := r.tableLookup(act.Userbase, table.Userinfo, name)
+	if err != nil {
+		return proto.Account{}, err
+	}
 	if !ok {
 		return proto.Account{}, fmt.Errorf("%w %q", privsep.ErrNoUser, name)
 	}
@@ -459,7 +481,9 @@ func (r *Resolver) ours(domain string) bool {
 	}
 	for _, m := range r.Config.Matches {
 		if m.For != nil && m.For.Kind == config.CondTable {
-			if _, ok := m.For.Table.Data.Lookup(domain); ok {
+			// a table that cannot tell counts as ours: the refusal
+			// then names the recipient, not relaying
+			if _, ok, err := r.tableLookup(m.For.Table, table.Domain, domain); ok || err != nil {
 				return true
 			}
 		}
@@ -479,16 +503,33 @@ func (r *Resolver) isLocal(domain string) bool {
 	return false
 }
 
-// match returns the first rule whose conditions hold, and its index.
-func (r *Resolver) match(sess proto.Session, a address.Address) (int, *config.Match) {
+// match returns the first rule whose conditions hold, and its index;
+// an error when a table cannot tell whether one holds.
+func (r *Resolver) match(sess proto.Session, a address.Address) (int, *config.Match, error) {
 	for i, m := range r.Config.Matches {
-		if r.fromOK(m.From, sess) && r.forOK(m.For, a.Domain) &&
-			tableHasAddress(m.Sender, sess.Sender) && tableHasAddress(m.Rcpt, a.String()) &&
-			tableHas(m.Helo, strings.ToLower(sess.Helo)) && tableHas(m.Auth, sess.Auth) && resultsOK(m.Results, sess) {
-			return i, m
+		if !resultsOK(m.Results, sess) {
+			continue
 		}
+		for _, ok := range []func() (bool, error){
+			func() (bool, error) { return r.fromOK(m.From, sess) },
+			func() (bool, error) { return r.forOK(m.For, a.Domain) },
+			func() (bool, error) { return r.condHasAddress(m.Sender, sess.Sender) },
+			func() (bool, error) { return r.condHasAddress(m.Rcpt, a.String()) },
+			func() (bool, error) { return r.condHas(m.Helo, table.Domain, strings.ToLower(sess.Helo)) },
+			func() (bool, error) { return r.condHas(m.Auth, table.Credentials, sess.Auth) },
+		} {
+			holds, err := ok()
+			if err != nil {
+				return -1, nil, err
+			}
+			if !holds {
+				goto next
+			}
+		}
+		return i, m, nil
+	next:
 	}
-	return -1, nil
+	return -1, nil, nil
 }
 
 // resultsOK reports whether the session's check results satisfy a
@@ -503,42 +544,48 @@ func resultsOK(want map[string][]string, sess proto.Session) bool {
 	return true
 }
 
-func (r *Resolver) fromOK(c *config.Cond, sess proto.Session) bool {
+func (r *Resolver) fromOK(c *config.Cond, sess proto.Session) (bool, error) {
 	switch c.Kind {
 	case config.CondAny:
-		return true
+		return true, nil
 	case config.CondLocal:
-		return sess.Local
+		return sess.Local, nil
 	case config.CondAuth:
-		return sess.Auth != ""
+		return sess.Auth != "", nil
 	case config.CondSocket:
-		return sess.Remote == ""
+		return sess.Remote == "", nil
 	}
 	ip, err := netip.ParseAddr(sess.Remote)
-	return err == nil && c.Table.Data.HasIP(ip)
+	if err != nil {
+		return false, nil
+	}
+	return r.tableHasIP(c.Table, ip)
 }
 
-func (r *Resolver) forOK(c *config.Cond, domain string) bool {
+func (r *Resolver) forOK(c *config.Cond, domain string) (bool, error) {
 	switch c.Kind {
 	case config.CondAny:
-		return true
+		return true, nil
 	case config.CondLocal:
-		return r.isLocal(domain)
+		return r.isLocal(domain), nil
 	}
-	return tableHas(c, domain)
+	return r.condHas(c, table.Domain, domain)
 }
 
-// tableHas reports whether a condition's table holds key; no condition
+// condHas reports whether a condition's table holds key; no condition
 // always holds.
-func tableHas(c *config.Cond, key string) bool {
+func (r *Resolver) condHas(c *config.Cond, service table.Service, key string) (bool, error) {
 	if c == nil {
-		return true
+		return true, nil
 	}
-	_, ok := c.Table.Data.Lookup(key)
-	return ok
+	_, ok, err := r.tableLookup(c.Table, service, key)
+	return ok, err
 }
 
-// tableHasAddress matches an address by itself or by "@domain".
-func tableHasAddress(c *config.Cond, addr string) bool {
-	return c == nil || c.Table.Data.HasAddress(addr)
+// condHasAddress matches an address by itself or by "@domain".
+func (r *Resolver) condHasAddress(c *config.Cond, addr string) (bool, error) {
+	if c == nil {
+		return true, nil
+	}
+	return r.tableHasAddress(c.Table, addr)
 }
