@@ -272,3 +272,23 @@ type ParentMilterRefused struct{ Text string }
 func (*ParentMilterRefused) Type() Type         { return TypeParentMilterRefused }
 func (m *ParentMilterRefused) Encode(w *Writer) { w.String(m.Text) }
 func (m *ParentMilterRefused) Decode(r *Reader) { m.Text = r.String() }
+
+// ControlShowTable asks lookup for one lookup in a table (smtpctl show
+// table NAME [SERVICE] KEY); ControlTableLookup passes it on to lookup,
+// which answers with LookupTableLines.
+type ControlShowTable struct{ Name, Service, Key string }
+
+func (*ControlShowTable) Type() Type { return TypeControlShowTable }
+func (m *ControlShowTable) Encode(w *Writer) {
+	w.String(m.Name)
+	w.String(m.Service)
+	w.String(m.Key)
+}
+func (m *ControlShowTable) Decode(r *Reader) {
+	m.Name, m.Service, m.Key = r.String(), r.String(), r.String()
+}
+
+// ControlTableLookup passes ControlShowTable on to lookup.
+type ControlTableLookup struct{ ControlShowTable }
+
+func (*ControlTableLookup) Type() Type { return TypeControlTableLookup }

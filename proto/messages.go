@@ -53,7 +53,7 @@ const (
 	TypeQueueLines
 	TypeControlUpdateTable
 	TypeControlTableReload
-	TypeLookupTableReloaded
+	TypeLookupTableLines
 	TypeControlPauseSMTP
 	TypeControlSMTPPause
 	TypeSMTPAuthQuery
@@ -86,6 +86,8 @@ const (
 	TypeMFAMilterConnect
 	TypeParentMilterSocket
 	TypeParentMilterRefused
+	TypeControlShowTable
+	TypeControlTableLookup
 	typeEnd
 )
 
@@ -369,13 +371,14 @@ func (*ControlTableReload) Type() Type         { return TypeControlTableReload }
 func (m *ControlTableReload) Encode(w *Writer) { w.String(m.Name) }
 func (m *ControlTableReload) Decode(r *Reader) { m.Name = r.String() }
 
-// LookupTableReloaded answers ControlTableReload, with the problem in
+// LookupTableLines answers ControlTableReload and ControlTableLookup: the
+// outcome or the answer, in lines; for a reload, the problem in
 // the lines if the table could not be read.
-type LookupTableReloaded struct{ TextLines }
+type LookupTableLines struct{ TextLines }
 
-func (*LookupTableReloaded) Type() Type         { return TypeLookupTableReloaded }
-func (m *LookupTableReloaded) Encode(w *Writer) { m.encode(w) }
-func (m *LookupTableReloaded) Decode(r *Reader) { m.decode(r) }
+func (*LookupTableLines) Type() Type         { return TypeLookupTableLines }
+func (m *LookupTableLines) Encode(w *Writer) { m.encode(w) }
+func (m *LookupTableLines) Decode(r *Reader) { m.decode(r) }
 
 // ControlPauseSMTP is a client pausing (Paused set) or resuming smtp.
 type ControlPauseSMTP struct{ Paused bool }

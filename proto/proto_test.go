@@ -69,7 +69,7 @@ func samples(t *testing.T) []struct {
 		{ProcQueue, ProcControl, &QueueLines{TextLines{[]string{"x"}, true}}},
 		{ProcClient, ProcControl, &ControlUpdateTable{Name: "aliases"}},
 		{ProcControl, ProcLookup, &ControlTableReload{Name: "aliases"}},
-		{ProcLookup, ProcControl, &LookupTableReloaded{TextLines{[]string{"table aliases reloaded"}, true}}},
+		{ProcLookup, ProcControl, &LookupTableLines{TextLines{[]string{"table aliases reloaded"}, true}}},
 		{ProcClient, ProcControl, &ControlPauseSMTP{Paused: true}},
 		{ProcControl, ProcSMTP, &ControlSMTPPause{Paused: true}},
 		{ProcSMTP, ProcLookup, &SMTPAuthQuery{What: "password", Listener: "submission", User: "alice", Value: "secret"}},
@@ -101,6 +101,8 @@ func samples(t *testing.T) []struct {
 		{ProcMFA, ProcControl, &MFAFilterLines{TextLines{Lines: []string{"dkim running"}, Last: true}}},
 		{ProcQueue, ProcSMTP, &QueueOverload{On: true, Reason: "queue holds 10001 envelopes"}},
 		{ProcMFA, ProcParent, &MFAMilterConnect{Filter: 3}},
+		{ProcClient, ProcControl, &ControlShowTable{Name: "vusers", Service: "alias", Key: "alice@example.org"}},
+		{ProcControl, ProcLookup, &ControlTableLookup{ControlShowTable{Name: "vusers", Key: "alice@example.org"}}},
 		{ProcParent, ProcMFA, NewParentMilterSocket(f)},
 		{ProcParent, ProcMFA, &ParentMilterRefused{Text: "dial unix /run/opendkim/opendkim.sock: connection refused"}},
 	}

@@ -93,7 +93,7 @@ var registry = [...]spec{
 	TypeQueueLines:          {"QueueLines", func() Message { return &QueueLines{} }, one(procs(ProcQueue), procs(ProcControl))},
 	TypeControlUpdateTable:  {"ControlUpdateTable", func() Message { return &ControlUpdateTable{} }, one(procs(ProcClient), procs(ProcControl))},
 	TypeControlTableReload:  {"ControlTableReload", func() Message { return &ControlTableReload{} }, one(procs(ProcControl), procs(ProcLookup))},
-	TypeLookupTableReloaded: {"LookupTableReloaded", func() Message { return &LookupTableReloaded{} }, one(procs(ProcLookup), procs(ProcControl))},
+	TypeLookupTableLines:    {"LookupTableLines", func() Message { return &LookupTableLines{} }, one(procs(ProcLookup), procs(ProcControl))},
 	TypeControlPauseSMTP:    {"ControlPauseSMTP", func() Message { return &ControlPauseSMTP{} }, one(procs(ProcClient), procs(ProcControl))},
 	TypeControlSMTPPause:    {"ControlSMTPPause", func() Message { return &ControlSMTPPause{} }, one(procs(ProcControl), procs(ProcSMTP))},
 	TypeSMTPAuthQuery:       {"SMTPAuthQuery", func() Message { return &SMTPAuthQuery{} }, one(procs(ProcSMTP), procs(ProcLookup))},
@@ -128,6 +128,8 @@ var registry = [...]spec{
 	TypeMFAMilterConnect:    {"MFAMilterConnect", func() Message { return &MFAMilterConnect{} }, one(procs(ProcMFA), procs(ProcParent))},
 	TypeParentMilterSocket:  {"ParentMilterSocket", func() Message { return &ParentMilterSocket{} }, one(procs(ProcParent), procs(ProcMFA))},
 	TypeParentMilterRefused: {"ParentMilterRefused", func() Message { return &ParentMilterRefused{} }, one(procs(ProcParent), procs(ProcMFA))},
+	TypeControlShowTable:    {"ControlShowTable", func() Message { return &ControlShowTable{} }, one(procs(ProcClient), procs(ProcControl))},
+	TypeControlTableLookup:  {"ControlTableLookup", func() Message { return &ControlTableLookup{} }, one(procs(ProcControl), procs(ProcLookup))},
 }
 
 // lookupSpec returns the registry entry of t, or false for an unknown type.

@@ -103,17 +103,19 @@ var commands = map[string]command{
 	"show filters": func(env *cmdEnv, out io.Writer) error {
 		return printLines(env.socket, &proto.ControlShowFilters{}, out)
 	},
-	"show queue":           showQueue,
-	"schedule <id>":        queueOp("schedule"),
-	"remove <id>":          queueOp("remove"),
-	"pause envelope <id>":  queueOp("pause"),
-	"resume envelope <id>": queueOp("resume"),
-	"pause smtp":           pauseSMTP(true),
-	"resume smtp":          pauseSMTP(false),
-	"pause mda":            queueKind("pause", "mda"),
-	"resume mda":           queueKind("resume", "mda"),
-	"pause mta":            queueKind("pause", "mta"),
-	"resume mta":           queueKind("resume", "mta"),
+	"show queue":                showQueue,
+	"schedule <id>":             queueOp("schedule"),
+	"remove <id>":               queueOp("remove"),
+	"pause envelope <id>":       queueOp("pause"),
+	"resume envelope <id>":      queueOp("resume"),
+	"pause smtp":                pauseSMTP(true),
+	"resume smtp":               pauseSMTP(false),
+	"pause mda":                 queueKind("pause", "mda"),
+	"resume mda":                queueKind("resume", "mda"),
+	"pause mta":                 queueKind("pause", "mta"),
+	"resume mta":                queueKind("resume", "mta"),
+	"show table <id> <id>":      showTable,
+	"show table <id> <id> <id>": showTable,
 	"update table <id>": func(env *cmdEnv, out io.Writer) error {
 		return printLines(env.socket, &proto.ControlUpdateTable{Name: env.arg}, out)
 	},
@@ -288,6 +290,17 @@ func request(socket string, req proto.Message, more func(proto.Message) bool) er
 
 // parseCommand finds the command words name, by prefixes of its words;
 // a word "<id>" of a command takes any argument, which is returned.
+// showTable is `show table NAME [SERVICE] KEY`: one lookup, as lookup
+// answers it.
+func showTable(env *cmdEnv, out io.Writer) error {
+	f := strings.Fields(env.arg)
+	q := &proto.ControlShowTable{Name: f[0], Key: f[len(f)-1]}
+	if len(f) == 3 {
+		q.Service = f[1]
+	}
+	return printLines(env.socket, q, out)
+}
+
 func parseCommand(words []string) (command, string, error) {
 	if len(words) == 0 {
 		return nil, "", errors.New("no command")
@@ -300,15 +313,17 @@ func parseCommand(words []string) (command, string, error) {
 			continue
 		}
 		match := true
+		var args []string
 		for i, w := range words {
 			if full[i] == "<id>" {
-				arg = w
+				args = append(args, w)
 				continue
 			}
 			match = match && strings.HasPrefix(full[i], w)
 		}
 		if match {
 			found = append(found, name)
+			arg = strings.Join(args, " ")
 		}
 	}
 	switch len(found) {

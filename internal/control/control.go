@@ -88,7 +88,7 @@ func (s *Server) HandlePeer(ch *proto.Channel, env *proto.Frame) error {
 	case *proto.QueueOverload:
 		s.overload.Store(m)
 		return nil
-	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableReloaded, *proto.SMTPSessionFile, *proto.ControlError, *proto.QueueMessageFile, *proto.MFAFilterLines:
+	case *proto.MTAObjects, *proto.QueueLines, *proto.LookupTableLines, *proto.SMTPSessionFile, *proto.ControlError, *proto.QueueMessageFile, *proto.MFAFilterLines:
 		if !s.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -151,7 +151,7 @@ func (s *Server) session(conn *net.UnixConn) {
 
 func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 	switch env.Msg.(type) {
-	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP, *proto.ControlLog:
+	case *proto.ControlQueue, *proto.ControlUpdateTable, *proto.ControlPauseSMTP, *proto.ControlLog, *proto.ControlShowTable:
 		// the queue shows who writes to whom, and these change state:
 		// root only; any user may read the stats and submit mail
 		if !peer.known || peer.uid != 0 {
@@ -192,6 +192,9 @@ func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 		return ch.Send(&proto.ControlText{TextLines: proto.TextLines{Lines: []string{"smtp " + word}, Last: true}}, env.PeerID)
 	case *proto.ControlUpdateTable:
 		return s.forward(ch, s.lookup, &proto.ControlTableReload{Name: env.Msg.(*proto.ControlUpdateTable).Name}, env.PeerID)
+	case *proto.ControlShowTable:
+		// a table's contents (passwords among them) for root only
+		return s.forward(ch, s.lookup, &proto.ControlTableLookup{ControlShowTable: *m}, env.PeerID)
 	case *proto.ControlQueue:
 		op := env.Msg.(*proto.ControlQueue).QueueOp
 		if op.Op == "status" {
@@ -233,7 +236,7 @@ func (s *Server) forward(ch *proto.Channel, to *proto.Channel, req proto.Message
 			t = m.TextLines
 		case *proto.QueueLines:
 			t = m.TextLines
-		case *proto.LookupTableReloaded:
+		case *proto.LookupTableLines:
 			t = m.TextLines
 		case *proto.MFAFilterLines:
 			t = m.TextLines

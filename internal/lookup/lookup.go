@@ -147,7 +147,16 @@ func (l *Lookup) Run() {
 			if err != nil {
 				line = err.Error()
 			}
-			return c.Send(ch, &proto.LookupTableReloaded{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID)
+			return c.Send(ch, &proto.LookupTableLines{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID)
+		case *proto.ControlTableLookup:
+			q := env.Msg.(*proto.ControlTableLookup)
+			go func() {
+				line := r.ShowTable(q.Name, q.Service, q.Key)
+				if err := c.Send(ch, &proto.LookupTableLines{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
 		case *proto.ParentTablesReload:
 			if err := reload(c, r, env.Msg.(*proto.ParentTablesReload).Name); err != nil {
 				c.Log.Warnf("reload: %v", err)

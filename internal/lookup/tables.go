@@ -130,3 +130,39 @@ func (r *Resolver) tableHasAddress(t *config.Table, addr string) (bool, error) {
 	}
 	return false, nil
 }
+
+// ShowTable performs one lookup in the named table, for smtpctl show
+// table: the value, "found" for a set, "not found", or the error.
+// Without a service, that of the table's only query, or alias.
+func (r *Resolver) ShowTable(name, service, key string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var t *config.Table
+	for _, tb := range r.Config.Tables {
+		if !tb.Inline && tb.Name == name {
+			t = tb
+		}
+	}
+	if t == nil {
+		return fmt.Sprintf("no table %q", name)
+	}
+	s := table.Service(service)
+	if s == "" {
+		s = table.Alias
+		if t.External != nil && len(t.External.Queries) == 1 {
+			for only := range t.External.Queries {
+				s = only
+			}
+		}
+	}
+	v, found, err := r.tableLookup(t, s, key)
+	switch {
+	case err != nil:
+		return "error: " + err.Error()
+	case !found:
+		return "not found"
+	case v == "":
+		return "found"
+	}
+	return v
+}
