@@ -52,17 +52,21 @@ const destinationsPerFrame = 25
 
 // Lookup is the lookup process, prepared by New.
 type Lookup struct {
-	c   *privsep.Child
-	srs *srs.Rewriter
+	c        *privsep.Child
+	srs      *srs.Rewriter
+	backends map[int]*backendTable
 }
 
 // New prepares the lookup process: it reads the SRS secrets, which
 // must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Lookup, error) {
 	l := &Lookup{c: c}
+	var err error
+	if l.backends, err = openBackends(c.Config); err != nil {
+		return nil, err
+	}
 	if c.Config.SRS != nil {
 		// lookup alone holds the SRS secrets: it rewrites and reverses
-		var err error
 		if l.srs, err = loadSRS(c.Config.SRS); err != nil {
 			return nil, err
 		}
@@ -74,7 +78,7 @@ func New(c *privsep.Child) (*Lookup, error) {
 func (l *Lookup) Run() {
 	c := l.c
 	r := NewResolver(c.Config)
-	r.SRS = l.srs
+	r.SRS, r.Backends = l.srs, l.backends
 	res, err := dns.New(c.Config.Resolvers)
 	if err != nil {
 		c.Log.Fatalf("%v", err)
