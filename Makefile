@@ -10,7 +10,7 @@ SYSCONF  ?= /etc/mail
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
-TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim python3-nacl postgresql \
+TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim python3-nacl postgresql slapd ldap-utils \
 	opensmtpd-filter-dkimsign opensmtpd-filter-senderscore opendkim opendkim-tools
 
 # package:target for every fuzz target

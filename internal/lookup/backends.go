@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"smtpd/internal/config"
+	"smtpd/internal/table"
+	"smtpd/internal/table/ldaptable"
 	"smtpd/internal/table/sqltable"
 )
 
@@ -33,6 +35,19 @@ func openBackends(cfg *config.Config) (map[int]*backendTable, error) {
 			b, err := sqltable.Open(context.Background(), sqltable.Options{
 				Driver: e.Kind, DSN: e.URL, Password: password, Queries: e.Queries,
 				QueryTimeout: e.Timeout, ConnectTimeout: e.Timeout,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("table %s: %w", t.Name, err)
+			}
+			out[t.ID] = newBackendTable(b, e)
+		case config.BackendLDAP:
+			queries := map[table.Service]ldaptable.Query{}
+			for svc, filter := range e.Queries {
+				queries[svc] = ldaptable.Query{Filter: filter, Attributes: e.Attributes[svc]}
+			}
+			b, err := ldaptable.Open(ldaptable.Options{
+				URL: e.URL, StartTLS: e.StartTLS, BindDN: e.BindDN, BindPassword: password,
+				Base: e.Base, Queries: queries, Timeout: e.Timeout,
 			})
 			if err != nil {
 				return nil, fmt.Errorf("table %s: %w", t.Name, err)

@@ -1,0 +1,140 @@
+package lookup
+
+import (
+	"database/sql"
+	"os"
+	"path/filepath"
+	"testing"
+
+	_ "modernc.org/sqlite"
+
+	"smtpd/internal/config"
+	"smtpd/internal/table/ldaptable/ldaptest"
+	"smtpd/internal/table/sqltable/pgtest"
+	"smtpd/proto"
+)
+
+// The same data in PostgreSQL, SQLite and a directory (slapd) give the
+// same answers to the rules and expansions: domains, virtual users,
+// aliases to other addresses, strangers refused.
+func TestBackendsAgree(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the PostgreSQL and slapd servers of this test need root: run it as root (make test does in CI)")
+	}
+	schema := `CREATE TABLE domains (domain text PRIMARY KEY);
+CREATE TABLE virtuals (address text, dest text);
+INSERT INTO domains VALUES ('example.test');
+INSERT INTO virtuals VALUES ('alice@example.test', 'vmail'), ('team@example.test', 'alice@example.test'), ('team@example.test', 'bob@example.test'), ('bob@example.test', 'vmail');`
+	db := pgtest.Start(t)
+	db.MustExec(schema + "\nGRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC;")
+	file := filepath.Join(t.TempDir(), "smtpd.sqlite")
+	lite, err := sql.Open("sqlite", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lite.Exec(schema); err != nil {
+		t.Fatal(err)
+	}
+	lite.Close()
+	dir := ldaptest.Start(t, `dn: ou=domains,dc=example,dc=test
+objectClass: organizationalUnit
+ou: domains`, `dn: dc=example-test,ou=domains,dc=example,dc=test
+objectClass: domain
+objectClass: domainRelatedObject
+dc: example-test
+associatedDomain: example.test`, `dn: ou=virtuals,dc=example,dc=test
+objectClass: organizationalUnit
+ou: virtuals`, `dn: cn=alice@example.test,ou=virtuals,dc=example,dc=test
+objectClass: nisMailAlias
+cn: alice@example.test
+rfc822MailMember: vmail`, `dn: cn=bob@example.test,ou=virtuals,dc=example,dc=test
+objectClass: nisMailAlias
+cn: bob@example.test
+rfc822MailMember: vmail`, `dn: cn=team@example.test,ou=virtuals,dc=example,dc=test
+objectClass: nisMailAlias
+cn: team@example.test
+rfc822MailMember: alice@example.test
+rfc822MailMember: bob@example.test`)
+	pw := filepath.Join(t.TempDir(), "ldap.password")
+	if err := os.WriteFile(pw, []byte(dir.BindPassword+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sqlTables := func(kind, url string) string {
+		return `
+table "domains" {
+  ` + kind + ` = "` + url + `"
+  query = { domain = "SELECT domain FROM domains WHERE domain = $1" }
+}
+table "vusers" {
+  ` + kind + ` = "` + url + `"
+  query = { alias = "SELECT dest FROM virtuals WHERE address = $1" }
+}`
+	}
+	for _, b := range []struct{ name, tables string }{
+		{"postgres", sqlTables("postgres", db.DSN)},
+		{"sqlite", sqlTables("sqlite", file)},
+		{"ldap", `
+table "domains" {
+  ldap          = "` + dir.URL + `"
+  base          = "` + dir.Base + `"
+  bind_dn       = "` + dir.BindDN + `"
+  password_file = "` + pw + `"
+  query         = { domain = "(associatedDomain=%s)" }
+  attributes    = { domain = ["associatedDomain"] }
+}
+table "vusers" {
+  ldap          = "` + dir.URL + `"
+  base          = "` + dir.Base + `"
+  bind_dn       = "` + dir.BindDN + `"
+  password_file = "` + pw + `"
+  query         = { alias = "(&(objectClass=nisMailAlias)(cn=%s))" }
+  attributes    = { alias = ["rfc822MailMember"] }
+}`},
+	} {
+		t.Run(b.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(`
+listen "mx" { address = "127.0.0.1:25" }
+`+b.tables+`
+action "local" {
+  maildir  = "/var/vmail/x"
+  virtual  = table.vusers
+  userbase = { vmail = "2000:2000:/var/vmail" }
+}
+match {
+  from   = "any"
+  for    = table.domains
+  action = action.local
+}
+`), "/etc/mail/smtpd.conf")
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := NewResolver(cfg)
+			if r.Backends, err = openBackends(cfg); err != nil {
+				t.Fatal(err)
+			}
+			for _, bt := range r.Backends {
+				defer bt.b.Close()
+			}
+			sess := proto.Session{Remote: "192.0.2.1"}
+			for _, tt := range []struct {
+				rcpt   string
+				status proto.Status
+				dests  int
+			}{
+				{"alice@example.test", proto.StatusOK, 1},
+				{"team@example.test", proto.StatusOK, 1}, // both members are the vmail user
+				{"carol@example.test", proto.StatusPermfail, 0},
+				{"alice@elsewhere.test", proto.StatusPermfail, 0},
+			} {
+				res := r.Expand(sess, tt.rcpt)
+				if res.Status != tt.status || len(res.Destinations) != tt.dests {
+					t.Errorf("%s: %+v", tt.rcpt, res)
+				}
+			}
+			if got := r.ShowTable("vusers", "alias", "alice@example.test"); got != "vmail" {
+				t.Errorf("show table: %q", got)
+			}
+		})
+	}
+}
