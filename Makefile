@@ -36,7 +36,8 @@ FUZZ_TARGETS = \
 	./internal/mailauth/dmarc:FuzzFromDomain \
 	./internal/mailauth/srs:FuzzReverse \
 	./internal/mailauth/dnsbl:FuzzText \
-	./internal/mailauth/arc:FuzzTagList
+	./internal/mailauth/arc:FuzzTagList \
+	./internal/smtp/proxyproto:FuzzParse
 
 .PHONY: all build run test test-deps users fuzz bench bench-full install clean monkey
 

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -63,13 +64,17 @@ type Listener struct {
 	// DNSFailure is what a check that cannot tell for a DNS failure
 	// does: tempfail (the default) or proceed.
 	DNSFailure string
-	Range      hcl.Range
+	// ProxyTrusted, if set, are the load balancers allowed to give the
+	// client's address in a PROXY protocol header (proxy_protocol).
+	ProxyTrusted []netip.Prefix
+	Range        hcl.Range
 }
 
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
 	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
 	{Name: "senders"}, {Name: "filters"}, {Name: "checks"}, {Name: "dnsbl"}, {Name: "dnswl"}, {Name: "dns_failure"},
+	{Name: "proxy_protocol"}, {Name: "proxy_trusted"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {
@@ -127,6 +132,7 @@ func (d *decoder) listener(b *hcl.Block) {
 		}
 	}
 	d.listenerChecks(l, attrs)
+	d.proxy(l, attrs)
 	l.Filters = d.filterChain(attrs)
 	for _, f := range l.Filters {
 		for check := range f.Results {
@@ -144,6 +150,35 @@ func (d *decoder) listener(b *hcl.Block) {
 		d.errorf(attrs["auth"].Expr.Range(), "AUTH without auth_table", "Listener %q offers AUTH but has no auth_table of user names and password hashes.", l.Name)
 	case l.Auth == AuthNone && (attrs["auth_table"] != nil || attrs["senders"] != nil):
 		d.errorf(b.DefRange, "auth_table without auth", "Listener %q has auth_table or senders but does not offer AUTH (auth = true or \"optional\").", l.Name)
+	}
+}
+
+// proxy decodes proxy_protocol and the balancers trusted to use it.
+func (d *decoder) proxy(l *Listener, attrs hcl.Attributes) {
+	var on bool
+	d.decode(attrs, "proxy_protocol", &on)
+	var trusted []string
+	has := d.decode(attrs, "proxy_trusted", &trusted)
+	switch {
+	case on && !has:
+		d.errorf(attrs["proxy_protocol"].Expr.Range(), "PROXY protocol without trusted balancers", "Give the addresses of the load balancers with proxy_trusted = [\"10.0.0.1\", ...]: from anyone else a PROXY header is refused.")
+	case has && !on:
+		d.errorf(attrs["proxy_trusted"].Expr.Range(), "proxy_trusted without proxy_protocol", "Set proxy_protocol = true to accept PROXY headers from these addresses.")
+	}
+	if !on {
+		return
+	}
+	for _, s := range trusted {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, err2 := netip.ParseAddr(s)
+			if err2 != nil {
+				d.errorf(attrs["proxy_trusted"].Expr.Range(), "Invalid address", "%q is not an IP address or network.", s)
+				continue
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		l.ProxyTrusted = append(l.ProxyTrusted, p)
 	}
 }
 

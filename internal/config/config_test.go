@@ -199,6 +199,8 @@ action "local" { mbox = true }
 		{"two sealing keys", base + "dkim \"d\" {\n  domain = \"example.org\"\n  selector = \"s1\"\n  key = \"/etc/hostname\"\n}\naction \"o\" {\n  relay = \"mx\"\n  seal = [dkim.d, dkim.d]\n}\n", 10, "lists a dkim twice"},
 		{"unknown dkim key", base + "action \"o\" {\n  relay = \"mx\"\n  sign = [dkim.nope]\n}\n", 5, `There is no dkim "nope"`},
 		{"dmarc in a match rule", base + "match {\n  dmarc = [\"fail\"]\n  reject = true\n}\n", 4, "known at the end of the message"},
+		{"proxy without trusted", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  proxy_protocol = true\n}\n", 3, "without trusted balancers"},
+		{"bad trusted balancer", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  proxy_protocol = true\n  proxy_trusted = [\"balancer\"]\n}\n", 4, "not an IP address or network"},
 		{"short srs age", base + "srs {\n  key = \"/etc/hostname\"\n  max_age = \"1h\"\n}\n", 5, "at least a day"},
 	}
 	for _, tt := range tests {

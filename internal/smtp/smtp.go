@@ -20,6 +20,7 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/logging"
 	"smtpd/internal/privsep"
+	"smtpd/internal/smtp/proxyproto"
 	"smtpd/internal/smtp/server"
 	"smtpd/internal/stats"
 	"smtpd/internal/throttle"
@@ -208,6 +209,14 @@ func (s *Server) newServer(lc *config.Listener) *server.Server {
 }
 
 func (s *Server) serve(lc *config.Listener, ln net.Listener) {
+	if len(lc.ProxyTrusted) > 0 {
+		// the client's address is the balancer's word: before the
+		// limits, which count per client address
+		ln = &proxyproto.Listener{Listener: ln, Trusted: lc.ProxyTrusted, Rejected: func(peer net.Addr, err error) {
+			s.stats.Increment("smtp.proxy.refused", 1)
+			s.log.Infof("listener %s: connection from %s refused: %v", lc.Name, peer, err)
+		}}
+	}
 	ln = &limitListener{Listener: ln, s: s}
 	if err := s.newServer(lc).Serve(ln); err != nil {
 		s.log.Fatalf("listener %s: %v", lc.Name, err)
