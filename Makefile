@@ -37,7 +37,8 @@ FUZZ_TARGETS = \
 	./internal/mailauth/srs:FuzzReverse \
 	./internal/mailauth/dnsbl:FuzzText \
 	./internal/mailauth/arc:FuzzTagList \
-	./internal/smtp/proxyproto:FuzzParse
+	./internal/smtp/proxyproto:FuzzParse \
+	./internal/table/proctable:FuzzParseReply
 
 .PHONY: all build run test test-deps users fuzz bench bench-full install clean monkey
 

@@ -9,6 +9,7 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/table"
 	"smtpd/internal/table/ldaptable"
+	"smtpd/internal/table/proctable"
 	"smtpd/internal/table/sqltable"
 )
 
@@ -53,9 +54,31 @@ func openBackends(cfg *config.Config) (map[int]*backendTable, error) {
 				return nil, fmt.Errorf("table %s: %w", t.Name, err)
 			}
 			out[t.ID] = newBackendTable(b, e)
-		default:
-			return nil, fmt.Errorf("table %s: %s tables are not supported yet", t.Name, e.Kind)
+		case config.BackendProc:
+			// started by openProcTables, once lookup runs as its user
 		}
 	}
 	return out, nil
+}
+
+// openProcTables starts the table programs of the configuration. It
+// runs once lookup dropped its privileges: the programs run as its
+// user, never as root.
+func openProcTables(cfg *config.Config, log func(string, ...any), out map[int]*backendTable) error {
+	for _, t := range cfg.Tables {
+		e := t.External
+		if e == nil || e.Kind != config.BackendProc {
+			continue
+		}
+		name := t.Name
+		b, err := proctable.Start(proctable.Options{
+			Name: name, Command: e.Command, Timeout: e.Timeout,
+			Log: func(format string, args ...any) { log("table %s: "+format, append([]any{name}, args...)...) },
+		})
+		if err != nil {
+			return fmt.Errorf("table %s: %w", name, err)
+		}
+		out[t.ID] = newBackendTable(b, e)
+	}
+	return nil
 }

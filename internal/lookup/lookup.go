@@ -79,6 +79,9 @@ func (l *Lookup) Run() {
 	c := l.c
 	r := NewResolver(c.Config)
 	r.SRS, r.Backends = l.srs, l.backends
+	if err := openProcTables(c.Config, c.Log.Infof, r.Backends); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
 	res, err := dns.New(c.Config.Resolvers)
 	if err != nil {
 		c.Log.Fatalf("%v", err)

@@ -76,7 +76,9 @@ func (r *Resolver) Reload(name string) error {
 		if t := r.Config.Tables[id]; name == "" || t.Name == name {
 			// the next lookups ask the backend again
 			found = true
-			bt.flush()
+			if err := bt.flush(); err != nil {
+				errs = append(errs, fmt.Errorf("table %s: %w", t.Name, err))
+			}
 		}
 	}
 	if name != "" && !found {

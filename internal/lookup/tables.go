@@ -73,11 +73,18 @@ func (bt *backendTable) lookup(service table.Service, key string) (string, bool,
 	return v, found, nil
 }
 
-// flush forgets the cached answers (smtpctl update table).
-func (bt *backendTable) flush() {
+// flush forgets the cached answers and tells a table program to read
+// its data again (smtpctl update table).
+func (bt *backendTable) flush() error {
 	bt.mu.Lock()
 	bt.cache = map[cacheKey]cached{}
 	bt.mu.Unlock()
+	if u, ok := bt.b.(interface{ Update(context.Context) error }); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), bt.timeout)
+		defer cancel()
+		return u.Update(ctx)
+	}
+	return nil
 }
 
 // tableError is a table that cannot answer now: a temporary failure.
