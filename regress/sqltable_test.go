@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"smtpd/internal/dns/dnstest"
 	"smtpd/internal/table/sqltable/pgtest"
 )
 
@@ -171,4 +172,35 @@ match {
 	if strings.Contains(d.Log()+other.Log(), "permanent failure") {
 		t.Errorf("a bounce while the database was down")
 	}
+	// the two instances are equal MXs: with one down, a sender's mail
+	// goes through the other
+	dnsSrv, err := dnstest.Start("example.test. 300 IN MX 10 mx1.example.test.", "example.test. 300 IN MX 10 mx2.example.test.",
+		"mx1.example.test. 300 IN A 127.0.0.2", "mx2.example.test. 300 IN A 127.0.0.3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dnsSrv.Close)
+	d.Kill()
+	sender := StartWith(t, bin, Options{Config: fmt.Sprintf(`
+hostname       = "out.example.net"
+spool          = "spool"
+control_socket = "run/smtpd.sock"
+resolver       = ["%s"]
+mx_port        = %d
+
+listen "mx" { address = "{{ADDR}}" }
+action "out" { relay = "mx" }
+match {
+  from   = "any"
+  for    = "any"
+  action = action.out
+}
+`, dnsSrv.Addr, port)})
+	before := len(other.Mail())
+	for i := range 4 {
+		if err := send(sender, "alice@example.test"); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	other.WaitMail(before+4, 60*time.Second)
 }
