@@ -128,6 +128,7 @@ const ourConfig = `
 hostname       = "mx.example.test"
 spool          = "spool"
 control_socket = "run/smtpd.sock"
+{{GLOBAL}}
 
 limits {
   mails_per_session = 1000000
@@ -138,15 +139,16 @@ table "domains" { list = ["example.test"] }
 
 listen "mx" {
   address = "{{ADDR}}"
-  {{CHAIN}}
+  {{LISTEN}}
 }
 
-{{FILTERS}}
+{{BLOCKS}}
 
 action "local" {
   maildir  = "{{DIR}}/Maildir"
   virtual  = { "@" = "sink" }
   userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
+  {{SIGN}}
 }
 
 {{RELAY}}
@@ -179,14 +181,15 @@ type daemon struct {
 // target says how to start one of the daemons compared.
 type target struct {
 	name  string
-	start func(ctx context.Context, dir, ip, action string, sink int, f filterConf) (*daemon, error)
+	start func(ctx context.Context, dir, ip, action string, sink int, f extraConf) (*daemon, error)
 }
 
-// filterConf is what a filter run adds to our configuration: the filter
-// blocks and the listener's filters attribute. The zero value adds
-// nothing.
-type filterConf struct {
-	blocks, chain string
+// extraConf is what a cost row adds to our configuration: global
+// settings (the resolver), blocks (a filter, DKIM keys), the listener's
+// attributes (filters, checks) and the local action's (sign). The zero
+// value adds nothing.
+type extraConf struct {
+	global, blocks, listen, action string
 }
 
 // prepareDir makes the run directory traversable for the unprivileged
@@ -217,7 +220,7 @@ func fill(text string, kv ...string) string {
 
 // ours returns the target of our daemon, the binary at bin.
 func ours(bin string) target {
-	return target{name: "smtpd", start: func(ctx context.Context, dir, ip, action string, sink int, f filterConf) (*daemon, error) {
+	return target{name: "smtpd", start: func(ctx context.Context, dir, ip, action string, sink int, f extraConf) (*daemon, error) {
 		md, err := prepareDir(dir)
 		if err != nil {
 			return nil, err
@@ -238,7 +241,7 @@ func ours(bin string) target {
 		}
 		text := fill(ourConfig, "{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", fmt.Sprint(uid),
 			"{{GID}}", fmt.Sprint(gid), "{{RELAY}}", relay, "{{ACTION}}", action,
-			"{{CHAIN}}", f.chain, "{{FILTERS}}", f.blocks)
+			"{{GLOBAL}}", f.global, "{{LISTEN}}", f.listen, "{{BLOCKS}}", f.blocks, "{{SIGN}}", f.action)
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, err
 		}
@@ -265,10 +268,11 @@ func ours(bin string) target {
 // without DNS never answers, and OpenSMTPD takes seconds per session,
 // while glibc and Go read /etc/hosts first.
 func opensmtpd() target {
-	return target{name: "OpenSMTPD", start: func(ctx context.Context, dir, ip, action string, sink int, f filterConf) (*daemon, error) {
-		if f != (filterConf{}) {
-			// 6.8 speaks filter protocol 0.6 and has no milter client
-			return nil, errors.New("the bench runs filters with smtpd only")
+	return target{name: "OpenSMTPD", start: func(ctx context.Context, dir, ip, action string, sink int, f extraConf) (*daemon, error) {
+		if f != (extraConf{}) {
+			// 6.8 speaks filter protocol 0.6, has no milter client and
+			// neither checks nor signs mail
+			return nil, errors.New("the bench runs its cost rows with smtpd only")
 		}
 		if os.Getuid() != 0 {
 			return nil, errors.New("OpenSMTPD runs as root only")

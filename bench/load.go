@@ -77,6 +77,17 @@ func startSink(ctx context.Context, t tools, dir string) (*sink, error) {
 type load struct {
 	msgs, size, clients int
 	reuse               bool
+	// fixed is a message sent as it is, instead of those smtp-source
+	// and our client make of size bytes
+	fixed *message
+}
+
+// message is a fixed message: what goes on the wire, CRLF line ends,
+// and a file of it with LF line ends for smtp-source -F, which adds a
+// CR to each line.
+type message struct {
+	data []byte
+	file string
 }
 
 // runSource sends l with smtp-source to addr, counting the messages
@@ -85,8 +96,13 @@ type load struct {
 func runSource(ctx context.Context, t tools, addr string, l load, sent *counter, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	args := []string{"-c", "-s", fmt.Sprint(l.clients), "-m", fmt.Sprint(l.msgs), "-l", fmt.Sprint(l.size),
+	args := []string{"-c", "-s", fmt.Sprint(l.clients), "-m", fmt.Sprint(l.msgs),
 		"-M", "bench.example", "-f", "sender@bench.example", "-t", "rcpt@example.test"}
+	if l.fixed != nil {
+		args = append(args, "-F", l.fixed.file)
+	} else {
+		args = append(args, "-l", fmt.Sprint(l.size))
+	}
 	if l.reuse {
 		args = append(args, "-d")
 	}
@@ -120,6 +136,9 @@ func body(size int) []byte {
 // the number of messages that failed with the first error.
 func latencies(ctx context.Context, addr string, l load, sent *atomic.Int64) ([]time.Duration, int, error) {
 	msg := body(l.size)
+	if l.fixed != nil {
+		msg = l.fixed.data
+	}
 	var (
 		mu     sync.Mutex
 		out    []time.Duration

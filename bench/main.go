@@ -12,10 +12,13 @@
 //
 // Quick mode runs the catch-all maildir and relay-to-sink scenarios with
 // 2 KB messages and 20 clients; -full adds 100 KB messages and 200
-// clients. Both then measure what one filter on the listener costs our
-// daemon, for each kind (built-in, filter process, milter), with
-// bench/passfilter as the pass-through filter process and milter, in
-// rounds where the kinds take turns (-only-filters runs just those).
+// clients. Both then measure what our daemon pays per message for one
+// filter on the listener, of each kind (built-in, filter process,
+// milter), with bench/passfilter as the pass-through filter process and
+// milter, for each mail authentication check and for DKIM signing,
+// against a DNS server of its own, in rounds where the rows take turns
+// (-only-filters runs just those; -filters=false and -checks=false
+// leave out either kind).
 package main
 
 import (
@@ -36,9 +39,11 @@ type options struct {
 	bin, out  string
 	cache, ip string
 	msgs, lat int
-	// the filter cost rows: whether to run them (or only them), with
-	// which pass-through filter, their message counts and rounds
-	filters, onlyFilters  bool
+	// the cost rows: whether to run those of filters and of checks and
+	// signing (or only cost rows), with which pass-through filter, their
+	// message counts and rounds
+	filters, checks       bool
+	onlyFilters           bool
 	passfilter            string
 	filterMsgs, filterLat int
 	filterRounds          int
@@ -58,9 +63,10 @@ func main() {
 	flag.IntVar(&o.lat, "latency-n", 0, "messages per latency run (default n/4)")
 	flag.BoolVar(&o.filters, "filters", true, "also measure the cost of one filter of each kind (smtpd only)")
 	flag.StringVar(&o.passfilter, "passfilter", "bin/passfilter", "the pass-through filter (go build -o bin/passfilter ./bench/passfilter)")
-	flag.BoolVar(&o.onlyFilters, "only-filters", false, "measure the cost of filters only, without the comparison")
-	flag.IntVar(&o.filterMsgs, "filter-n", 0, "messages per throughput run of the filter cost rows (default n/2)")
-	flag.IntVar(&o.filterRounds, "filter-rounds", 4, "rounds of the filter cost rows, the best of which is shown")
+	flag.BoolVar(&o.checks, "checks", true, "also measure the cost of each mail authentication check and of DKIM signing (smtpd only)")
+	flag.BoolVar(&o.onlyFilters, "only-filters", false, "measure the cost rows only (filters, checks, signing), without the comparison")
+	flag.IntVar(&o.filterMsgs, "filter-n", 0, "messages per throughput run of the cost rows (default n/4)")
+	flag.IntVar(&o.filterRounds, "filter-rounds", 4, "rounds of the cost rows, the best of which is shown")
 	flag.DurationVar(&o.sourceMax, "source-max", 0, "longest throughput run (default 15s, 3m with -full)")
 	flag.DurationVar(&o.deliverMax, "deliver-max", 0, "longest wait for deliveries after the last 250 (default 10s, 2m with -full)")
 	flag.DurationVar(&o.latencyMax, "latency-max", 0, "longest latency run (default 10s, 1m with -full)")
@@ -69,11 +75,14 @@ func main() {
 		o.lat = max(1, o.msgs/4)
 	}
 	if o.filterMsgs == 0 {
-		o.filterMsgs = max(1, o.msgs/2)
+		o.filterMsgs = max(1, o.msgs/4)
 	}
 	o.filterLat = max(1, o.lat*o.filterMsgs/o.msgs)
 	o.filterRounds = max(1, o.filterRounds)
-	o.filters = o.filters || o.onlyFilters
+	if o.onlyFilters && !o.filters && !o.checks {
+		fmt.Fprintln(os.Stderr, "bench: -only-filters with -filters=false and -checks=false leaves nothing to run")
+		os.Exit(2)
+	}
 	defaults := []time.Duration{15 * time.Second, 10 * time.Second, 10 * time.Second}
 	if o.full {
 		defaults = []time.Duration{3 * time.Minute, 2 * time.Minute, time.Minute}
@@ -137,9 +146,18 @@ func run(ctx context.Context, o options) error {
 		scens = scenarios(o)
 	}
 	results := make([][]result, len(scens))
-	var fscens []scenario
-	if o.filters {
-		fscens = filterScenarios(o)
+	var (
+		kinds  []feature
+		fscens []scenario
+		env    *costEnv
+	)
+	if o.filters || o.checks {
+		kinds = costKinds(o)
+		if env, err = newCostEnv(base, o.checks); err != nil {
+			return err
+		}
+		defer env.close()
+		fscens = costScenarios(o, env, kinds)
 	}
 	fresults := make([][]result, len(fscens)) // per kind, one per round
 	runs, total := 0, len(scens)*len(targets)+len(fscens)*o.filterRounds
@@ -158,9 +176,9 @@ func run(ctx context.Context, o options) error {
 			results[i] = append(results[i], r)
 		}
 	}
-	// ours only, after the comparison (see filterKind); the kinds take
+	// ours only, after the comparison (see feature); the rows take
 	// turns, so that a disturbance on the machine hits one round of a
-	// kind rather than all of it
+	// row rather than all of it
 	tg := targets[len(targets)-1]
 	for round := range o.filterRounds {
 		for i, sc := range fscens {
@@ -168,7 +186,7 @@ func run(ctx context.Context, o options) error {
 				return ctx.Err()
 			}
 			runs++
-			prefix := fmt.Sprintf("[%d/%d] %s, filter cost round %d: %s", runs, total, tg.name, round+1, sc.filter)
+			prefix := fmt.Sprintf("[%d/%d] %s, cost round %d: %s", runs, total, tg.name, round+1, sc.feature)
 			r := runOne(ctx, o, t, base, tg, sc, prefix)
 			if r.err != nil {
 				logf("%s: %v", prefix, r.err)
@@ -178,9 +196,9 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Fprintf(os.Stderr, "\r\033[K")
 	table := render(scens, targets, results, o, time.Since(start))
-	if o.filters {
+	if len(fscens) > 0 {
 		var b strings.Builder
-		renderFilterCost(&b, filterBase(o), fresults, o)
+		renderCosts(&b, fscens[0], kinds, fresults, o)
 		table += b.String()
 	}
 	fmt.Print(table)

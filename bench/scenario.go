@@ -13,8 +13,9 @@ import (
 type scenario struct {
 	relay bool // to smtp-sink; else to one catch-all maildir
 	load
-	latMsgs int        // messages of the latency run
-	filter  filterKind // on the listener, ours only
+	latMsgs int     // messages of the latency run
+	feature feature // of a cost row, ours only
+	env     *costEnv
 }
 
 // name describes the scenario in the table and the progress line.
@@ -28,8 +29,8 @@ func (s scenario) name() string {
 		conn = "reused connections"
 	}
 	name := fmt.Sprintf("%s, %s, %d clients, %s", dest, sizeName(s.size), s.clients, conn)
-	if s.filter != noFilter {
-		name += ", " + s.filter.String()
+	if s.feature != baseline {
+		name += ", " + s.feature.String()
 	}
 	return name
 }
@@ -56,19 +57,20 @@ func scenarios(o options) []scenario {
 	return out
 }
 
-// filterBase is the scenario of the filter cost rows, the comparison's
-// catch-all with reused connections (the quick mode's load).
-func filterBase(o options) scenario {
-	return scenario{load: load{msgs: o.msgs, size: 2 << 10, clients: 20, reuse: true}, latMsgs: o.lat}
+// costBase is the scenario of the cost rows, the comparison's
+// catch-all with reused connections (the quick mode's load), with
+// env's message.
+func costBase(o options, env *costEnv) scenario {
+	return scenario{load: load{msgs: o.filterMsgs, size: 2 << 10, clients: 20, reuse: true, fixed: env.msg},
+		latMsgs: o.filterLat, env: env}
 }
 
-// filterScenarios returns the filter cost runs, in the order of
-// filterKinds.
-func filterScenarios(o options) []scenario {
+// costScenarios returns the cost runs, in the order of kinds.
+func costScenarios(o options, env *costEnv, kinds []feature) []scenario {
 	var out []scenario
-	for _, k := range filterKinds() {
-		sc := filterBase(o)
-		sc.msgs, sc.latMsgs, sc.filter = o.filterMsgs, o.filterLat, k
+	for _, k := range kinds {
+		sc := costBase(o, env)
+		sc.feature = k
 		out = append(out, sc)
 	}
 	return out
@@ -86,8 +88,9 @@ type result struct {
 	p50, p99            time.Duration
 	latFailed           int
 	latErr              error // the first of the failures
-	// trouble counts the log lines where the filter failed, the first
-	// in firstTrouble
+	// trouble counts the log lines where the filter failed, or the
+	// messages that lack what the checks or signing should have added;
+	// firstTrouble says so with the first
 	trouble      int
 	firstTrouble string
 	err          error
@@ -114,7 +117,7 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 	// a milter runs on its own, started first; its CPU and memory count
 	// as the daemon's
 	var roots []int
-	if sc.filter == milterFilter {
+	if sc.feature == milterFilter {
 		m, err := startMilter(ctx, o.passfilter, dir)
 		if err != nil {
 			return result{err: fmt.Errorf("milter: %v", err)}
@@ -122,14 +125,22 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 		defer m.stop()
 		roots = append(roots, m.pid())
 	}
-	d, err := tg.start(ctx, dir, o.ip, action, sinkPort, sc.filter.conf(o.passfilter, dir))
+	var verify func(maildir string) (int, string)
+	if sc.feature.isCheckOrSign() {
+		// from before the start, for the DNS queries the daemon makes
+		verify = sc.feature.verifier(sc.env)
+	}
+	d, err := tg.start(ctx, dir, o.ip, action, sinkPort, sc.feature.conf(o, sc.env, dir))
 	if err != nil {
 		return result{err: err}
 	}
 	defer d.stop()
 	roots = append([]int{d.pid()}, roots...)
-	if sc.filter != noFilter {
-		defer func() { r.firstTrouble, r.trouble = filterTrouble(dir) }()
+	switch {
+	case sc.feature.isFilter():
+		defer func() { r.trouble, r.firstTrouble = filterTrouble(dir) }()
+	case verify != nil:
+		defer func() { r.trouble, r.firstTrouble = verify(d.maildir) }()
 	}
 	delivered := func() int {
 		if sk != nil {
@@ -166,7 +177,7 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 		r.pss, r.procs = peak.result()
 	}()
 	cpu0, fcpu0 := treeCPU(roots...), time.Duration(0)
-	if sc.filter != noFilter {
+	if sc.feature.runsPassfilter() {
 		fcpu0 = exeCPU(o.passfilter, roots...)
 	}
 	start := time.Now()
@@ -197,7 +208,7 @@ func runOne(ctx context.Context, o options, t tools, base string, tg target, sc 
 	r.allDelivered = n >= want
 	r.delivered = float64(n) / last.Sub(start).Seconds()
 	r.cpu = (treeCPU(roots...) - cpu0) / time.Duration(want)
-	if sc.filter != noFilter {
+	if sc.feature.runsPassfilter() {
 		r.filterCPU = (exeCPU(o.passfilter, roots...) - fcpu0) / time.Duration(want)
 	}
 
@@ -222,7 +233,7 @@ func render(scens []scenario, targets []target, results [][]result, o options, t
 	fmt.Fprintf(&b, "smtpd bench (%s mode) on %s, %s; %d messages per throughput run (smtp-source), %d per latency run; %v\n",
 		mode, host, time.Now().UTC().Format("2006-01-02 15:04 MST"), o.msgs, o.lat, took.Round(time.Second))
 	if len(scens) == 0 {
-		return b.String() // filter costs only
+		return b.String() // cost rows only
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "| scenario | metric |")

@@ -79,7 +79,12 @@ func (r *Resolver) Credentials(id uint32, label string) (user, password string, 
 // tableAnswer answers mfa's question about a filter table.
 func (r *Resolver) tableAnswer(q *proto.MFATableQuery) (*proto.LookupTableResult, error) {
 	found, err := r.TableHas(q.Table, q.Kind, q.Key)
-	if err != nil {
+	var te *tableError
+	switch {
+	case errors.As(err, &te):
+		// a table that cannot tell now: mfa's verdict is a tempfail
+		return &proto.LookupTableResult{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: err.Error()}}, nil
+	case err != nil:
 		return nil, err
 	}
 	if found {
@@ -91,9 +96,13 @@ func (r *Resolver) tableAnswer(q *proto.MFATableQuery) (*proto.LookupTableResult
 // credentialsAnswer answers mta's question about a relay's credentials.
 func (r *Resolver) credentialsAnswer(q *proto.MTACredentialsQuery) (*proto.LookupCredentials, error) {
 	user, password, err := r.Credentials(q.Table, q.Label)
+	var te *tableError
 	switch {
 	case errors.Is(err, ErrNoCredentials):
 		return &proto.LookupCredentials{Outcome: proto.Outcome{Status: proto.StatusPermfail, Text: err.Error()}}, nil
+	case errors.As(err, &te):
+		// the delivery is tried again later
+		return &proto.LookupCredentials{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: err.Error()}}, nil
 	case err != nil:
 		return nil, err
 	}

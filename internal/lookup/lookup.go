@@ -23,6 +23,18 @@ import (
 	"smtpd/proto"
 )
 
+// answer sends what ask gives to the request env; an error of ask is
+// a broken peer's doing, which stops lookup as Serve's handler would.
+func answer(c *privsep.Child, ch *proto.Channel, env *proto.Frame, ask func() (proto.Message, error)) {
+	m, err := ask()
+	if err == nil {
+		err = c.Send(ch, m, env.PeerID)
+	}
+	if err != nil {
+		c.Log.Fatalf("%v", err)
+	}
+}
+
 // loadSRS reads the SRS secrets: the first line of each file, the
 // current one's first.
 func loadSRS(cfg *config.SRS) (*srs.Rewriter, error) {
@@ -127,17 +139,12 @@ func (l *Lookup) Run() {
 			}()
 			return nil
 		case *proto.MFATableQuery:
-			a, err := r.tableAnswer(env.Msg.(*proto.MFATableQuery))
-			if err != nil {
-				return err
-			}
-			return c.Send(ch, a, env.PeerID)
+			// a table kept outside smtpd may be slow: answer aside
+			go answer(c, ch, env, func() (proto.Message, error) { return r.tableAnswer(env.Msg.(*proto.MFATableQuery)) })
+			return nil
 		case *proto.MTACredentialsQuery:
-			a, err := r.credentialsAnswer(env.Msg.(*proto.MTACredentialsQuery))
-			if err != nil {
-				return err
-			}
-			return c.Send(ch, a, env.PeerID)
+			go answer(c, ch, env, func() (proto.Message, error) { return r.credentialsAnswer(env.Msg.(*proto.MTACredentialsQuery)) })
+			return nil
 		case *proto.ParentAccountQuery:
 			q := env.Msg.(*proto.ParentAccountQuery)
 			// the password database may be slow: answer out of order

@@ -122,3 +122,26 @@ match {
 		t.Errorf("carol: %+v", res)
 	}
 }
+
+// mfa's and mta's questions about a table that cannot answer get a
+// temporary failure, never an error that would stop lookup.
+func TestBackendDownAnswers(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+listen "mx" { address = "127.0.0.1:25" }
+table "t" {
+  sqlite = "/var/db/smtpd.sqlite"
+  query  = { mailaddr = "SELECT 1 FROM t WHERE a = ?", credentials = "SELECT u, p FROM t WHERE l = ?" }
+}
+`), "/etc/mail/smtpd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(cfg)
+	r.Backends = map[int]*backendTable{0: newBackendTable(&fakeBackend{down: true}, cfg.Tables[0].External)}
+	if a, err := r.tableAnswer(&proto.MFATableQuery{Table: 0, Kind: proto.TableKeyAddress, Key: "a@example.org"}); err != nil || a.Status != proto.StatusTempfail {
+		t.Errorf("filter table: %+v %v", a, err)
+	}
+	if a, err := r.credentialsAnswer(&proto.MTACredentialsQuery{Table: 0, Label: "relay"}); err != nil || a.Status != proto.StatusTempfail {
+		t.Errorf("credentials: %+v %v", a, err)
+	}
+}
