@@ -4,11 +4,13 @@ import (
 	"database/sql"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	_ "modernc.org/sqlite"
 
 	"smtpd/internal/config"
+	"smtpd/internal/table"
 	"smtpd/internal/table/ldaptable/ldaptest"
 	"smtpd/internal/table/sqltable/pgtest"
 	"smtpd/proto"
@@ -17,26 +19,30 @@ import (
 // The same data in PostgreSQL, SQLite and a directory (slapd) give the
 // same answers to the rules and expansions: domains, virtual users,
 // aliases to other addresses, strangers refused.
-func TestBackendsAgree(t *testing.T) {
+// backendFixtures starts PostgreSQL and slapd and makes an SQLite file
+// with the same domains and virtual users, and returns the table blocks
+// of each (tables "domains" and "vusers").
+func backendFixtures(tb testing.TB) []struct{ name, tables string } {
+	tb.Helper()
 	if os.Geteuid() != 0 {
-		t.Fatal("the PostgreSQL and slapd servers of this test need root: run it as root (make test does in CI)")
+		tb.Fatal("the PostgreSQL and slapd servers of this test need root: run it as root (make test does in CI)")
 	}
 	schema := `CREATE TABLE domains (domain text PRIMARY KEY);
 CREATE TABLE virtuals (address text, dest text);
 INSERT INTO domains VALUES ('example.test');
 INSERT INTO virtuals VALUES ('alice@example.test', 'vmail'), ('team@example.test', 'alice@example.test'), ('team@example.test', 'bob@example.test'), ('bob@example.test', 'vmail');`
-	db := pgtest.Start(t)
+	db := pgtest.Start(tb)
 	db.MustExec(schema + "\nGRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC;")
-	file := filepath.Join(t.TempDir(), "smtpd.sqlite")
+	file := filepath.Join(tb.TempDir(), "smtpd.sqlite")
 	lite, err := sql.Open("sqlite", file)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	if _, err := lite.Exec(schema); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	lite.Close()
-	dir := ldaptest.Start(t, `dn: ou=domains,dc=example,dc=test
+	dir := ldaptest.Start(tb, `dn: ou=domains,dc=example,dc=test
 objectClass: organizationalUnit
 ou: domains`, `dn: dc=example-test,ou=domains,dc=example,dc=test
 objectClass: domain
@@ -55,9 +61,9 @@ objectClass: nisMailAlias
 cn: team@example.test
 rfc822MailMember: alice@example.test
 rfc822MailMember: bob@example.test`)
-	pw := filepath.Join(t.TempDir(), "ldap.password")
+	pw := filepath.Join(tb.TempDir(), "ldap.password")
 	if err := os.WriteFile(pw, []byte(dir.BindPassword+"\n"), 0o600); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	sqlTables := func(kind, url string) string {
 		return `
@@ -70,7 +76,7 @@ table "vusers" {
   query = { alias = "SELECT dest FROM virtuals WHERE address = $1" }
 }`
 	}
-	for _, b := range []struct{ name, tables string }{
+	return []struct{ name, tables string }{
 		{"postgres", sqlTables("postgres", db.DSN)},
 		{"sqlite", sqlTables("sqlite", file)},
 		{"ldap", `
@@ -90,7 +96,11 @@ table "vusers" {
   query         = { alias = "(&(objectClass=nisMailAlias)(cn=%s))" }
   attributes    = { alias = ["rfc822MailMember"] }
 }`},
-	} {
+	}
+}
+
+func TestBackendsAgree(t *testing.T) {
+	for _, b := range backendFixtures(t) {
 		t.Run(b.name, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(`
 listen "mx" { address = "127.0.0.1:25" }
@@ -136,5 +146,53 @@ match {
 				t.Errorf("show table: %q", got)
 			}
 		})
+	}
+}
+
+// BenchmarkBackendTables: lookups per second of a virtual user in each
+// backend, through the table cache and without it.
+func BenchmarkBackendTables(b *testing.B) {
+	script, err := filepath.Abs(filepath.Join("..", "..", "regress", "testdata", "tables", "vusers.py"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	proc := struct{ name, tables string }{"proc", `
+table "domains" {
+  proc = "/usr/bin/python3 ` + script + `"
+}
+table "vusers" {
+  proc = "/usr/bin/python3 ` + script + `"
+}`}
+	for _, fx := range append(backendFixtures(b), proc) {
+		for _, cache := range []string{"0s", "1m"} {
+			b.Run(fx.name+"/cache="+cache, func(b *testing.B) {
+				tables := strings.ReplaceAll(fx.tables, "\n}", "\n  cache = \""+cache+"\"\n}")
+				cfg, err := config.Parse([]byte("listen \"mx\" { address = \"127.0.0.1:25\" }\n"+tables), "/etc/mail/smtpd.conf")
+				if err != nil {
+					b.Fatal(err)
+				}
+				r := NewResolver(cfg)
+				if r.Backends, err = openBackends(cfg); err != nil {
+					b.Fatal(err)
+				}
+				if err := openProcTables(cfg, b.Logf, r.Backends); err != nil {
+					b.Fatal(err)
+				}
+				vusers := cfg.Table("vusers")
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if _, found, err := r.tableLookup(vusers, table.Alias, "alice@example.test"); err != nil || !found {
+							b.Errorf("%v %v", found, err)
+							return
+						}
+					}
+				})
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
+				for _, bt := range r.Backends {
+					bt.b.Close()
+				}
+			})
+		}
 	}
 }
