@@ -4,6 +4,7 @@
 package logging
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"log/syslog"
@@ -136,4 +137,32 @@ func (l *Logger) Warnf(format string, args ...any) { l.write(levelWarn, format, 
 func (l *Logger) Fatalf(format string, args ...any) {
 	l.write(levelWarn, "fatal: "+format, args)
 	os.Exit(1)
+}
+
+// MaxProgramLine bounds a line another program (a filter, a table
+// program) writes on its standard error.
+const MaxProgramLine = 4096
+
+// ProgramOutput logs each line of r, another program's standard error,
+// through logf with prefix, until r ends, then closes it. Control
+// characters become '?', so that a line stays one log line; past a
+// line longer than MaxProgramLine the rest is drained unlogged, so that
+// the program never blocks on its standard error.
+func ProgramOutput(r io.ReadCloser, prefix string, logf func(format string, args ...any)) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 512), MaxProgramLine)
+	for sc.Scan() {
+		b := sc.Bytes()
+		for i, c := range b {
+			if c < ' ' && c != '\t' {
+				b[i] = '?'
+			}
+		}
+		logf("%s: %s", prefix, b)
+	}
+	if sc.Err() != nil {
+		logf("%s: standard error: %v", prefix, sc.Err())
+		io.Copy(io.Discard, r)
+	}
 }

@@ -1,7 +1,6 @@
 package parent
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"smtpd/internal/config"
+	"smtpd/internal/logging"
 	"smtpd/internal/privsep"
 	"smtpd/proto"
 )
@@ -24,8 +24,6 @@ const (
 	filterBackoffMin = time.Second
 	filterBackoffMax = time.Minute
 	filterStable     = time.Minute
-	// filterStderrLine bounds a line of a filter's standard error.
-	filterStderrLine = 4096
 )
 
 // filterProcs runs the filter processes of the configuration: each is
@@ -143,7 +141,7 @@ func (fp *filterProcs) run(f *config.Filter, gen uint32, mfa *proto.Channel) str
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
-		fp.logStderr(f, stderr)
+		logging.ProgramOutput(stderr, "filter "+f.Name, fp.p.log.Infof)
 	}()
 	if err := mfa.Send(proto.NewParentFilterProcess(mine, uint32(f.ID), gen), 0); err != nil {
 		cmd.Process.Kill()
@@ -157,38 +155,6 @@ func (fp *filterProcs) run(f *config.Filter, gen uint32, mfa *proto.Channel) str
 		return "exited with status 0"
 	}
 	return err.Error()
-}
-
-// logStderr logs each line a filter writes on its standard error.
-func (fp *filterProcs) logStderr(f *config.Filter, r *os.File) {
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 512), filterStderrLine)
-	for sc.Scan() {
-		fp.p.log.Infof("filter %s: %s", f.Name, sanitizeLine(sc.Text()))
-	}
-	if sc.Err() != nil {
-		// a line past the bound: the rest is drained unlogged, so that
-		// the filter never blocks on its standard error
-		fp.p.log.Warnf("filter %s: standard error: %v", f.Name, sc.Err())
-		buf := make([]byte, 4096)
-		for {
-			if _, err := r.Read(buf); err != nil {
-				return
-			}
-		}
-	}
-}
-
-// sanitizeLine keeps a line from another program on one log line.
-func sanitizeLine(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c < ' ' && c != '\t' {
-			b[i] = '?'
-		}
-	}
-	return string(b)
 }
 
 // broken ends the process mfa reported, if it is still the current

@@ -1,7 +1,6 @@
 package proctable
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -14,11 +13,11 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"smtpd/internal/logging"
 )
 
 const (
-	// stderrLine bounds a line of the program's standard error.
-	stderrLine = 4096
 	// stderrLinger is how long the log of standard error may run on
 	// after the program is gone, for a descendant that escaped its
 	// process group and keeps the pipe open.
@@ -115,7 +114,7 @@ func startProc(o *Options, startTimeout time.Duration, stop <-chan struct{}) (*p
 	logged := make(chan struct{})
 	go func() {
 		defer close(logged)
-		logStderr(o, stderr)
+		logging.ProgramOutput(stderr, "table "+o.Name, o.Log)
 	}()
 	go p.wait(stderr, logged)
 
@@ -298,38 +297,6 @@ func (p *proc) readLine() (string, error) {
 			return "", err
 		}
 	}
-}
-
-// logStderr logs each line the program writes on its standard error.
-func logStderr(o *Options, r *os.File) {
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 512), stderrLine)
-	for sc.Scan() {
-		o.Log("table %s: %s", o.Name, sanitizeLine(sc.Text()))
-	}
-	if sc.Err() != nil {
-		// a line past the bound: the rest is drained unlogged, so that
-		// the program never blocks on its standard error
-		o.Log("table %s: standard error: %v", o.Name, sc.Err())
-		buf := make([]byte, 4096)
-		for {
-			if _, err := r.Read(buf); err != nil {
-				return
-			}
-		}
-	}
-}
-
-// sanitizeLine keeps a line from another program on one log line.
-func sanitizeLine(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c < ' ' && c != '\t' {
-			b[i] = '?'
-		}
-	}
-	return string(b)
 }
 
 // quote shows a line from the program in an error, cut short.
