@@ -53,7 +53,7 @@ func (s *syncBuffer) String() string {
 func startProc(t *testing.T, path string, args ...string) *Conn {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
-		t.Skipf("%s not installed (Debian package opensmtpd-filter-%s)", path, strings.TrimPrefix(filepath.Base(path), "filter-"))
+		t.Fatalf("%s not installed (Debian package opensmtpd-filter-%s; make test installs it)", path, strings.TrimPrefix(filepath.Base(path), "filter-"))
 	}
 	cmd := exec.Command(path, args...)
 	stdin, err := cmd.StdinPipe()
@@ -169,7 +169,7 @@ func senderscoreSession(ctx context.Context, c *Conn, sid uint64) error {
 
 func TestDkimsign(t *testing.T) {
 	if _, err := os.Stat(dkimsign); err != nil {
-		t.Skipf("%s not installed (Debian package opensmtpd-filter-dkimsign)", dkimsign)
+		t.Fatalf("%s not installed (Debian package opensmtpd-filter-dkimsign; make test installs it)", dkimsign)
 	}
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {

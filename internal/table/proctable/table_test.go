@@ -72,7 +72,7 @@ func (l *logBuf) waitFor(t *testing.T, re string) []string {
 func script(t *testing.T) string {
 	t.Helper()
 	if _, err := os.Stat(python); err != nil {
-		t.Skipf("%s: %v", python, err)
+		t.Fatalf("%s: %v (make test installs python3)", python, err)
 	}
 	p, err := filepath.Abs("testdata/table.py")
 	if err != nil {
