@@ -383,16 +383,16 @@ func (s *session) milterSession(f *config.Filter) (*milter.Session, error) {
 	}
 	if v.Action != milter.Continue {
 		// a verdict at connect stands for the whole session
-		return ms, &milterVerdict{v}
+		return ms, &connectVerdict{v}
 	}
 	return ms, nil
 }
 
-// milterVerdict carries a milter's refusal at connect through the
+// connectVerdict carries a milter's refusal at connect through the
 // error path of milterSession.
-type milterVerdict struct{ v milter.Verdict }
+type connectVerdict struct{ v milter.Verdict }
 
-func (e *milterVerdict) Error() string { return fmt.Sprintf("milter verdict %d", e.v.Action) }
+func (e *connectVerdict) Error() string { return fmt.Sprintf("milter verdict %d", e.v.Action) }
 
 func (s *session) queryMilter(f *config.Filter, q *proto.SMTPFilterQuery) *proto.MFAFilterVerdict {
 	if s.done[f.ID] {
@@ -400,7 +400,7 @@ func (s *session) queryMilter(f *config.Filter, q *proto.SMTPFilterQuery) *proto
 	}
 	var v milter.Verdict
 	ms, err := s.milterSession(f)
-	var mv *milterVerdict
+	var mv *connectVerdict
 	switch {
 	case errors.As(err, &mv):
 		v = mv.v

@@ -190,9 +190,6 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // TestSignStreams: a 48 MiB body goes through while the heap stays
 // small, so the body is never held in memory whole.
 func TestSignStreams(t *testing.T) {
-	if testing.Short() {
-		t.Skip("48 MiB of hashing")
-	}
 	_, edS, res := testSigners(t)
 	const size = 48 << 20
 	line := []byte(strings.Repeat("x", 74) + "\r\n")
