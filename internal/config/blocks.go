@@ -192,13 +192,8 @@ func (d *decoder) filterChain(attrs hcl.Attributes) []*Filter {
 // kind (filter.NAME, dkim.NAME) of the capsule type ty; none may be
 // listed twice.
 func refList[T any](d *decoder, attrs hcl.Attributes, name string, ty cty.Type, kind string) []*T {
-	a, ok := attrs[name]
-	if !ok || !d.refsKnown(a.Expr) {
-		return nil
-	}
-	v, diags := a.Expr.Value(d.ctx)
-	d.diags = append(d.diags, diags...)
-	if diags.HasErrors() {
+	a, v, ok := d.refValue(attrs, name)
+	if !ok {
 		return nil
 	}
 	if vt := v.Type(); !(vt.IsTupleType() || vt.IsListType()) || v.IsNull() {
@@ -484,15 +479,11 @@ func (d *decoder) match(b *hcl.Block) {
 	m.Auth = d.cond(attrs, "auth", what, 0, nil)
 	m.Results = d.results(attrs, matchResults)
 	d.decode(attrs, "reject", &m.Reject)
-	if a := attrs["action"]; a != nil && d.refsKnown(a.Expr) {
-		v, diags := a.Expr.Value(d.ctx)
-		d.diags = append(d.diags, diags...)
-		if !diags.HasErrors() {
-			if v.Type() != actionRefType {
-				d.errorf(a.Expr.Range(), "Action reference expected", "action must name an action block, as in action = action.local.")
-			} else {
-				m.Action = v.EncapsulatedValue().(*Action)
-			}
+	if a, v, ok := d.refValue(attrs, "action"); ok {
+		if v.Type() != actionRefType {
+			d.errorf(a.Expr.Range(), "Action reference expected", "action must name an action block, as in action = action.local.")
+		} else {
+			m.Action = v.EncapsulatedValue().(*Action)
 		}
 	}
 	switch {

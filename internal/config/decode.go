@@ -420,17 +420,25 @@ func (d *decoder) refsKnown(expr hcl.Expression) bool {
 	return ok
 }
 
+// refValue evaluates an attribute that may hold references to blocks
+// (table.NAME, filter.NAME...), once the references are known to
+// exist; false if it is absent or has an error, which is reported.
+func (d *decoder) refValue(attrs hcl.Attributes, name string) (*hcl.Attribute, cty.Value, bool) {
+	a, ok := attrs[name]
+	if !ok || !d.refsKnown(a.Expr) {
+		return nil, cty.NilVal, false
+	}
+	v, diags := a.Expr.Value(d.ctx)
+	d.diags = append(d.diags, diags...)
+	return a, v, !diags.HasErrors()
+}
+
 // tableRef evaluates an attribute that names a table: a reference such
 // as table.aliases, or an inline list or map, which becomes an anonymous
 // table called what.
 func (d *decoder) tableRef(attrs hcl.Attributes, name, what string) *Table {
-	a, ok := attrs[name]
-	if !ok || !d.refsKnown(a.Expr) {
-		return nil
-	}
-	v, diags := a.Expr.Value(d.ctx)
-	d.diags = append(d.diags, diags...)
-	if diags.HasErrors() {
+	a, v, ok := d.refValue(attrs, name)
+	if !ok {
 		return nil
 	}
 	if v.Type() == tableRefType {

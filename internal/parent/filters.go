@@ -104,18 +104,7 @@ func (fp *filterProcs) run(f *config.Filter, gen uint32, mfa *proto.Channel) str
 		theirs.Close()
 		return fmt.Sprintf("pipe: %v", err)
 	}
-	cmd := &exec.Cmd{
-		Path:   f.Command[0],
-		Args:   f.Command,
-		Dir:    "/",
-		Env:    []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C"},
-		Stdin:  theirs,
-		Stdout: theirs,
-		Stderr: stderrW,
-		// a group of its own, so that a ^C at the terminal reaches the
-		// parent only; killed with the parent if it dies
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
-	}
+	cmd := privsep.ProgramCommand(f.Command, theirs, stderrW)
 	if privsep.Privileged() {
 		acct, err := privsep.DaemonUser(f.User)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"strconv"
 	"syscall"
@@ -119,4 +120,24 @@ func Drop(spec Spec) error {
 		return errors.New("privsep: could regain root after dropping privileges")
 	}
 	return nil
+}
+
+// ProgramCommand is how the daemon runs another program (a filter, a
+// table program): argv as given, never through a shell, in /, with a
+// minimal environment, its standard input and output on stdio, its
+// standard error on stderr, in a process group of its own (a ^C at the
+// terminal reaches smtpd only, and killing the group takes the
+// program's children too), and killed if the process that started it
+// dies. The caller adds the user to run as.
+func ProgramCommand(argv []string, stdio, stderr *os.File) *exec.Cmd {
+	return &exec.Cmd{
+		Path:        argv[0],
+		Args:        argv,
+		Dir:         "/",
+		Env:         []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C"},
+		Stdin:       stdio,
+		Stdout:      stdio,
+		Stderr:      stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+	}
 }

@@ -9,12 +9,12 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"smtpd/internal/logging"
+	"smtpd/internal/privsep"
 )
 
 const (
@@ -78,19 +78,7 @@ func startProc(o *Options, startTimeout time.Duration, stop <-chan struct{}) (*p
 		theirs.Close()
 		return nil, fmt.Errorf("proctable %q: pipe: %w", o.Name, err)
 	}
-	cmd := &exec.Cmd{
-		Path:   o.Command[0],
-		Args:   o.Command,
-		Dir:    "/",
-		Env:    []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C"},
-		Stdin:  theirs,
-		Stdout: theirs,
-		Stderr: stderrW,
-		// a group of its own, so that a ^C at the terminal reaches
-		// smtpd only and so that killing the group takes the
-		// program's children too; killed with us if we die
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
-	}
+	cmd := privsep.ProgramCommand(o.Command, theirs, stderrW)
 	if o.Credential != nil && os.Geteuid() == 0 {
 		cmd.SysProcAttr.Credential = o.Credential
 	}
