@@ -10,7 +10,7 @@ SYSCONF  ?= /etc/mail
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
-TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim python3-nacl postgresql slapd ldap-utils \
+TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim python3-nacl python3-jsonschema postgresql slapd ldap-utils unbound \
 	opensmtpd-filter-dkimsign opensmtpd-filter-senderscore opendkim opendkim-tools
 
 # package:target for every fuzz target

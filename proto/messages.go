@@ -88,6 +88,10 @@ const (
 	TypeParentMilterRefused
 	TypeControlShowTable
 	TypeControlTableLookup
+	TypeMTAResolveDNS
+	TypeLookupDNSResult
+	TypeMTAReportSubmit
+	TypeQueueReportQueued
 	typeEnd
 )
 

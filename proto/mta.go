@@ -36,11 +36,14 @@ func (m *MTAResolveMX) Encode(w *Writer) {
 }
 func (m *MTAResolveMX) Decode(r *Reader) { m.Domain, m.HostOnly = r.String(), r.Bool() }
 
-// MXHost is one exchanger of a LookupMXResult.
+// MXHost is one exchanger of a LookupMXResult. Secure says a
+// validating resolver authenticated the MX records and the host's
+// addresses, so that its TLSA records apply (RFC 7672 §2.2).
 type MXHost struct {
 	Preference uint32
 	Host       string
 	Addrs      []string
+	Secure     bool
 }
 
 // LookupMXResult answers MTAResolveMX. Text says why when Status is not
@@ -64,6 +67,7 @@ func (m *LookupMXResult) Encode(w *Writer) {
 		for _, a := range mx.Addrs {
 			w.String(a)
 		}
+		w.Bool(mx.Secure)
 	}
 }
 func (m *LookupMXResult) Decode(r *Reader) {
@@ -77,6 +81,7 @@ func (m *LookupMXResult) Decode(r *Reader) {
 		for range k {
 			mx.Addrs = append(mx.Addrs, r.String())
 		}
+		mx.Secure = r.Bool()
 		m.MXs = append(m.MXs, mx)
 	}
 }
@@ -137,3 +142,91 @@ type LookupTablesReloaded struct{}
 func (*LookupTablesReloaded) Type() Type     { return TypeLookupTablesReloaded }
 func (*LookupTablesReloaded) Encode(*Writer) {}
 func (*LookupTablesReloaded) Decode(*Reader) {}
+
+// MTAResolveDNS asks lookup for the records of one name and type, as
+// the outbound TLS policies need them: TLSA (RFC 7672), the TXT records
+// of MTA-STS and TLS-RPT, the addresses of a policy host.
+type MTAResolveDNS struct {
+	Name  string
+	Qtype uint16
+}
+
+func (*MTAResolveDNS) Type() Type { return TypeMTAResolveDNS }
+func (m *MTAResolveDNS) Encode(w *Writer) {
+	w.String(m.Name)
+	w.U32(uint32(m.Qtype))
+}
+func (m *MTAResolveDNS) Decode(r *Reader) {
+	m.Name = r.String()
+	m.Qtype = uint16(r.U32())
+}
+
+// LookupDNSResult answers MTAResolveDNS: with StatusOK the records,
+// TXT records as their joined strings and others in zone file syntax
+// (none for a name without such records), Secure when
+// a validating resolver authenticated them; StatusPermfail for a name
+// that does not exist, StatusTempfail for a failure, which is what a
+// validating resolver answers for bogus data.
+type LookupDNSResult struct {
+	Outcome
+	Secure  bool
+	Records []string
+}
+
+func (*LookupDNSResult) Type() Type { return TypeLookupDNSResult }
+func (m *LookupDNSResult) Encode(w *Writer) {
+	m.encode(w)
+	w.Bool(m.Secure)
+	w.U32(uint32(len(m.Records)))
+	for _, rr := range m.Records {
+		w.String(rr)
+	}
+}
+func (m *LookupDNSResult) Decode(r *Reader) {
+	m.decode(r)
+	m.Secure = r.Bool()
+	n := r.Count(4, "records")
+	m.Records = make([]string, 0, n)
+	for range n {
+		m.Records = append(m.Records, r.String())
+	}
+}
+
+// MTAReportSubmit hands queue a message mta wrote (a TLS report, RFC
+// 8460 §5.3) to send like any other: from Sender to Rcpts. Queue
+// answers QueueReportQueued once it is committed.
+type MTAReportSubmit struct {
+	fileField
+	Sender string
+	Rcpts  []string
+}
+
+// NewMTAReportSubmit returns an MTAReportSubmit carrying the message.
+func NewMTAReportSubmit(sender string, rcpts []string, body *os.File) *MTAReportSubmit {
+	return &MTAReportSubmit{fileField{body}, sender, rcpts}
+}
+
+func (*MTAReportSubmit) Type() Type { return TypeMTAReportSubmit }
+func (m *MTAReportSubmit) Encode(w *Writer) {
+	w.String(m.Sender)
+	w.U32(uint32(len(m.Rcpts)))
+	for _, r := range m.Rcpts {
+		w.String(r)
+	}
+}
+func (m *MTAReportSubmit) Decode(r *Reader) {
+	m.Sender = r.String()
+	n := r.Count(4, "recipients")
+	m.Rcpts = make([]string, 0, n)
+	for range n {
+		m.Rcpts = append(m.Rcpts, r.String())
+	}
+}
+
+// QueueReportQueued answers MTAReportSubmit: StatusOK once the message
+// is committed, else Text says why it is not.
+type QueueReportQueued struct{ Outcome }
+
+func (*QueueReportQueued) Type() Type         { return TypeQueueReportQueued }
+func (m *QueueReportQueued) Encode(w *Writer) { m.encode(w) }
+func (m *QueueReportQueued) Decode(r *Reader) { m.decode(r) }

@@ -130,6 +130,10 @@ var registry = [...]spec{
 	TypeParentMilterRefused: {"ParentMilterRefused", func() Message { return &ParentMilterRefused{} }, one(procs(ProcParent), procs(ProcMFA))},
 	TypeControlShowTable:    {"ControlShowTable", func() Message { return &ControlShowTable{} }, one(procs(ProcClient), procs(ProcControl))},
 	TypeControlTableLookup:  {"ControlTableLookup", func() Message { return &ControlTableLookup{} }, one(procs(ProcControl), procs(ProcLookup))},
+	TypeMTAResolveDNS:       {"MTAResolveDNS", func() Message { return &MTAResolveDNS{} }, one(procs(ProcMTA), procs(ProcLookup))},
+	TypeLookupDNSResult:     {"LookupDNSResult", func() Message { return &LookupDNSResult{} }, one(procs(ProcLookup), procs(ProcMTA))},
+	TypeMTAReportSubmit:     {"MTAReportSubmit", func() Message { return &MTAReportSubmit{} }, one(procs(ProcMTA), procs(ProcQueue))},
+	TypeQueueReportQueued:   {"QueueReportQueued", func() Message { return &QueueReportQueued{} }, one(procs(ProcQueue), procs(ProcMTA))},
 }
 
 // lookupSpec returns the registry entry of t, or false for an unknown type.

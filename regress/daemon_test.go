@@ -125,7 +125,7 @@ func TestPrivsep(t *testing.T) {
 	want := map[string]struct{ user, root string }{
 		"smtp":    {"_smtpd", "/var/empty"},
 		"mfa":     {"_smtpd", "/var/empty"},
-		"mta":     {"_smtpd", "/var/empty"},
+		"mta":     {"_smtpd", spool + "-mta"},
 		"control": {"_smtpd", "/var/empty"},
 		"lookup":  {"_smtpd", "/"},
 		"queue":   {"_smtpq", spool},

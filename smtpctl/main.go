@@ -100,6 +100,10 @@ var commands = map[string]command{
 	"show hosts":        showMTA("hosts"),
 	"show relays":       showMTA("relays"),
 	"show routes":       showMTA("routes"),
+	"show policies":     showMTA("policies"),
+	"send tls-reports":  showMTA("send-tls-reports"),
+	// the day so far too, which is then no longer counted
+	"send tls-reports today": showMTA("send-tls-reports-today"),
 	"show filters": func(env *cmdEnv, out io.Writer) error {
 		return printLines(env.socket, &proto.ControlShowFilters{}, out)
 	},

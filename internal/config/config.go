@@ -48,6 +48,20 @@ type Config struct {
 	ListenMetrics string
 	// MXPort is the port of mail exchangers: 25 but for tests.
 	MXPort int
+	// ResolverValidates says the resolvers validate DNSSEC, so their
+	// AD bit is trusted (DANE needs it); by default only resolvers on
+	// this host are.
+	ResolverValidates bool
+	// CAFile holds certificate authorities mta trusts besides the
+	// system's, for STARTTLS and MTA-STS policy fetches.
+	CAFile string
+	// MTAStateDir is mta's own directory (its chroot): the MTA-STS
+	// policy cache and the TLS-RPT counts.
+	MTAStateDir string
+	// MTASTSPort is the HTTPS port of MTA-STS policy hosts: 443 but
+	// for tests.
+	MTASTSPort int
+	TLSReports TLSReports
 
 	Limits    Limits
 	Tables    []*Table

@@ -44,6 +44,7 @@ var fileSchema = &hcl.BodySchema{
 		{Name: "hostname"}, {Name: "spool"}, {Name: "control_socket"},
 		{Name: "user"}, {Name: "queue_user"}, {Name: "empty_dir"},
 		{Name: "resolver"}, {Name: "mx_port"}, {Name: "listen_metrics"}, {Name: "authserv_id"},
+		{Name: "resolver_validates"}, {Name: "ca_file"}, {Name: "mta_state_dir"}, {Name: "mta_sts_port"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{
 		{Type: "limits"},
@@ -57,6 +58,7 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "overload"},
 		{Type: "dkim", LabelNames: []string{"name"}},
 		{Type: "srs"},
+		{Type: "tls_reports"},
 	},
 }
 
@@ -159,6 +161,7 @@ func (d *decoder) file(body hcl.Body) {
 		byType[b.Type] = append(byType[b.Type], b)
 	}
 	d.single(byType["limits"], d.limits)
+	d.outboundTLS(attrs, byType["tls_reports"])
 	// Two passes: all table blocks first, so references work whatever
 	// the order of the blocks, then actions, then what refers to them.
 	d.named(byType["table"], "table")

@@ -87,11 +87,13 @@ type Destination struct {
 	Sessions int
 	// MessageRate is the rate of messages sent to the domain.
 	MessageRate Rate
-	Range       hcl.Range
+	// TLS is the outbound TLS policy for the domain (PolicyAuto...).
+	TLS   string
+	Range hcl.Range
 }
 
 var destinationSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-	{Name: "sessions"}, {Name: "message_rate"},
+	{Name: "sessions"}, {Name: "message_rate"}, {Name: "tls"},
 }}
 
 func (d *decoder) destination(b *hcl.Block) {
@@ -112,6 +114,7 @@ func (d *decoder) destination(b *hcl.Block) {
 		d.errorf(attrs["sessions"].Expr.Range(), "Limit too low", "sessions must be at least 1.")
 	}
 	d.rate(attrs, "message_rate", &dst.MessageRate)
+	d.destinationTLS(attrs, dst)
 }
 
 // DestinationFor returns the bounds for mail to domain: its own block,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -160,6 +161,11 @@ func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 	case *proto.ControlEnqueue:
 		if !peer.known {
 			return ch.Send(&proto.ControlError{Text: "permission denied: unknown user"}, env.PeerID)
+		}
+	case *proto.ControlShowMTA:
+		// sending the TLS reports changes state: root only
+		if strings.HasPrefix(env.Msg.(*proto.ControlShowMTA).What, "send-") && (!peer.known || peer.uid != 0) {
+			return ch.Send(&proto.ControlError{Text: "permission denied"}, env.PeerID)
 		}
 	}
 	switch m := env.Msg.(type) {

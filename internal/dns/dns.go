@@ -53,6 +53,10 @@ type MX struct {
 	Preference uint16
 	Host       string
 	Addrs      []netip.Addr
+	// Secure is set when a validating resolver authenticated the MX
+	// records and the host's addresses (RFC 7672 §2.2): only then may
+	// TLSA records of the host say how to authenticate it.
+	Secure bool
 }
 
 // Resolver asks DNS servers. The zero value is not usable: use New.
@@ -61,6 +65,10 @@ type Resolver struct {
 	Servers []string
 	// Timeout bounds one query to one server.
 	Timeout time.Duration
+	// Validating says the servers validate DNSSEC and may be trusted
+	// to set the AD bit only on authenticated answers (RFC 6840 §5.8):
+	// a local Unbound, say, not a resolver across a network.
+	Validating bool
 
 	mu    sync.Mutex
 	cache map[cacheKey]cacheEntry
@@ -134,6 +142,8 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*md
 	q := new(mdns.Msg)
 	q.SetQuestion(name, qtype)
 	q.SetEdns0(1232, false)
+	// ask for the AD bit without the signatures (RFC 6840 §5.7)
+	q.AuthenticatedData = true
 	var last error = &Error{Name: name, Msg: "no DNS server"}
 	for _, server := range r.Servers {
 		for _, network := range []string{"udp", "tcp"} {
@@ -165,25 +175,32 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*md
 // *Error wrapping ErrNoSuchDomain for a name that does not exist, a
 // temporary *Error for a server failure or a timeout.
 func (r *Resolver) Records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, error) {
-	return r.records(ctx, name, qtype)
+	rrs, _, err := r.records(ctx, name, qtype)
+	return rrs, err
 }
 
 // TXT returns the TXT records of name, the strings of each record
 // joined as RFC 7208 §3.3 and RFC 6376 §3.6.2.2 ask.
 func (r *Resolver) TXT(ctx context.Context, name string) ([]string, error) {
-	rrs, err := r.records(ctx, name, mdns.TypeTXT)
+	rrs, err := r.Records(ctx, name, mdns.TypeTXT)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
-		var b strings.Builder
-		for _, s := range rr.(*mdns.TXT).Txt {
-			unescapeTXT(&b, s)
-		}
-		out = append(out, b.String())
+		out = append(out, TXTString(rr.(*mdns.TXT)))
 	}
 	return out, nil
+}
+
+// TXTString returns the strings of a TXT record joined, as the bytes
+// that were on the wire.
+func TXTString(rr *mdns.TXT) string {
+	var b strings.Builder
+	for _, s := range rr.Txt {
+		unescapeTXT(&b, s)
+	}
+	return b.String()
 }
 
 // unescapeTXT writes s, a TXT string as github.com/miekg/dns keeps it
@@ -210,13 +227,23 @@ func unescapeTXT(b *strings.Builder, s string) {
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
+// SecureRecords is Records that also says whether the answer, and every
+// CNAME on the way to it, was authenticated by a validating resolver.
+// A bogus answer is a server failure to a validating resolver: a
+// temporary *Error here.
+func (r *Resolver) SecureRecords(ctx context.Context, name string, qtype uint16) ([]mdns.RR, bool, error) {
+	return r.records(ctx, name, qtype)
+}
+
 // records returns the records of qtype for name, following CNAMEs.
-func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, error) {
+func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, bool, error) {
+	secure := r.Validating
 	for range 8 {
 		msg, err := r.query(ctx, name, qtype)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
+		secure = secure && msg.AuthenticatedData
 		var out []mdns.RR
 		var cname string
 		for _, rr := range msg.Answer {
@@ -228,28 +255,38 @@ func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]md
 			}
 		}
 		if len(out) > 0 || cname == "" {
-			return out, nil
+			return out, secure, nil
 		}
 		name = cname
 	}
-	return nil, &Error{Name: name, Msg: "CNAME chain too long"}
+	return nil, false, &Error{Name: name, Msg: "CNAME chain too long"}
 }
 
 // Addrs returns the IPv4 and IPv6 addresses of host.
 func (r *Resolver) Addrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	addrs, _, err := r.SecureAddrs(ctx, host)
+	return addrs, err
+}
+
+// SecureAddrs is Addrs that also says whether every answer it used was
+// authenticated. An address literal is as secure as its source.
+func (r *Resolver) SecureAddrs(ctx context.Context, host string) ([]netip.Addr, bool, error) {
 	if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
-		return []netip.Addr{ip}, nil
+		return []netip.Addr{ip}, r.Validating, nil
 	}
 	var addrs []netip.Addr
 	var firstErr error
+	secure := r.Validating
 	for _, qtype := range []uint16{mdns.TypeA, mdns.TypeAAAA} {
-		rrs, err := r.records(ctx, host, qtype)
+		rrs, sec, err := r.records(ctx, host, qtype)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
 			}
+			secure = false
 			continue
 		}
+		secure = secure && sec
 		for _, rr := range rrs {
 			switch v := rr.(type) {
 			case *mdns.A:
@@ -265,18 +302,18 @@ func (r *Resolver) Addrs(ctx context.Context, host string) ([]netip.Addr, error)
 	}
 	if len(addrs) == 0 {
 		if firstErr != nil {
-			return nil, firstErr
+			return nil, false, firstErr
 		}
-		return nil, &Error{Name: host, Permanent: true, Msg: "no address"}
+		return nil, false, &Error{Name: host, Permanent: true, Msg: "no address"}
 	}
-	return addrs, nil
+	return addrs, secure, nil
 }
 
 // MX returns the mail exchangers of domain sorted by preference, each
 // with its addresses. A domain without MX records is its own MX (RFC
 // 5321 §5.1); a null MX is ErrNullMX, permanent.
 func (r *Resolver) MX(ctx context.Context, domain string) ([]MX, error) {
-	rrs, err := r.records(ctx, domain, mdns.TypeMX)
+	rrs, secure, err := r.records(ctx, domain, mdns.TypeMX)
 	if err != nil {
 		return nil, err
 	}
@@ -295,12 +332,12 @@ func (r *Resolver) MX(ctx context.Context, domain string) ([]MX, error) {
 	var usable []MX
 	var lastErr error
 	for _, mx := range mxs {
-		addrs, err := r.Addrs(ctx, mx.Host)
+		addrs, sec, err := r.SecureAddrs(ctx, mx.Host)
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		mx.Addrs = addrs
+		mx.Addrs, mx.Secure = addrs, secure && sec
 		usable = append(usable, mx)
 	}
 	if len(usable) == 0 {
@@ -315,7 +352,7 @@ func (r *Resolver) PTR(ctx context.Context, ip netip.Addr) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	rrs, err := r.records(ctx, rev, mdns.TypePTR)
+	rrs, err := r.Records(ctx, rev, mdns.TypePTR)
 	if err != nil {
 		if IsPermanent(err) {
 			return "", nil

@@ -39,7 +39,7 @@ func TestResolver(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := fmt.Sprint(mxs)
-	want := "[{10 mx1.example.test [127.0.0.2]} {10 mx2.example.test [127.0.0.3 ::1]} {20 backup.example.test [127.0.0.4]}]"
+	want := "[{10 mx1.example.test [127.0.0.2] false} {10 mx2.example.test [127.0.0.3 ::1] false} {20 backup.example.test [127.0.0.4] false}]"
 	if got != want {
 		t.Errorf("MX: %s\nwant %s", got, want)
 	}

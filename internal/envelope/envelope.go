@@ -56,6 +56,14 @@ type Envelope struct {
 	Notify, Ret, EnvID, ORcpt string
 	// Warned is set once a delay notification was sent.
 	Warned bool
+	// RequireTLS is the REQUIRETLS parameter of MAIL (RFC 8689 §4.1):
+	// the message goes on only over TLS the mta could authenticate, to
+	// servers that take REQUIRETLS in turn.
+	RequireTLS bool
+	// TLSOptional is the message's "TLS-Required: No" header field (RFC
+	// 8689 §5): the recipient domain's DANE or MTA-STS policy is not
+	// enforced for it. RequireTLS wins over it.
+	TLSOptional bool
 }
 
 // CleanText makes a text fit for an envelope field: line breaks and
@@ -115,6 +123,14 @@ func (e *Envelope) Marshal() ([]byte, error) {
 		{"envid", e.EnvID},
 		{"orcpt", e.ORcpt},
 		{"warned", strconv.FormatBool(e.Warned)},
+	}
+	// written only when set, so that envelopes of earlier versions,
+	// which lack them, still read
+	if e.RequireTLS {
+		fields = append(fields, [2]string{"requiretls", "true"})
+	}
+	if e.TLSOptional {
+		fields = append(fields, [2]string{"tlsoptional", "true"})
 	}
 	for _, f := range fields {
 		if err := put(f[0], f[1]); err != nil {
@@ -176,6 +192,7 @@ func Unmarshal(data []byte) (*Envelope, error) {
 		ORcpt:     p.str("orcpt"),
 		Warned:    p.bool("warned"),
 	}
+	e.RequireTLS, e.TLSOptional = p.optionalBool("requiretls"), p.optionalBool("tlsoptional")
 	delete(fields, "version")
 	if p.err == nil && len(fields) > 0 {
 		for k := range fields {
@@ -230,6 +247,14 @@ func (p *parser) bool(k string) bool {
 		p.err = fmt.Errorf("%w: %s: %v", ErrCorrupt, k, err)
 	}
 	return v
+}
+
+// optionalBool is bool for a key that may be absent: false then.
+func (p *parser) optionalBool(k string) bool {
+	if _, ok := p.fields[k]; !ok {
+		return false
+	}
+	return p.bool(k)
 }
 
 func (p *parser) time(k string) time.Time {

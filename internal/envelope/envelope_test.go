@@ -20,7 +20,9 @@ func sample() *Envelope {
 }
 
 func TestRoundTrip(t *testing.T) {
-	for _, e := range []*Envelope{sample(), {ID: 1<<32 | 1, Kind: Bounce}} {
+	tls := sample()
+	tls.RequireTLS, tls.TLSOptional = true, true
+	for _, e := range []*Envelope{sample(), {ID: 1<<32 | 1, Kind: Bounce}, tls} {
 		data, err := e.Marshal()
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,8 @@ import (
 	"os"
 	"time"
 
+	mdns "github.com/miekg/dns"
+
 	"smtpd/internal/config"
 	"smtpd/internal/dns"
 	"smtpd/internal/mailauth/srs"
@@ -98,6 +100,7 @@ func (l *Lookup) Run() {
 	if err != nil {
 		c.Log.Fatalf("%v", err)
 	}
+	res.Validating = c.Config.ResolverValidates
 	r.Forward = func(acct proto.Account) ([]string, error) { return askForward(c, acct) }
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
@@ -113,6 +116,14 @@ func (l *Lookup) Run() {
 			q := env.Msg.(*proto.MTAResolveMX)
 			go func() {
 				if err := c.Send(ch, resolveMX(res, q), env.PeerID); err != nil {
+					c.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
+		case *proto.MTAResolveDNS:
+			q := env.Msg.(*proto.MTAResolveDNS)
+			go func() {
+				if err := c.Send(ch, resolveDNS(res, q), env.PeerID); err != nil {
 					c.Log.Fatalf("%v", err)
 				}
 			}()
@@ -324,11 +335,35 @@ func resolveMX(res *dns.Resolver, q *proto.MTAResolveMX) *proto.LookupMXResult {
 	}
 	out := &proto.LookupMXResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 	for _, mx := range mxs {
-		h := proto.MXHost{Preference: uint32(mx.Preference), Host: mx.Host}
+		h := proto.MXHost{Preference: uint32(mx.Preference), Host: mx.Host, Secure: mx.Secure}
 		for _, a := range mx.Addrs {
 			h.Addrs = append(h.Addrs, a.String())
 		}
 		out.MXs = append(out.MXs, h)
+	}
+	return out
+}
+
+// resolveDNS answers one query of mta's outbound TLS policies: TXT
+// records as their joined strings, others in zone file syntax.
+func resolveDNS(res *dns.Resolver, q *proto.MTAResolveDNS) *proto.LookupDNSResult {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rrs, secure, err := res.SecureRecords(ctx, q.Name, q.Qtype)
+	if err != nil {
+		status := proto.StatusTempfail
+		if dns.IsPermanent(err) {
+			status = proto.StatusPermfail
+		}
+		return &proto.LookupDNSResult{Outcome: proto.Outcome{Status: status, Text: err.Error()}, Secure: secure}
+	}
+	out := &proto.LookupDNSResult{Outcome: proto.Outcome{Status: proto.StatusOK}, Secure: secure}
+	for _, rr := range rrs {
+		if txt, ok := rr.(*mdns.TXT); ok {
+			out.Records = append(out.Records, dns.TXTString(txt))
+			continue
+		}
+		out.Records = append(out.Records, rr.String())
 	}
 	return out
 }

@@ -26,14 +26,18 @@ type Spec struct {
 	Chroot string
 }
 
-// SpecFor returns the spec of process p under cfg: smtp, mfa, mta and
-// control run as the unprivileged user in the empty directory, queue as
-// the queue user in the spool, lookup as the unprivileged user without a
-// chroot since it reads tables and talks DNS.
+// SpecFor returns the spec of process p under cfg: smtp, mfa and
+// control run as the unprivileged user in the empty directory, mta in
+// its own state directory (MTA-STS policies and TLS-RPT counts, nothing
+// of the queue's), queue as the queue user in the spool, lookup as the
+// unprivileged user without a chroot since it reads tables and talks
+// DNS.
 func SpecFor(p proto.Proc, cfg *config.Config) Spec {
 	switch p {
 	case proto.ProcQueue:
 		return Spec{Proc: p, User: cfg.QueueUser, Chroot: cfg.SpoolDir}
+	case proto.ProcMTA:
+		return Spec{Proc: p, User: cfg.User, Chroot: cfg.MTAStateDir}
 	case proto.ProcLookup:
 		return Spec{Proc: p, User: cfg.User}
 	default:

@@ -79,27 +79,48 @@ type noRouteError struct{ msg string }
 func (e *noRouteError) Error() string { return e.msg }
 
 func (q *Queue) commitNotice(e *envelope.Envelope, kind notice, reason string) error {
-	dests, err := q.expand(e.Sender)
-	if err != nil {
-		return err
+	return q.commitLocal("", []string{e.Sender}, e.RequireTLS, func(f *os.File, id uint32) error {
+		return q.writeDSN(f, id, e, kind, reason)
+	})
+}
+
+// commitLocal commits a message this host writes (a notice, a report)
+// from sender to rcpts, routed as mail from this host: write fills its
+// body file. It returns once the message is durable.
+func (q *Queue) commitLocal(sender string, rcpts []string, requireTLS bool, write func(f *os.File, id uint32) error) error {
+	type route struct {
+		rcpt string
+		dest proto.Destination
+	}
+	var routes []route
+	for _, rcpt := range rcpts {
+		dests, err := q.expand(rcpt)
+		if err != nil {
+			return err
+		}
+		for _, d := range dests {
+			routes = append(routes, route{rcpt, d})
+		}
 	}
 	id, f, err := q.store.Create()
 	if err != nil {
 		return err
 	}
-	if err := q.writeDSN(f, id, e, kind, reason); err != nil {
+	if err := write(f, id); err != nil {
 		f.Close()
 		q.store.Discard(id)
 		return err
 	}
 	now := time.Now()
 	p := &pending{body: f}
-	for _, d := range dests {
+	for _, r := range routes {
+		d := r.dest
 		p.envs = append(p.envs, &envelope.Envelope{
 			ID:   envelope.NewEvpID(id),
 			Kind: envelope.Kind(d.Kind), Rule: int(d.Rule), Action: d.Action,
-			Sender: "", Rcpt: e.Sender, Dest: d.Dest, User: d.User,
+			Sender: sender, Rcpt: r.rcpt, Dest: d.Dest, User: d.User,
 			Helo: q.hostname, Created: now, Expire: now.Add(q.child.Config.Limits.QueueExpire),
+			RequireTLS: requireTLS,
 		})
 	}
 	done := make(chan error, 1)
@@ -178,7 +199,9 @@ func (q *Queue) writeDSN(f *os.File, id uint32, e *envelope.Envelope, kind notic
 		fmt.Fprintf(w, "Will-Retry-Until: %s\r\n", e.Expire.Format(time.RFC1123Z))
 	}
 	fmt.Fprintf(w, "\r\n")
-	full := strings.EqualFold(e.Ret, "FULL") && kind == noticeFailed
+	// a REQUIRETLS message's content goes back only as its header
+	// (RFC 8689 §5: the notice may travel a less protected path)
+	full := strings.EqualFold(e.Ret, "FULL") && kind == noticeFailed && !e.RequireTLS
 	part := "text/rfc822-headers"
 	if full {
 		part = "message/rfc822"

@@ -5,6 +5,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 
@@ -192,6 +193,26 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 		return proto.SendLines(ch, env.PeerID, lines, func(l []string, last bool) proto.Message {
 			return &proto.QueueLines{TextLines: proto.TextLines{Lines: l, Last: last}}
 		})
+	case *proto.MTAReportSubmit:
+		// expanding the recipients asks lookup: not on this goroutine
+		go func() {
+			defer m.File().Close()
+			reply := &proto.QueueReportQueued{Outcome: proto.Outcome{Status: proto.StatusOK}}
+			err := q.commitLocal(m.Sender, m.Rcpts, false, func(f *os.File, _ uint32) error {
+				if _, err := m.File().Seek(0, io.SeekStart); err != nil {
+					return err
+				}
+				_, err := io.Copy(f, m.File())
+				return err
+			})
+			if err != nil {
+				reply.Status, reply.Text = proto.StatusTempfail, err.Error()
+			} else {
+				q.stats.Increment("queue.report", 1)
+			}
+			q.fatalSend(ch, reply, env.PeerID)
+		}()
+		return nil
 	case *proto.LookupExpandResult:
 		if !q.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)

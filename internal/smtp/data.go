@@ -20,6 +20,8 @@ const MaxHeaderBytes = 256 * 1024
 type headerInfo struct {
 	received              int
 	hasMessageID, hasDate bool
+	// tlsOptional is a "TLS-Required: No" field (RFC 8689 §5)
+	tlsOptional bool
 }
 
 // bodyWriter is where the engine writes a message, as received (the
@@ -66,6 +68,9 @@ func (b *bodyWriter) Write(p []byte) (int, error) {
 			b.info.hasMessageID = true
 		case "date":
 			b.info.hasDate = true
+		case "tls-required":
+			_, value, _ := bytes.Cut(line, []byte(":"))
+			b.info.tlsOptional = bytes.EqualFold(bytes.TrimSpace(value), []byte("no"))
 		}
 		if string(line) == "\r\n" || b.scanned >= MaxHeaderBytes {
 			return len(p), b.flush()
@@ -117,6 +122,7 @@ func fieldName(line []byte) string {
 // trace writes the fields the daemon adds at the top of a message: our
 // Received field, and Message-Id and Date if the message lacks them.
 func (sess *session) trace(w *bytes.Buffer, info headerInfo) {
+	sess.tlsOptional = info.tlsOptional
 	host := sess.s.cfg.Hostname
 	proto := "ESMTP"
 	if sess.listener.Protocol == "lmtp" {

@@ -59,6 +59,8 @@ type session struct {
 	junk       bool
 	discard    bool
 	quarantine string
+	// tlsOptional is the message's "TLS-Required: No" (RFC 8689 §5)
+	tlsOptional bool
 	// auth sums up the checks of the message for its log line
 	auth string
 }
@@ -481,6 +483,7 @@ func (sess *session) submit(msgid uint32) *server.Reply {
 				Helo: sanitize(sess.info.Helo), Remote: sess.info.Remote,
 				Created: now, Expire: now.Add(sess.s.cfg.Limits.QueueExpire),
 				Ret: sess.mail.Ret, Notify: strings.Join(r.params.Notify, ","),
+				RequireTLS: sess.mail.RequireTLS, TLSOptional: sess.tlsOptional,
 			}
 			if sess.mail.EnvID != "" {
 				e.EnvID = sanitize(sess.mail.EnvID)

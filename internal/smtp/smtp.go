@@ -201,6 +201,8 @@ func (s *Server) newServer(lc *config.Listener) *server.Server {
 	if lc.TLS != config.TLSNone {
 		srv.TLSConfig = s.tls[lc.Name]
 		srv.ImplicitTLS = lc.TLS == config.TLSImplicit
+		// offered under TLS only; the mta keeps the promise (RFC 8689)
+		srv.EnableRequireTLS = true
 	}
 	if lc.Auth != config.AuthNone {
 		srv.AuthMechanisms = []string{"PLAIN", "LOGIN"}

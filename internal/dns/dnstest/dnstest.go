@@ -2,7 +2,9 @@
 // map on loopback (UDP and TCP) with github.com/miekg/dns, can answer
 // SERVFAIL for chosen names, leave chosen queries unanswered so that
 // clients time out, answer NODATA for empty non-terminals, and counts
-// the queries it gets.
+// the queries it gets. It can also sign zones on the fly and make
+// chosen signatures bogus (dnssec.go), and run Unbound as a validating
+// resolver in front of it (unbound.go), for tests of DNSSEC and DANE.
 package dnstest
 
 import (
@@ -30,6 +32,11 @@ type Server struct {
 	// ent makes a name that exists only as the parent of another
 	// answer NODATA instead of NXDOMAIN.
 	ent bool
+
+	// zones holds the signed zones by apex (dnssec.go); corrupt the
+	// RRsets whose signatures are to fail validation.
+	zones   map[string]*signedZone
+	corrupt map[rrsetKey]bool
 }
 
 // Start serves records (zone file lines, such as
@@ -177,7 +184,9 @@ func (s *Server) Close() {
 }
 
 // ServeDNS answers one query: the records of its name and type, the
-// CNAME of the name if it has one, NXDOMAIN for an unknown name.
+// CNAME of the name if it has one, NXDOMAIN for an unknown name; in a
+// signed zone, the same with DNSSEC records and an SOA in negative
+// answers (answerSigned).
 func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	resp := new(mdns.Msg)
 	resp.SetReply(req)
@@ -197,6 +206,7 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	if !known && s.ent {
 		known = s.hasDescendant(name)
 	}
+	zone := s.signedZoneOf(name)
 	s.mu.Unlock()
 	if quiet {
 		return // the client times out
@@ -204,6 +214,9 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	switch {
 	case fail:
 		resp.Rcode = mdns.RcodeServerFailure
+	case zone != nil:
+		_, udp := w.RemoteAddr().(*net.UDPAddr)
+		s.answerSigned(resp, req, zone, name, rrs, known, udp)
 	case !known:
 		resp.Rcode = mdns.RcodeNameError
 	default:
