@@ -85,6 +85,36 @@ test-deps:
 		fi; \
 	fi
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory postfix-tools; fi
+
+# Postfix's posttls-finger for regress/posttls_test.go: Debian's postfix
+# package extracted into var/postfix, not installed (no service, user or
+# /etc/postfix). The system libraries it links against that ldd finds
+# missing are installed: the lib* packages among the package's
+# dependencies, recorded in var/postfix/DEPENDS at extraction.
+.PHONY: postfix-tools
+postfix-tools:
+	@dir="$(CURDIR)/var/postfix"; \
+	if [ ! -e "$$dir/usr/sbin/posttls-finger" ]; then \
+		echo "extracting Debian's postfix package into var/postfix (not installed)"; \
+		tmp=$$(mktemp -d) || exit 1; chmod 777 "$$tmp"; \
+		( cd "$$tmp" && { apt-get download -qq postfix >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get download -qq postfix >/dev/null; }; } ) && \
+		deb=$$(ls "$$tmp"/postfix_*.deb) && mkdir -p "$$dir" && dpkg-deb -x "$$deb" "$$dir" && \
+		dpkg-deb -f "$$deb" Depends >"$$dir/DEPENDS"; \
+		status=$$?; rm -rf "$$tmp"; [ $$status = 0 ] || exit $$status; \
+	fi; \
+	libs() { LD_LIBRARY_PATH="$$dir/usr/lib/postfix" ldd "$$dir/usr/sbin/posttls-finger" | awk '/not found/ { print $$1 }'; }; \
+	missing=$$(libs); \
+	if [ -n "$$missing" ]; then \
+		pkgs=""; for p in $$(tr ',|' '\n\n' <"$$dir/DEPENDS" | sed 's/[(:].*//' | grep -o '^ *lib[^ ]*'); do \
+			dpkg -s $$p >/dev/null 2>&1 || pkgs="$$pkgs $$p"; done; \
+		echo "posttls-finger lacks" $$missing: installing$$pkgs; \
+		[ -n "$$pkgs" ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null || \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; }; }; \
+		missing=$$(libs); \
+		if [ -n "$$missing" ]; then echo "posttls-finger still lacks" $$missing; exit 1; fi; \
+	fi
 
 # The unprivileged users of the daemon's processes.
 users:

@@ -123,8 +123,9 @@ type client struct {
 	*smtp.Client
 	w    *wire
 	lmtp bool
-	// tls is set once the session is encrypted, by smtps or STARTTLS.
-	tls bool
+	// tlsState is set once the session is encrypted, by smtps or
+	// STARTTLS.
+	tlsState *tls.ConnectionState
 }
 
 // newClient starts a session over conn, speaking LMTP (RFC 2033) if
@@ -176,7 +177,8 @@ func (c *client) startTLS(cfg *tls.Config) error {
 	}
 	raw.SetDeadline(time.Time{})
 	c.attach(&wire{Conn: tc, pending: []byte(tlsGreeting), greeted: true})
-	c.tls = true
+	st := tc.ConnectionState()
+	c.tlsState = &st
 	return nil
 }
 

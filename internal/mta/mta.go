@@ -10,6 +10,7 @@ package mta
 
 import (
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -23,9 +24,11 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
+	"smtpd/internal/mtasts"
 	"smtpd/internal/privsep"
 	"smtpd/internal/stats"
 	"smtpd/internal/throttle"
+	"smtpd/internal/tlsrpt"
 	"smtpd/proto"
 )
 
@@ -52,6 +55,10 @@ type MTA struct {
 	stats *stats.Sender
 	roots *x509.CertPool
 	reqs  *proto.Requests
+	// sts finds the MTA-STS policies of recipient domains; tlsrpt
+	// counts TLS sessions for TLS-RPT (nil when reports are off).
+	sts    *mtasts.Resolver
+	tlsrpt *tlsrpt.Store
 
 	mu      sync.Mutex
 	relays  map[string]*relay
@@ -99,6 +106,10 @@ type relay struct {
 	// is held by one session at a time, so that lookup is asked once.
 	creds  *proto.LookupCredentials
 	asking sync.Mutex
+	// requireTLS and tlsOptional are the TLS its mail asks for (RFC
+	// 8689); policy is the TLS policy of its last session and why.
+	requireTLS, tlsOptional bool
+	policy                  string
 }
 
 // domain is an MX list, shared by all relays to the domain.
@@ -136,6 +147,15 @@ func New(c *privsep.Child) *MTA {
 		c.Log.Warnf("no system certificate authorities: %v", err)
 		roots = x509.NewCertPool()
 	}
+	if c.Config.CAFile != "" {
+		pem, err := os.ReadFile(c.Config.CAFile)
+		if err == nil && !roots.AppendCertsFromPEM(pem) {
+			err = errors.New("no certificate in it")
+		}
+		if err != nil {
+			c.Log.Fatalf("ca_file %s: %v", c.Config.CAFile, err)
+		}
+	}
 	return &MTA{
 		cfg: c.Config, child: c, roots: roots, reqs: c.Requests,
 		relays: map[string]*relay{}, domains: map[string]*domain{},
@@ -147,6 +167,7 @@ func New(c *privsep.Child) *MTA {
 // Run serves until the process is told to stop.
 func (m *MTA) Run() {
 	m.stats = m.child.Stats
+	m.startPolicies()
 	if err := m.child.Ready(); err != nil {
 		m.child.Log.Fatalf("%v", err)
 	}
@@ -164,11 +185,23 @@ func (m *MTA) handle(ch *proto.Channel, env *proto.Frame) error {
 		m.enqueue(e, msg.File())
 		return nil
 	case *proto.ControlMTAQuery:
+		if today, ok := map[string]bool{"send-tls-reports": false, "send-tls-reports-today": true}[msg.What]; ok {
+			// reports ask lookup and queue, whose answers come here
+			go func() {
+				lines := m.sendTLSReports(today)
+				if err := proto.SendLines(ch, env.PeerID, lines, func(l []string, last bool) proto.Message {
+					return &proto.MTAObjects{TextLines: proto.TextLines{Lines: l, Last: last}}
+				}); err != nil {
+					m.child.Log.Fatalf("%v", err)
+				}
+			}()
+			return nil
+		}
 		lines := m.objects(msg.What)
 		return proto.SendLines(ch, env.PeerID, lines, func(l []string, last bool) proto.Message {
 			return &proto.MTAObjects{TextLines: proto.TextLines{Lines: l, Last: last}}
 		})
-	case *proto.LookupMXResult, *proto.LookupPTRResult, *proto.LookupCredentials:
+	case *proto.LookupMXResult, *proto.LookupPTRResult, *proto.LookupCredentials, *proto.LookupDNSResult, *proto.QueueReportQueued:
 		if !m.reqs.Deliver(env) {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
@@ -187,13 +220,23 @@ func (m *MTA) handle(ch *proto.Channel, env *proto.Frame) error {
 }
 
 // relayFor returns the relay key and destination of an envelope.
-func relayFor(act *config.Action, dest string) (key, dom string) {
+// Mail with REQUIRETLS, or with "TLS-Required: No", travels in
+// sessions of its own, since the TLS it asks for is not the rest's.
+func relayFor(act *config.Action, e *envelope.Envelope) (key, dom string) {
 	if act.RelayURL != nil {
-		return "url:" + act.Name, act.RelayURL.Hostname()
+		key, dom = "url:"+act.Name, act.RelayURL.Hostname()
+	} else {
+		_, d, _ := strings.Cut(e.Dest, "@")
+		dom = strings.ToLower(d)
+		key = "mx:" + act.Name + ":" + dom
 	}
-	_, d, _ := strings.Cut(dest, "@")
-	d = strings.ToLower(d)
-	return "mx:" + act.Name + ":" + d, d
+	switch {
+	case e.RequireTLS:
+		key += " requiretls"
+	case e.TLSOptional:
+		key += " tls-optional"
+	}
+	return key, dom
 }
 
 // enqueue adds an envelope to its relay, joining the task of its
@@ -208,11 +251,12 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 		m.report(e, "", tempfail(smtp.EnhancedCode{4, 3, 5}, nil, "no relay action %q", e.Action))
 		return
 	}
-	key, dom := relayFor(act, e.Dest)
+	key, dom := relayFor(act, e)
 	m.mu.Lock()
 	r := m.relays[key]
 	if r == nil {
-		r = &relay{key: key, action: act, domain: dom, url: act.RelayURL, more: make(chan struct{})}
+		r = &relay{key: key, action: act, domain: dom, url: act.RelayURL, more: make(chan struct{}),
+			requireTLS: e.RequireTLS, tlsOptional: e.TLSOptional && !e.RequireTLS}
 		r.dest = m.destination(dom, act.RelayURL == nil)
 		r.dest.relays = append(r.dest.relays, r)
 		m.relays[key] = r
@@ -436,11 +480,15 @@ func (m *MTA) credentials(r *relay) (*proto.LookupCredentials, error) {
 	return nil, tempfail(smtp.EnhancedCode{4, 7, 0}, nil, "credentials %q in table %s: %s", label, table.Name, a.Text)
 }
 
-// candidate is a host to try, with its route.
+// candidate is a host to try, with its route and exchanger; once
+// chosen, with its TLS policy and what the handshake found.
 type candidate struct {
-	host  *host
-	route *route
-	pref  uint32
+	host   *host
+	route  *route
+	pref   uint32
+	mx     proto.MXHost
+	policy *tlsPolicy
+	tls    *tlsSession
 }
 
 // candidates orders the hosts of a relay: by MX preference; within a
@@ -482,7 +530,7 @@ func (m *MTA) candidates(mxs []proto.MXHost, source string) (out []candidate, bu
 				busy = true
 				continue
 			}
-			out = append(out, candidate{h, rt, mx.Preference})
+			out = append(out, candidate{host: h, route: rt, pref: mx.Preference, mx: mx})
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -529,7 +577,7 @@ func (m *MTA) objects(what string) []string {
 		}
 	case "relays":
 		for _, r := range m.relays {
-			lines = append(lines, fmt.Sprintf("%s tasks=%d sessions=%d", r.key, len(r.tasks), r.sessions))
+			lines = append(lines, fmt.Sprintf("%s tasks=%d sessions=%d tls=%s", r.key, len(r.tasks), r.sessions, orNone(r.policy)))
 		}
 	case "routes":
 		for _, rt := range m.routes {
@@ -543,8 +591,10 @@ func (m *MTA) objects(what string) []string {
 			}
 			lines = append(lines, line)
 		}
+	case "policies":
+		lines = m.stsPolicies()
 	default:
-		return []string{fmt.Sprintf("unknown object %q: hosts, relays or routes", what)}
+		return []string{fmt.Sprintf("unknown object %q: hosts, relays, routes or policies", what)}
 	}
 	sort.Strings(lines)
 	return lines

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
+	"smtpd/internal/tlsrpt"
 	"smtpd/proto"
 )
 
@@ -39,7 +41,7 @@ func (m *MTA) session(r *relay) {
 		m.failAll(r, first, err)
 		return
 	}
-	c, cand, err := m.connect(r, mxs)
+	c, cand, err := m.openSession(r, mxs)
 	if errors.Is(err, errHostsBusy) && m.giveBack(r, first) {
 		return
 	}
@@ -47,21 +49,15 @@ func (m *MTA) session(r *relay) {
 		m.failAll(r, first, err)
 		return
 	}
-	defer func() {
-		m.mu.Lock()
-		cand.host.sessions--
-		m.mu.Unlock()
-	}()
-	m.stats.Increment("mta.session", 1)
-	if err := m.open(c, r, cand); err != nil {
-		c.Close()
-		m.failAll(r, first, err)
-		return
+	defer m.release(cand)
+	report := func(e *envelope.Envelope, reply string, err error) {
+		m.logDelivery(e, c, cand, reply, err)
+		m.report(e, reply, err)
 	}
 	t := first
 	for n := 0; t != nil; n++ {
 		m.waitTurn(r.dest, t)
-		if !send(c, t, m.report) {
+		if !send(c, t, report) {
 			c.Close()
 			return
 		}
@@ -71,6 +67,57 @@ func (m *MTA) session(r *relay) {
 		t = m.next(r, true)
 	}
 	c.quit()
+}
+
+// openSession connects to the first host of the relay that answers
+// and takes the session up to MAIL. A host whose TLS fails its policy
+// (a certificate DANE or MTA-STS does not accept, STARTTLS missing) is
+// left for the next one, as RFC 7672 §2.2 and RFC 8461 §5 ask; other
+// failures end the attempt.
+func (m *MTA) openSession(r *relay, mxs []proto.MXHost) (*client, candidate, error) {
+	dp := m.domainPolicy(r)
+	skip := map[netip.Addr]bool{}
+	var tlsErr error
+	for {
+		c, cand, err := m.connect(r, mxs, dp, skip)
+		if err != nil {
+			if tlsErr != nil && !errors.Is(err, errHostsBusy) {
+				err = tlsErr
+			}
+			return nil, candidate{}, err
+		}
+		m.stats.Increment("mta.session", 1)
+		err = m.open(c, r, cand)
+		if err == nil {
+			return c, cand, nil
+		}
+		c.Close()
+		m.release(cand)
+		var de *deliveryError
+		if !errors.As(err, &de) || de.status[0] != 4 || de.status[1] != 7 {
+			return nil, candidate{}, err
+		}
+		skip[cand.host.addr] = true
+		tlsErr = err
+	}
+}
+
+// release ends a session's hold on its host.
+func (m *MTA) release(cd candidate) {
+	m.mu.Lock()
+	cd.host.sessions--
+	m.mu.Unlock()
+}
+
+// logDelivery writes the delivery line of one envelope: where it went,
+// how the session was protected and what the server said.
+func (m *MTA) logDelivery(e *envelope.Envelope, c *client, cd candidate, reply string, err error) {
+	where := fmt.Sprintf("%s [%s] %s", cd.mx.Host, cd.host.addr, describeTLS(c, cd.policy))
+	if err != nil {
+		m.child.Log.Infof("%s: relay to <%s> via %s failed: %v", envelope.FormatEvpID(e.ID), e.Dest, where, err)
+		return
+	}
+	m.child.Log.Infof("%s: relayed to <%s> via %s: %s", envelope.FormatEvpID(e.ID), e.Dest, where, reply)
 }
 
 // sessionDone ends a session. Tasks that came while it was ending, or
@@ -140,9 +187,12 @@ func (m *MTA) port(r *relay) string {
 }
 
 // connect tries the relay's hosts in order and returns the first that
-// answers; hosts that do not have their route penalised.
-func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) {
+// answers; hosts that do not have their route penalised. A host the
+// TLS policy leaves out (no TLSA records to be had, not in the MTA-STS
+// policy) is skipped without a penalty.
+func (m *MTA) connect(r *relay, mxs []proto.MXHost, dp *domainPolicy, skip map[netip.Addr]bool) (*client, candidate, error) {
 	cands, busy := m.candidates(mxs, r.action.Source)
+	cands = slices.DeleteFunc(cands, func(cd candidate) bool { return skip[cd.host.addr] })
 	if len(cands) == 0 {
 		if busy {
 			return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, errHostsBusy, "no exchanger available")
@@ -151,7 +201,19 @@ func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) 
 	}
 	lmtp := r.url != nil && r.url.Scheme == "lmtp"
 	var lastErr error
+	policies := map[string]*tlsPolicy{}
 	for _, cd := range cands {
+		pol := policies[cd.mx.Host]
+		if pol == nil {
+			var err error
+			if pol, err = m.hostPolicy(r, dp, cd.mx); err != nil {
+				m.child.Log.Infof("not using %s (%s): %v", cd.mx.Host, cd.host.addr, err)
+				lastErr = err
+				continue
+			}
+			policies[cd.mx.Host] = pol
+		}
+		cd.policy, cd.tls = pol, &tlsSession{}
 		d := net.Dialer{Timeout: timeoutConnect}
 		if r.action.Source != "" {
 			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(r.action.Source)}
@@ -169,7 +231,7 @@ func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) 
 		if r.url == nil || r.url.Scheme != "smtps" {
 			return newClient(conn, lmtp), cd, nil
 		}
-		tc := tls.Client(conn, m.tlsConfig(r, cd.host))
+		tc := tls.Client(conn, m.tlsConfig(pol, cd.mx, cd.tls))
 		tc.SetDeadline(time.Now().Add(timeoutCommand))
 		if err := tc.Handshake(); err != nil {
 			conn.Close()
@@ -182,28 +244,18 @@ func (m *MTA) connect(r *relay, mxs []proto.MXHost) (*client, candidate, error) 
 		}
 		tc.SetDeadline(time.Time{})
 		c := newClient(tc, lmtp)
-		c.tls = true
+		st := tc.ConnectionState()
+		c.tlsState = &st
 		return c, cd, nil
+	}
+	if _, ok := lastErr.(*deliveryError); ok {
+		return nil, candidate{}, lastErr
 	}
 	return nil, candidate{}, tempfail(smtp.EnhancedCode{4, 4, 1}, lastErr, "could not connect to any exchanger")
 }
 
-// tlsConfig verifies certificates when TLS is required, unless the relay
-// says no-verify; opportunistic TLS takes any certificate, since an
-// encrypted session beats a plain one.
-func (m *MTA) tlsConfig(r *relay, h *host) *tls.Config {
-	verify := r.action.RelayTLS == "required" || r.url != nil && (r.url.Scheme == "smtp+tls" || r.url.Scheme == "smtps")
-	return &tls.Config{
-		ServerName:             h.name,
-		RootCAs:                m.roots,
-		InsecureSkipVerify:     !verify || r.action.RelayTLS == "no-verify",
-		MinVersion:             tls.VersionTLS12,
-		SessionTicketsDisabled: true,
-	}
-}
-
-// open runs the session up to MAIL: greeting, EHLO, STARTTLS and AUTH
-// as the relay asks.
+// open runs the session up to MAIL: greeting, EHLO, STARTTLS as the
+// TLS policy asks, the REQUIRETLS check and AUTH.
 func (m *MTA) open(c *client, r *relay, cd candidate) error {
 	m.lookupPTR(cd.host)
 	helo := r.action.Helo
@@ -229,26 +281,84 @@ func (m *MTA) open(c *client, r *relay, cd candidate) error {
 		}
 		return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "%s", cd.host.addr)
 	}
-	required := r.action.RelayTLS == "required" || r.url != nil && r.url.Scheme == "smtp+tls"
-	never := r.url != nil && (r.url.Scheme == "smtp+notls" || r.url.Scheme == "lmtp")
-	if !c.tls && !never {
-		if ok, _ := c.Extension("STARTTLS"); ok {
-			if err := c.startTLS(m.tlsConfig(r, cd.host)); err != nil {
-				return tempfail(smtp.EnhancedCode{4, 7, 5}, err, "STARTTLS with %s failed", cd.host.addr)
-			}
-			if err := c.Hello(helo); err != nil {
-				return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "EHLO after STARTTLS with %s failed", cd.host.addr)
-			}
-			m.stats.Increment("mta.tls", 1)
-		} else if required {
-			return tempfail(smtp.EnhancedCode{4, 7, 4}, nil, "TLS required but %s (%s) does not offer STARTTLS", cd.host.name, cd.host.addr)
-		} else {
-			// opportunistic TLS falls back to plain text: say so
-			m.stats.Increment("mta.plaintext", 1)
-			m.child.Log.Infof("%s (%s) offers no STARTTLS: sending in plain text", cd.host.name, cd.host.addr)
+	if err := m.startTLS(c, r, cd, helo); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	r.policy = cd.policy.name + " (" + cd.policy.why + ")"
+	m.mu.Unlock()
+	if r.requireTLS {
+		if err := checkRequireTLS(c, cd); err != nil {
+			return err
 		}
 	}
 	return m.authenticate(c, r, cd)
+}
+
+// startTLS runs STARTTLS as the session's policy asks (RFC 3207, RFC
+// 7672, RFC 8461) and counts the outcome for TLS-RPT.
+func (m *MTA) startTLS(c *client, r *relay, cd candidate, helo string) error {
+	pol, s := cd.policy, cd.tls
+	addr := cd.host.addr.String()
+	if c.tlsState != nil {
+		m.recordTLS(pol.report, "", cd.mx.Host, addr, nil)
+		return nil
+	}
+	if pol.name == policyNone {
+		return nil
+	}
+	if ok, _ := c.Extension("STARTTLS"); !ok {
+		if pol.mustTLS {
+			m.recordTLS(pol.report, tlsrpt.ResultSTARTTLSNotSupported, cd.mx.Host, addr, nil)
+			return tempfail(smtp.EnhancedCode{4, 7, 4}, nil, "TLS required by the %s policy (%s), but %s (%s) does not offer STARTTLS", pol.name, pol.why, cd.mx.Host, addr)
+		}
+		if pol.name == policySTSTesting {
+			m.recordTLS(pol.report, tlsrpt.ResultSTARTTLSNotSupported, cd.mx.Host, addr, nil)
+		}
+		// opportunistic TLS falls back to plain text: say so
+		m.stats.Increment("mta.plaintext", 1)
+		m.child.Log.Infof("%s (%s) offers no STARTTLS: sending in plain text", cd.mx.Host, addr)
+		return nil
+	}
+	if err := c.startTLS(m.tlsConfig(pol, cd.mx, s)); err != nil {
+		m.recordTLS(pol.report, tlsResultType(s, pol, err), cd.mx.Host, addr, err)
+		return tempfail(smtp.EnhancedCode{4, 7, 5}, err, "STARTTLS with %s (%s) under the %s policy (%s) failed", cd.mx.Host, addr, pol.name, pol.why)
+	}
+	if pol.name == policySTSTesting && s.pkixErr != nil {
+		// testing: deliver, but tell the domain (RFC 8461 §5)
+		m.recordTLS(pol.report, pkixResultType(s.pkixErr), cd.mx.Host, addr, s.pkixErr)
+		m.child.Log.Infof("%s (%s) fails the MTA-STS policy of %s in testing mode: %v", cd.mx.Host, addr, r.domain, s.pkixErr)
+	} else {
+		m.recordTLS(pol.report, "", cd.mx.Host, addr, nil)
+	}
+	if err := c.Hello(helo); err != nil {
+		return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "EHLO after STARTTLS with %s failed", addr)
+	}
+	m.stats.Increment("mta.tls", 1)
+	return nil
+}
+
+// checkRequireTLS refuses to send a REQUIRETLS message over a session
+// whose server was not authenticated, or that does not take REQUIRETLS
+// in turn (RFC 8689 §4.2.1): such mail is returned, never sent with
+// less protection.
+func checkRequireTLS(c *client, cd candidate) error {
+	if c.tlsState == nil || !cd.policy.authenticated(cd.tls) {
+		why := "no TLS"
+		switch {
+		case cd.tls.daneErr != nil:
+			why = cd.tls.daneErr.Error()
+		case cd.tls.pkixErr != nil:
+			why = cd.tls.pkixErr.Error()
+		case c.tlsState != nil:
+			why = "its name was not learnt securely (DNSSEC or MTA-STS)"
+		}
+		return permfail(550, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS: %s (%s) could not be authenticated: %s", cd.mx.Host, cd.host.addr, why)
+	}
+	if ok, _ := c.Extension("REQUIRETLS"); !ok {
+		return permfail(550, smtp.EnhancedCode{5, 7, 30}, "REQUIRETLS support required, but %s (%s) does not offer it", cd.mx.Host, cd.host.addr)
+	}
+	return nil
 }
 
 // authenticate logs in to a smarthost whose relay names credentials,
@@ -259,7 +369,7 @@ func (m *MTA) authenticate(c *client, r *relay, cd candidate) error {
 	if r.url == nil || r.url.User == nil || r.action.Credentials == nil {
 		return nil
 	}
-	if !c.tls {
+	if c.tlsState == nil {
 		return tempfail(smtp.EnhancedCode{4, 7, 8}, nil, "authentication with %s failed: refusing to send credentials without TLS", cd.host.addr)
 	}
 	cr, err := m.credentials(r)
@@ -340,6 +450,7 @@ func send(c *client, t *task, report reportFunc) bool {
 	// where the server offers them
 	opts := mailOptions(e0)
 	opts.UTF8 = utf8Needed
+	opts.RequireTLS = e0.RequireTLS
 	if fi, err := t.body.Stat(); err == nil {
 		opts.Size = fi.Size()
 	}

@@ -334,7 +334,7 @@ func TestStartTLS(t *testing.T) {
 	if err := c.Hello("out.example.net"); err != nil {
 		t.Fatal(err)
 	}
-	if !c.tls {
+	if c.tlsState == nil {
 		t.Error("no TLS after STARTTLS")
 	}
 	if !c.SupportsAuth(sasl.Plain) {

@@ -392,6 +392,9 @@ func (sess *session) commit() *server.Reply {
 	if sess.auth != "" {
 		auth = " (" + sess.auth + ")"
 	}
+	if sess.mail.RequireTLS {
+		auth += " REQUIRETLS"
+	}
 	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients%s", sess.info.ID, id, sess.info.Sender, len(sess.rcpts), auth)
 	return reply(250, server.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", id)
 }
