@@ -38,7 +38,11 @@ FUZZ_TARGETS = \
 	./internal/mailauth/dnsbl:FuzzText \
 	./internal/mailauth/arc:FuzzTagList \
 	./internal/smtp/proxyproto:FuzzParse \
-	./internal/table/proctable:FuzzParseReply
+	./internal/table/proctable:FuzzParseReply \
+	./internal/dane:FuzzVerify \
+	./internal/mtasts:FuzzParsePolicy \
+	./internal/mtasts:FuzzParseTXT \
+	./internal/tlsrpt:FuzzParseTXT
 
 .PHONY: all build run test test-deps users fuzz bench bench-full install clean monkey
 

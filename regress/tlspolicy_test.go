@@ -84,7 +84,8 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 	other, _, _ := ca.Issue(t, certs, "unrelated.example")
 
 	zones := []string{"secure.test", "badtlsa.test", "bogus.test", "dane-mixed.test", "insecure.test",
-		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "reports.test"}
+		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "reports.test",
+		"forced.test", "plain.test"}
 	records := []string{
 		"secure.test. 300 IN MX 10 mx.secure.test.", "mx.secure.test. 300 IN A 127.0.0.51",
 		tlsaRecord(t, "mx.secure.test", port, issued["secure"]),
@@ -99,6 +100,9 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 		tlsaRecord(t, "mx1.dane-mixed.test", port, other), tlsaRecord(t, "mx2.dane-mixed.test", port, issued["secure"]),
 		`_smtp._tls.dane-mixed.test. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"`,
 		"reports.test. 300 IN MX 10 mx.reports.test.", "mx.reports.test. 300 IN A 127.0.0.59",
+		// unsigned, with destination blocks asking for DANE, and for no TLS
+		"forced.test. 300 IN MX 10 mx.forced.test.", "mx.forced.test. 300 IN A 127.0.0.53",
+		"plain.test. 300 IN MX 10 mx.plain.test.", "mx.plain.test. 300 IN A 127.0.0.53",
 	}
 	policies := map[string]string{
 		"sts-good.test":     "mode: enforce\nmx: mx.sts-good.test",
@@ -207,6 +211,9 @@ action "local" {
   userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
 }
 action "out" { relay = "mx" }
+
+destination "forced.test" { tls = "dane" }
+destination "plain.test" { tls = "none" }
 
 match {
   from   = "any"
@@ -328,15 +335,15 @@ func TestOutboundTLSPolicies(t *testing.T) {
 		submitTLS(t, w.out.SMTPAddr, "alice@out.example.net", rcpt, "Subject: to-"+rcpt+"\r\n\r\nbody of the message\r\n", false)
 	}
 	for _, d := range []string{"secure.test", "badtlsa.test", "insecure.test", "bogus.test", "dane-mixed.test",
-		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test"} {
+		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "forced.test", "plain.test"} {
 		send("a@" + d)
 	}
 
 	t.Run("delivered", func(t *testing.T) {
-		w.rx.WaitMail(5, 60*time.Second)
+		w.rx.WaitMail(6, 60*time.Second)
 		for rcpt, policy := range map[string]string{
 			"a@secure.test": "policy=dane", "a@insecure.test": "policy=opportunistic", "a@dane-mixed.test": "policy=dane",
-			"a@sts-good.test": "policy=mta-sts", "a@sts-testing.test": "policy=mta-sts-testing",
+			"a@sts-good.test": "policy=mta-sts", "a@sts-testing.test": "policy=mta-sts-testing", "a@plain.test": "tls=none policy=none",
 		} {
 			if len(mailWith(w.rx, "Subject: to-"+rcpt)) != 1 {
 				t.Errorf("<%s> not delivered", rcpt)
@@ -348,7 +355,7 @@ func TestOutboundTLSPolicies(t *testing.T) {
 				continue
 			}
 			line, _, _ := strings.Cut(w.out.Log()[i:], "\n")
-			if !strings.Contains(line, " "+policy) || !strings.Contains(line, "tls=TLSv1.") {
+			if !strings.Contains(line, " "+policy) || !strings.Contains(line, "tls=TLSv1.") && policy != "tls=none policy=none" {
 				t.Errorf("delivery line %q: want %s and the TLS version", line, policy)
 			}
 		}
@@ -364,6 +371,7 @@ func TestOutboundTLSPolicies(t *testing.T) {
 			"a@sts-mismatch.test": "mx.sts-mismatch.test",
 			"a@sts-outside.test":  "does not list mx.sts-outside.test",
 			"a@sts-strip.test":    "does not offer STARTTLS",
+			"a@forced.test":       "DANE required for forced.test",
 		} {
 			line := waitQueued(t, w.out, rcpt)
 			if lastErr := line[strings.LastIndexByte(line, '|')+1:]; !strings.Contains(lastErr, want) || !strings.Contains(lastErr, " 4.7.") {

@@ -202,6 +202,9 @@ action "local" { mbox = true }
 		{"proxy without trusted", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  proxy_protocol = true\n}\n", 3, "without trusted balancers"},
 		{"bad trusted balancer", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  proxy_protocol = true\n  proxy_trusted = [\"balancer\"]\n}\n", 4, "not an IP address or network"},
 		{"short srs age", base + "srs {\n  key = \"/etc/hostname\"\n  max_age = \"1h\"\n}\n", 5, "at least a day"},
+		{"bad destination tls", base + "destination \"a.example\" {\n  tls = \"dnssec\"\n}\n", 4, "Invalid TLS policy"},
+		{"bad report sender", base + "tls_reports {\n  from = \"nobody\"\n}\n", 4, "not a mail address"},
+		{"bad mta-sts port", "mta_sts_port = 0\n" + base, 1, "not a port number"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -254,6 +257,7 @@ throttle {
 destination "gmail.com" {
   sessions     = 3
   message_rate = "60/m"
+  tls          = "dane"
 }
 destination "*" { message_rate = "600/m" }
 overload {
@@ -286,7 +290,7 @@ overload {
 	if th := cfg.Throttle; th.ConnectRate != (Rate{20, time.Second}) || th.MessageRate != (Rate{100, time.Minute}) || th.UserMessageRate != (Rate{1000, time.Hour}) {
 		t.Errorf("throttle %+v", th)
 	}
-	if d := cfg.DestinationFor("GMAIL.com."); d == nil || d.Sessions != 3 || d.MessageRate.String() != "60/m" {
+	if d := cfg.DestinationFor("GMAIL.com."); d == nil || d.Sessions != 3 || d.MessageRate.String() != "60/m" || d.TLS != PolicyDANE {
 		t.Errorf("gmail %+v", d)
 	}
 	if d := cfg.DestinationFor("example.org"); d == nil || d.Domain != "*" || d.Sessions != 0 {
@@ -398,5 +402,39 @@ func TestLoadWithoutTables(t *testing.T) {
 		if tb := c.Table(name); tb == nil || tb.Data != nil {
 			t.Errorf("table %s: %+v, want no data", name, tb)
 		}
+	}
+}
+
+// The outbound TLS settings: resolvers on this host are trusted to
+// validate DNSSEC, others not unless said; mta's state directory sits
+// beside the spool; TLS reports are on with the host's names.
+func TestOutboundTLSSettings(t *testing.T) {
+	base := "hostname = \"mx.example.org\"\nspool = \"/var/spool/smtpd\"\nlisten \"mx\" { address = \"127.0.0.1:25\" }\n"
+	tests := []struct {
+		name, conf string
+		check      func(*Config) bool
+	}{
+		{"defaults", base, func(c *Config) bool {
+			return c.ResolverValidates && c.MTAStateDir == "/var/spool/smtpd-mta" && c.MTASTSPort == 443 && c.CAFile == "" &&
+				c.TLSReports == TLSReports{Enabled: true, Organization: "mx.example.org", Contact: "postmaster@mx.example.org", From: "noreply-tlsrpt@mx.example.org"}
+		}},
+		{"local resolver", base + "resolver = [\"127.0.0.1\", \"[::1]:53\"]\n", func(c *Config) bool { return c.ResolverValidates }},
+		{"remote resolver", base + "resolver = [\"127.0.0.1\", \"192.0.2.53\"]\n", func(c *Config) bool { return !c.ResolverValidates }},
+		{"remote resolver said to validate", base + "resolver = [\"192.0.2.53\"]\nresolver_validates = true\n", func(c *Config) bool { return c.ResolverValidates }},
+		{"state dir and reports", base + "mta_state_dir = \"/var/lib/smtpd\"\ntls_reports {\n  enabled = false\n  organization = \"Example\"\n}\n", func(c *Config) bool {
+			return c.MTAStateDir == "/var/lib/smtpd" && !c.TLSReports.Enabled && c.TLSReports.Organization == "Example"
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := Load(write(t, t.TempDir(), "smtpd.conf", tt.conf))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(cfg) {
+				t.Errorf("resolver_validates %v, mta_state_dir %q, mta_sts_port %d, ca_file %q, tls_reports %+v",
+					cfg.ResolverValidates, cfg.MTAStateDir, cfg.MTASTSPort, cfg.CAFile, cfg.TLSReports)
+			}
+		})
 	}
 }
