@@ -241,7 +241,7 @@ func TestTLSRequired(t *testing.T) {
 	out := StartWith(t, bin, Options{Config: conf})
 	sendMany(t, out.SMTPAddr, 1, 1, "Subject: secret\r\n\r\nhi\r\n", func(int) string { return "x@example.test" })
 	out.WaitStat("scheduler.delivery.tempfail", "1", 20*time.Second)
-	if !strings.Contains(out.Log(), "TLS required but mx") {
+	if !strings.Contains(out.Log(), "TLS required by the required policy (configured), but ") {
 		t.Errorf("no clear error:\n%s", out.Log())
 	}
 	for ip, d := range w.mx {

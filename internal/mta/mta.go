@@ -140,8 +140,12 @@ type route struct {
 }
 
 // New prepares the mta process before it drops privileges: the
-// certificate authorities are read while /etc/ssl is still visible.
+// certificate authorities are read while /etc/ssl is still visible,
+// and the state directory it will be locked into is made its own.
 func New(c *privsep.Child) *MTA {
+	if err := prepareStateDir(c.Config); err != nil {
+		c.Log.Fatalf("%v", err)
+	}
 	roots, err := x509.SystemCertPool()
 	if err != nil {
 		c.Log.Warnf("no system certificate authorities: %v", err)
@@ -162,6 +166,29 @@ func New(c *privsep.Child) *MTA {
 		hosts: map[netip.Addr]*host{}, routes: map[string]*route{},
 		dests: map[string]*destination{}, paces: map[*config.Destination]*throttle.Keyed{},
 	}
+}
+
+// prepareStateDir creates mta's state directory, its chroot, writable
+// by the daemon's user alone.
+func prepareStateDir(cfg *config.Config) error {
+	dir := cfg.MTAStateDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("mta state dir: %w", err)
+	}
+	if !privsep.Privileged() {
+		return nil
+	}
+	u, err := privsep.DaemonUser(cfg.User)
+	if err != nil {
+		return err
+	}
+	if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
+		return fmt.Errorf("mta state dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("mta state dir: %w", err)
+	}
+	return nil
 }
 
 // Run serves until the process is told to stop.

@@ -77,13 +77,16 @@ func (m *MTA) domainPolicy(r *relay) *domainPolicy {
 	switch {
 	case r.url != nil:
 		return dp
-	case r.tlsOptional:
+	case r.tlsOptional && dp.mode != config.PolicyNoTLS:
 		// TLS-Required: No (RFC 8689 §5): the recipient's policy is
 		// not enforced for this mail
 		dp.mode = config.PolicyOpportunistic
 		return dp
-	case r.action.RelayTLS == "required" && dp.mode == config.PolicyAuto:
+	case dp.mode == config.PolicyAuto && r.action.RelayTLS == "required":
 		dp.mode = config.PolicyRequired
+	case dp.mode == config.PolicyAuto && r.action.RelayTLS == "no-verify":
+		// certificates are not checked: no DANE or MTA-STS either
+		dp.mode = config.PolicyOpportunistic
 	}
 	if (dp.mode == config.PolicyAuto || dp.mode == config.PolicyMTASTS) && m.sts != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

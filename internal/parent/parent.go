@@ -256,9 +256,6 @@ func (p *Parent) prepareDirs() error {
 	cfg := p.cfg
 	if !privsep.Privileged() {
 		p.log.Infof("not started as root: children run as uid %d without chroot", os.Getuid())
-		if err := os.MkdirAll(cfg.MTAStateDir, 0o700); err != nil {
-			return fmt.Errorf("mta state dir: %w", err)
-		}
 		return queue.PrepareSpool(cfg.SpoolDir, -1, -1)
 	}
 	for _, name := range []string{cfg.User, cfg.QueueUser} {
@@ -272,17 +269,6 @@ func (p *Parent) prepareDirs() error {
 	}
 	if entries, err := os.ReadDir(cfg.EmptyDir); err != nil || len(entries) > 0 {
 		return fmt.Errorf("empty dir %s must exist and be empty, as children chroot into it", cfg.EmptyDir)
-	}
-	// mta's chroot is its own, writable by it alone
-	u, _ := privsep.DaemonUser(cfg.User)
-	if err := os.MkdirAll(cfg.MTAStateDir, 0o700); err != nil {
-		return fmt.Errorf("mta state dir: %w", err)
-	}
-	if err := os.Chown(cfg.MTAStateDir, int(u.UID), int(u.GID)); err != nil {
-		return fmt.Errorf("mta state dir: %w", err)
-	}
-	if err := os.Chmod(cfg.MTAStateDir, 0o700); err != nil {
-		return fmt.Errorf("mta state dir: %w", err)
 	}
 	return queue.PrepareSpool(cfg.SpoolDir, int(q.UID), int(q.GID))
 }
