@@ -338,12 +338,15 @@ func TestOutboundTLSPolicies(t *testing.T) {
 		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "forced.test", "plain.test"} {
 		send("a@" + d)
 	}
+	// a message that asks for no TLS policy: delivered despite DANE
+	submitTLS(t, w.out.SMTPAddr, "alice@out.example.net", "optional@badtlsa.test", "TLS-Required: No\r\nSubject: to-optional@badtlsa.test\r\n\r\nreport\r\n", false)
 
 	t.Run("delivered", func(t *testing.T) {
-		w.rx.WaitMail(6, 60*time.Second)
+		w.rx.WaitMail(7, 60*time.Second)
 		for rcpt, policy := range map[string]string{
 			"a@secure.test": "policy=dane", "a@insecure.test": "policy=opportunistic", "a@dane-mixed.test": "policy=dane",
 			"a@sts-good.test": "policy=mta-sts", "a@sts-testing.test": "policy=mta-sts-testing", "a@plain.test": "tls=none policy=none",
+			"optional@badtlsa.test": "policy=opportunistic",
 		} {
 			if len(mailWith(w.rx, "Subject: to-"+rcpt)) != 1 {
 				t.Errorf("<%s> not delivered", rcpt)
