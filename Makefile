@@ -7,11 +7,12 @@ SBINDIR  ?= $(PREFIX)/sbin
 BINDIR   ?= $(PREFIX)/bin
 MANDIR   ?= $(PREFIX)/share/man
 SYSCONF  ?= /etc/mail
+UNITDIR  ?= /lib/systemd/system
 FUZZTIME ?= 10s
 
 # Debian packages the tests use
 TEST_PACKAGES = mandoc swaks msmtp e2fsprogs s-nail python3 python3-dkim python3-nacl python3-jsonschema postgresql slapd ldap-utils unbound \
-	opensmtpd-filter-dkimsign opensmtpd-filter-senderscore opendkim opendkim-tools
+	opensmtpd-filter-dkimsign opensmtpd-filter-senderscore opendkim opendkim-tools dovecot-core dovecot-lmtpd
 
 # package:target for every fuzz target
 FUZZ_TARGETS = \
@@ -157,9 +158,12 @@ bench-full: build
 	bin/bench -full
 
 # smtpctl is also the sendmail interface, by the name it is called by.
+# Into DESTDIR (a package's tree) no user is created: smtpd.sysusers
+# creates them where the tree is installed. The unit gets this SBINDIR
+# and SYSCONF.
 install: build
-	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONF)
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory users; fi
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONF)
 	install -m 755 bin/smtpd $(DESTDIR)$(SBINDIR)/smtpd
 	install -m 755 bin/smtpctl $(DESTDIR)$(SBINDIR)/smtpctl
 	for l in sendmail send-mail mailq newaliases makemap; do \
@@ -167,11 +171,21 @@ install: build
 	for l in mailq newaliases; do \
 		ln -sf $(SBINDIR)/smtpctl $(DESTDIR)$(BINDIR)/$$l; done
 	install -m 644 smtpd.conf.5 $(DESTDIR)$(MANDIR)/man5/smtpd.conf.5
+	install -m 644 aliases.5 forward.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 644 smtpd.8 smtpctl.8 $(DESTDIR)$(MANDIR)/man8/
 	install -d -m 755 $(DESTDIR)/var/empty
 	@if [ ! -e $(DESTDIR)$(SYSCONF)/smtpd.conf ]; then \
 		install -m 644 etc/smtpd.conf $(DESTDIR)$(SYSCONF)/smtpd.conf; \
 		echo "installed $(SYSCONF)/smtpd.conf: edit hostname before starting"; \
 	fi
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
+	sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/mail/|$(SYSCONF)/|g' etc/systemd/smtpd.service >$(DESTDIR)$(UNITDIR)/smtpd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/smtpd.service
+	install -m 644 etc/systemd/smtpd.sysusers $(DESTDIR)/usr/lib/sysusers.d/smtpd.conf
+	install -m 644 etc/systemd/smtpd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/smtpd.conf
+	@# the unit starts only once its ReadWritePaths exist
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v systemd-tmpfiles >/dev/null; then \
+		systemd-tmpfiles --create /usr/lib/tmpfiles.d/smtpd.conf; fi
 
 clean:
 	rm -rf bin var

@@ -62,11 +62,12 @@ func deliverLMTP(dest, hostname string, e *envelope.Envelope, body io.Reader) er
 }
 
 // lmtpErr classifies a server's reply: 5xx is permanent, anything else
-// (4xx, a broken connection) temporary.
+// (4xx, a broken connection) temporary. A refusal starts with the
+// server's reply, so that the notice to the sender carries its status.
 func lmtpErr(step string, err error) error {
 	var se *gosmtp.SMTPError
 	if errors.As(err, &se) && se.Code >= 500 {
-		return fmt.Errorf("lmtp %s: %d %d.%d.%d %s", step, se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		return fmt.Errorf("%d %d.%d.%d %s (LMTP %s)", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message, step)
 	}
 	return tempError{fmt.Errorf("lmtp %s: %w", step, err)}
 }

@@ -153,8 +153,8 @@ func (m *MTA) hostPolicy(r *relay, dp *domainPolicy, mx proto.MXHost) (*tlsPolic
 		}
 		return nil, tempfail(smtp.EnhancedCode{4, 7, 5}, nil, "MTA-STS required for %s, but it has no policy: %s", r.domain, why)
 	}
-	if dp.stsErr != nil {
-		m.recordTLS(base, stsResultType(dp.stsErr), mx.Host, "", dp.stsErr)
+	if rt := stsResultType(dp.stsErr); rt != "" {
+		m.recordTLS(base, rt, mx.Host, "", dp.stsErr)
 	}
 	return &tlsPolicy{name: policyOpportunistic, why: "no DANE or MTA-STS policy", names: []string{mx.Host}, secureName: mx.Secure, report: base}, nil
 }
@@ -315,13 +315,11 @@ func pkixResultType(err error) tlsrpt.ResultType {
 	return tlsrpt.ResultValidationFailure
 }
 
-// stsResultType classifies a failure to get an MTA-STS policy.
+// stsResultType classifies a failure to get an MTA-STS policy for
+// TLS-RPT (RFC 8460 §4.3.2.2): "" for one that is no policy failure,
+// such as a DNS timeout.
 func stsResultType(err error) tlsrpt.ResultType {
-	var fe *mtasts.FetchError
-	if errors.As(err, &fe) {
-		return tlsrpt.ResultType(fe.ResultType())
-	}
-	return tlsrpt.ResultSTSPolicyFetchError
+	return tlsrpt.ResultType(mtasts.ResultType(err))
 }
 
 // resolveDNS asks lookup for the records of name.
