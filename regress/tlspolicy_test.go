@@ -74,10 +74,12 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 		"insecure": {"127.0.0.53", "mx.insecure.test"}, "bogus": {"127.0.0.54", "mx.bogus.test"},
 		"stsgood": {"127.0.0.55", "mx.sts-good.test"}, "stsbad": {"127.0.0.56", "other.example"},
 	}
+	// the certificate at .55 serves a second exchanger name
+	extraNames := map[string][]string{"stsgood": {"mx2.sts-mixed.test"}}
 	issued := map[string]*x509.Certificate{}
 	var conf strings.Builder
 	for name, l := range listeners {
-		c, cert, key := ca.Issue(t, certs, l.certName)
+		c, cert, key := ca.Issue(t, certs, append([]string{l.certName}, extraNames[name]...)...)
 		issued[name] = c
 		fmt.Fprintf(&conf, "listen %q {\n  address = \"%s:%d\"\n  tls = \"starttls\"\n  cert = %q\n  key = %q\n}\n", name, l.ip, port, cert, key)
 	}
@@ -85,7 +87,7 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 
 	zones := []string{"secure.test", "badtlsa.test", "bogus.test", "dane-mixed.test", "insecure.test",
 		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "reports.test",
-		"forced.test", "plain.test"}
+		"forced.test", "plain.test", "sts-mixed.test"}
 	records := []string{
 		"secure.test. 300 IN MX 10 mx.secure.test.", "mx.secure.test. 300 IN A 127.0.0.51",
 		tlsaRecord(t, "mx.secure.test", port, issued["secure"]),
@@ -98,7 +100,15 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 		"dane-mixed.test. 300 IN MX 10 mx1.dane-mixed.test.", "dane-mixed.test. 300 IN MX 20 mx2.dane-mixed.test.",
 		"mx1.dane-mixed.test. 300 IN A 127.0.0.52", "mx2.dane-mixed.test. 300 IN A 127.0.0.51",
 		tlsaRecord(t, "mx1.dane-mixed.test", port, other), tlsaRecord(t, "mx2.dane-mixed.test", port, issued["secure"]),
-		`_smtp._tls.dane-mixed.test. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"`,
+		// DANE policies are the hosts': they ask for reports themselves
+		`_smtp._tls.mx1.dane-mixed.test. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"`,
+		`_smtp._tls.mx2.dane-mixed.test. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"`,
+		// sts-mixed.test: mx1 (.56) has a certificate for another
+		// name, mx2 (.55) one for its own: one report, both outcomes
+		"sts-mixed.test. 300 IN MX 10 mx1.sts-mixed.test.", "sts-mixed.test. 300 IN MX 20 mx2.sts-mixed.test.",
+		"mx1.sts-mixed.test. 300 IN A 127.0.0.56", "mx2.sts-mixed.test. 300 IN A 127.0.0.55",
+		`_mta-sts.sts-mixed.test. 300 IN TXT "v=STSv1; id=20261126"`, "mta-sts.sts-mixed.test. 300 IN A 127.0.0.58",
+		`_smtp._tls.sts-mixed.test. 300 IN TXT "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"`,
 		"reports.test. 300 IN MX 10 mx.reports.test.", "mx.reports.test. 300 IN A 127.0.0.59",
 		// unsigned, with destination blocks asking for DANE, and for no TLS
 		"forced.test. 300 IN MX 10 mx.forced.test.", "mx.forced.test. 300 IN A 127.0.0.53",
@@ -111,8 +121,8 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 		"sts-testing.test":  "mode: testing\nmx: mx.sts-testing.test",
 		"sts-strip.test":    "mode: enforce\nmx: *.sts-strip.test",
 	}
+	policyHosts := []string{"mta-sts.sts-mixed.test"}
 	stsIP := map[string]string{"sts-good.test": "127.0.0.55", "sts-mismatch.test": "127.0.0.56", "sts-outside.test": "127.0.0.55", "sts-testing.test": "127.0.0.56", "sts-strip.test": "127.0.0.57"}
-	var policyHosts []string
 	for d := range policies {
 		records = append(records,
 			fmt.Sprintf("%s. 300 IN MX 10 mx.%s.", d, d), fmt.Sprintf("mx.%s. 300 IN A %s", d, stsIP[d]),
@@ -150,7 +160,11 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 	}
 	hs := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		host, _, _ := net.SplitHostPort(r.Host)
-		p, ok := policies[strings.TrimPrefix(host, "mta-sts.")]
+		domain := strings.TrimPrefix(host, "mta-sts.")
+		p, ok := policies[domain]
+		if domain == "sts-mixed.test" {
+			p, ok = "mode: enforce\nmx: *.sts-mixed.test", true
+		}
 		if !ok || r.URL.Path != "/.well-known/mta-sts.txt" {
 			http.NotFound(rw, r)
 			return
@@ -335,18 +349,18 @@ func TestOutboundTLSPolicies(t *testing.T) {
 		submitTLS(t, w.out.SMTPAddr, "alice@out.example.net", rcpt, "Subject: to-"+rcpt+"\r\n\r\nbody of the message\r\n", false)
 	}
 	for _, d := range []string{"secure.test", "badtlsa.test", "insecure.test", "bogus.test", "dane-mixed.test",
-		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "forced.test", "plain.test"} {
+		"sts-good.test", "sts-mismatch.test", "sts-outside.test", "sts-testing.test", "sts-strip.test", "forced.test", "plain.test", "sts-mixed.test"} {
 		send("a@" + d)
 	}
 	// a message that asks for no TLS policy: delivered despite DANE
 	submitTLS(t, w.out.SMTPAddr, "alice@out.example.net", "optional@badtlsa.test", "TLS-Required: No\r\nSubject: to-optional@badtlsa.test\r\n\r\nreport\r\n", false)
 
 	t.Run("delivered", func(t *testing.T) {
-		w.rx.WaitMail(7, 60*time.Second)
+		w.rx.WaitMail(8, 60*time.Second)
 		for rcpt, policy := range map[string]string{
 			"a@secure.test": "policy=dane", "a@insecure.test": "policy=opportunistic", "a@dane-mixed.test": "policy=dane",
 			"a@sts-good.test": "policy=mta-sts", "a@sts-testing.test": "policy=mta-sts-testing", "a@plain.test": "tls=none policy=none",
-			"optional@badtlsa.test": "policy=opportunistic",
+			"optional@badtlsa.test": "policy=opportunistic", "a@sts-mixed.test": "policy=mta-sts",
 		} {
 			if len(mailWith(w.rx, "Subject: to-"+rcpt)) != 1 {
 				t.Errorf("<%s> not delivered", rcpt)

@@ -301,7 +301,7 @@ func (m *MTA) startTLS(c *client, r *relay, cd candidate, helo string) error {
 	pol, s := cd.policy, cd.tls
 	addr := cd.host.addr.String()
 	if c.tlsState != nil {
-		m.recordTLS(pol.report, "", cd.mx.Host, addr, nil)
+		m.recordSession(pol, "", cd.mx.Host, addr, nil)
 		return nil
 	}
 	if pol.name == policyNone {
@@ -309,11 +309,13 @@ func (m *MTA) startTLS(c *client, r *relay, cd candidate, helo string) error {
 	}
 	if ok, _ := c.Extension("STARTTLS"); !ok {
 		if pol.mustTLS {
-			m.recordTLS(pol.report, tlsrpt.ResultSTARTTLSNotSupported, cd.mx.Host, addr, nil)
+			m.recordSession(pol, tlsrpt.ResultSTARTTLSNotSupported, cd.mx.Host, addr, nil)
 			return tempfail(smtp.EnhancedCode{4, 7, 4}, nil, "TLS required by the %s policy (%s), but %s (%s) does not offer STARTTLS", pol.name, pol.why, cd.mx.Host, addr)
 		}
 		if pol.name == policySTSTesting {
-			m.recordTLS(pol.report, tlsrpt.ResultSTARTTLSNotSupported, cd.mx.Host, addr, nil)
+			m.recordSession(pol, tlsrpt.ResultSTARTTLSNotSupported, cd.mx.Host, addr, nil)
+		} else if pol.failure != "" {
+			m.recordSession(pol, "", cd.mx.Host, addr, nil)
 		}
 		// opportunistic TLS falls back to plain text: say so
 		m.stats.Increment("mta.plaintext", 1)
@@ -321,15 +323,15 @@ func (m *MTA) startTLS(c *client, r *relay, cd candidate, helo string) error {
 		return nil
 	}
 	if err := c.startTLS(m.tlsConfig(pol, cd.mx, s)); err != nil {
-		m.recordTLS(pol.report, tlsResultType(s, pol, err), cd.mx.Host, addr, err)
+		m.recordSession(pol, tlsResultType(s, pol, err), cd.mx.Host, addr, err)
 		return tempfail(smtp.EnhancedCode{4, 7, 5}, err, "STARTTLS with %s (%s) under the %s policy (%s) failed", cd.mx.Host, addr, pol.name, pol.why)
 	}
 	if pol.name == policySTSTesting && s.pkixErr != nil {
 		// testing: deliver, but tell the domain (RFC 8461 §5)
-		m.recordTLS(pol.report, pkixResultType(s.pkixErr), cd.mx.Host, addr, s.pkixErr)
+		m.recordSession(pol, pkixResultType(s.pkixErr), cd.mx.Host, addr, s.pkixErr)
 		m.child.Log.Infof("%s (%s) fails the MTA-STS policy of %s in testing mode: %v", cd.mx.Host, addr, r.domain, s.pkixErr)
 	} else {
-		m.recordTLS(pol.report, "", cd.mx.Host, addr, nil)
+		m.recordSession(pol, "", cd.mx.Host, addr, nil)
 	}
 	if err := c.Hello(helo); err != nil {
 		return tempfail(smtp.EnhancedCode{4, 4, 2}, err, "EHLO after STARTTLS with %s failed", addr)

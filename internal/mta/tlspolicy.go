@@ -53,8 +53,12 @@ type tlsPolicy struct {
 	// §4.2.1).
 	secureName bool
 	// report is the policy as TLS-RPT describes it, nil when sessions
-	// are not counted (smarthosts).
-	report *tlsrpt.Result
+	// are not counted (smarthosts); failure, when set, is what the
+	// session counts as whatever its handshake gives: a testing policy
+	// that does not list the host, a policy that could not be had.
+	report     *tlsrpt.Result
+	failure    tlsrpt.ResultType
+	failureErr error
 }
 
 // domainPolicy is what a relay's domain says of TLS before its hosts
@@ -138,11 +142,13 @@ func (m *MTA) hostPolicy(r *relay, dp *domainPolicy, mx proto.MXHost) (*tlsPolic
 			p.name, p.mustTLS, p.verifyPKIX = policySTSTesting, false, false
 		}
 		if !dp.sts.Match(mx.Host) {
-			m.recordTLS(p.report, tlsrpt.ResultValidationFailure, mx.Host, "", fmt.Errorf("%s is not an MX of the MTA-STS policy", mx.Host))
+			notListed := fmt.Errorf("%s is not an MX of the MTA-STS policy", mx.Host)
 			if !testing {
+				m.recordTLS(p.report, tlsrpt.ResultValidationFailure, mx.Host, "", notListed)
 				return nil, tempfail(smtp.EnhancedCode{4, 7, 5}, nil, "MTA-STS policy of %s (id %s) does not list %s among its MX hosts %v", r.domain, dp.sts.ID, mx.Host, dp.sts.MX)
 			}
 			p.secureName = false
+			p.failure, p.failureErr = tlsrpt.ResultValidationFailure, notListed
 		}
 		return p, nil
 	}
@@ -153,10 +159,12 @@ func (m *MTA) hostPolicy(r *relay, dp *domainPolicy, mx proto.MXHost) (*tlsPolic
 		}
 		return nil, tempfail(smtp.EnhancedCode{4, 7, 5}, nil, "MTA-STS required for %s, but it has no policy: %s", r.domain, why)
 	}
+	p := &tlsPolicy{name: policyOpportunistic, why: "no DANE or MTA-STS policy", names: []string{mx.Host}, secureName: mx.Secure, report: base}
 	if rt := stsResultType(dp.stsErr); rt != "" {
-		m.recordTLS(base, rt, mx.Host, "", dp.stsErr)
+		// announced but not to be had (RFC 8460 §4.3.2.2)
+		p.failure, p.failureErr = rt, dp.stsErr
 	}
-	return &tlsPolicy{name: policyOpportunistic, why: "no DANE or MTA-STS policy", names: []string{mx.Host}, secureName: mx.Secure, report: base}, nil
+	return p, nil
 }
 
 // danePolicy looks up the TLSA records of an exchanger whose MX and
@@ -169,7 +177,9 @@ func (m *MTA) danePolicy(r *relay, mx proto.MXHost) (*tlsPolicy, error) {
 	port, _ := strconv.Atoi(m.port(r))
 	name := dane.TLSAName(mx.Host, port)
 	res, err := m.resolveDNS(name, mdns.TypeTLSA)
-	report := &tlsrpt.Result{PolicyDomain: r.domain, PolicyType: tlsrpt.PolicyTLSA, MXHost: mx.Host}
+	// a DANE policy is the MX host's: its reports go to the host's
+	// domain, the TLSA base domain (RFC 8460 §3)
+	report := &tlsrpt.Result{PolicyDomain: mx.Host, PolicyType: tlsrpt.PolicyTLSA, MXHost: mx.Host}
 	switch {
 	case err != nil || res.Status == proto.StatusTempfail:
 		if err == nil {
@@ -196,8 +206,9 @@ func (m *MTA) danePolicy(r *relay, mx proto.MXHost) (*tlsPolicy, error) {
 	p := &tlsPolicy{
 		name: policyDANE, why: fmt.Sprintf("%d TLSA records of %s (DNSSEC)", len(rrs), name),
 		mustTLS: true, dane: len(usable) > 0, tlsa: usable, secureName: true,
-		// the TLSA base domain and the MX host name (RFC 7672 §3.2.2);
-		// mx.Host is already the name after any CNAME
+		// the TLSA base domain, which is the MX host name here (mx.Host
+		// is already the name after any CNAME), and the next-hop
+		// domain, which RFC 7672 §3.2.2 also accepts
 		names: []string{mx.Host, r.domain}, report: report,
 	}
 	if len(usable) == 0 {

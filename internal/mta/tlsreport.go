@@ -113,6 +113,17 @@ func (m *MTA) recordTLS(report *tlsrpt.Result, result tlsrpt.ResultType, mxName,
 	m.tlsrpt.Record(r)
 }
 
+// recordSession counts the outcome of one session's TLS under its
+// policy, once: a failure the policy already holds (a testing policy
+// that does not list the host, a policy not to be had) wins over the
+// handshake's success, since the session did not meet the policy.
+func (m *MTA) recordSession(p *tlsPolicy, result tlsrpt.ResultType, mxName, addr string, err error) {
+	if result == "" && p.failure != "" {
+		result, err = p.failure, p.failureErr
+	}
+	m.recordTLS(p.report, result, mxName, addr, err)
+}
+
 // sendTLSReports reports every finished day to the domains that ask for
 // reports (RFC 8460 §3), and with today the day so far too: then the
 // rest of today is not counted. It returns a line per report.
