@@ -4,7 +4,9 @@ import "os"
 
 // SMTPAuthQuery asks lookup about an authenticated user of a listener:
 // whether Value is the user's password (What "password"), or a sender
-// address the user may use in MAIL FROM (What "sender").
+// address the user may use in MAIL FROM (What "sender"); or about a
+// client: whether the client address Value may use ETRN (What "etrn",
+// no User), by the listener's etrn table.
 type SMTPAuthQuery struct {
 	What, Listener, User, Value string
 }

@@ -92,6 +92,12 @@ const (
 	TypeLookupDNSResult
 	TypeMTAReportSubmit
 	TypeQueueReportQueued
+	TypeSMTPDomainSchedule
+	TypeQueueDomainScheduled
+	TypeQueueDomainFlush
+	TypeParentListenerCertificate
+	TypeParentDrain
+	TypeSMTPDrained
 	typeEnd
 )
 

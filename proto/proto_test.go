@@ -107,6 +107,12 @@ func samples(t *testing.T) []struct {
 		{ProcLookup, ProcMTA, &LookupDNSResult{Outcome: Outcome{Status: StatusOK}, Secure: true, Records: []string{"_25._tcp.mx.example.test.\t300\tIN\tTLSA\t3 1 1 abcd"}}},
 		{ProcMTA, ProcQueue, NewMTAReportSubmit("", []string{"tlsrpt@example.test"}, f)},
 		{ProcQueue, ProcMTA, &QueueReportQueued{Outcome{Status: StatusTempfail, Text: "451 4.3.0 no"}}},
+		{ProcSMTP, ProcQueue, &SMTPDomainSchedule{Domain: "backup.example.test", Subdomains: true}},
+		{ProcQueue, ProcSMTP, &QueueDomainScheduled{Messages: 3, Envelopes: 5}},
+		{ProcQueue, ProcMTA, &QueueDomainFlush{Domain: "backup.example.test", Subdomains: true}},
+		{ProcParent, ProcSMTP, &ParentListenerCertificate{Listener: "mx", CertPEM: []byte("-----BEGIN CERTIFICATE-----\n"), KeyPEM: []byte("-----BEGIN EC PRIVATE KEY-----\n")}},
+		{ProcParent, ProcSMTP, &ParentDrain{Timeout: 30 * time.Second}},
+		{ProcSMTP, ProcParent, &SMTPDrained{Cut: 2}},
 		{ProcParent, ProcMFA, NewParentMilterSocket(f)},
 		{ProcParent, ProcMFA, &ParentMilterRefused{Text: "dial unix /run/opendkim/opendkim.sock: connection refused"}},
 	}

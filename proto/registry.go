@@ -134,6 +134,14 @@ var registry = [...]spec{
 	TypeLookupDNSResult:     {"LookupDNSResult", func() Message { return &LookupDNSResult{} }, one(procs(ProcLookup), procs(ProcMTA))},
 	TypeMTAReportSubmit:     {"MTAReportSubmit", func() Message { return &MTAReportSubmit{} }, one(procs(ProcMTA), procs(ProcQueue))},
 	TypeQueueReportQueued:   {"QueueReportQueued", func() Message { return &QueueReportQueued{} }, one(procs(ProcQueue), procs(ProcMTA))},
+
+	TypeSMTPDomainSchedule:   {"SMTPDomainSchedule", func() Message { return &SMTPDomainSchedule{} }, one(procs(ProcSMTP), procs(ProcQueue))},
+	TypeQueueDomainScheduled: {"QueueDomainScheduled", func() Message { return &QueueDomainScheduled{} }, one(procs(ProcQueue), procs(ProcSMTP))},
+	TypeQueueDomainFlush:     {"QueueDomainFlush", func() Message { return &QueueDomainFlush{} }, one(procs(ProcQueue), procs(ProcMTA))},
+
+	TypeParentListenerCertificate: {"ParentListenerCertificate", func() Message { return &ParentListenerCertificate{} }, one(procs(ProcParent), procs(ProcSMTP))},
+	TypeParentDrain:               {"ParentDrain", func() Message { return &ParentDrain{} }, one(procs(ProcParent), procs(ProcSMTP))},
+	TypeSMTPDrained:               {"SMTPDrained", func() Message { return &SMTPDrained{} }, one(procs(ProcSMTP), procs(ProcParent))},
 }
 
 // lookupSpec returns the registry entry of t, or false for an unknown type.

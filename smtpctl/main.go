@@ -37,8 +37,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfgPath := fs.String("f", "", "configuration `file` to read the control socket path from")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: smtpctl [-s socket] [-f file] show stats|hosts|relays|routes|queue")
-		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] schedule|remove ID|all, schedule domain [@]DOMAIN")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] pause|resume envelope ID|all, pause|resume smtp|mda|mta")
+		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] flush, flush -t TIMEOUT")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] update table NAME")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] show envelope ID|message ID|status|stats --json, monitor")
 		fmt.Fprintln(stderr, "       smtpctl [-s socket] [-f file] log brief|verbose, trace|untrace SUBSYSTEM")
@@ -60,6 +61,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	env.arg = arg
 	if err := cmd(env, stdout); err != nil {
+		var st exitStatus
+		if errors.As(err, &st) {
+			// a status that is an answer, such as flush's 75
+			if st.msg != "" {
+				fmt.Fprintf(stderr, "smtpctl: %s\n", st.msg)
+			}
+			return st.code
+		}
 		fmt.Fprintf(stderr, "smtpctl: %v\n", err)
 		return 1
 	}
@@ -109,6 +118,9 @@ var commands = map[string]command{
 	},
 	"show queue":                showQueue,
 	"schedule <id>":             queueOp("schedule"),
+	"schedule domain <id>":      scheduleDomain,
+	"flush":                     flush,
+	"flush -t <id>":             flush,
 	"remove <id>":               queueOp("remove"),
 	"pause envelope <id>":       queueOp("pause"),
 	"resume envelope <id>":      queueOp("resume"),
@@ -258,6 +270,17 @@ func queueOp(op string) command {
 		}
 		return printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: op, Target: env.arg}}, out)
 	}
+}
+
+// scheduleDomain asks queue to try at once the relayed mail waiting for
+// a domain, and with "@domain" for the domains below it too, as a
+// client's ETRN would (RFC 1985); mta forgets the failures of the
+// domain's exchangers first.
+func scheduleDomain(env *cmdEnv, out io.Writer) error {
+	if d := strings.TrimPrefix(env.arg, "@"); d == "" || strings.ContainsAny(d, "@ \t") || strings.HasPrefix(d, ".") {
+		return fmt.Errorf("schedule domain: %q is not a domain or @domain", env.arg)
+	}
+	return printLines(env.socket, &proto.ControlQueue{QueueOp: proto.QueueOp{Op: "schedule-domain", Target: env.arg}}, out)
 }
 
 // showMTA prints the mta's live objects of a kind, one per line.

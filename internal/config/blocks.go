@@ -67,14 +67,32 @@ type Listener struct {
 	// ProxyTrusted, if set, are the load balancers allowed to give the
 	// client's address in a PROXY protocol header (proxy_protocol).
 	ProxyTrusted []netip.Prefix
-	Range        hcl.Range
+	// ETRN, if set, is the table of the clients that may start the
+	// delivery of the mail waiting for their domain with ETRN (RFC
+	// 1985); see listenSchema.
+	ETRN  *Table
+	Range hcl.Range
 }
 
+// listenSchema are the attributes of a listen block.
+//
+// etrn = table.NAME offers ETRN (RFC 1985) on the listener: the EHLO
+// reply lists it, and a client whose address is in the table may ask
+// with "ETRN example.org" (or "ETRN @example.org", the domain and
+// those below it) that the relayed mail waiting for that domain be
+// tried at once. The table holds client addresses and networks
+// ("192.0.2.7", "2001:db8::/32"), the form of a match rule's from
+// table, and is looked up the same way (lookup's tableHasIP): a list,
+// a table file of such lines, or any backend that answers netaddr
+// lookups; an inline list (etrn = ["192.0.2.7"]) works too. Any other
+// client is answered 459 (node not allowed); without etrn the command
+// is not offered and is answered 502. Queue names ("ETRN #queue") are
+// not supported. SMTP listeners only: LMTP has no use for it.
 var listenSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "address", Required: true}, {Name: "tls"}, {Name: "cert"}, {Name: "key"},
 	{Name: "hostname"}, {Name: "auth"}, {Name: "auth_table"}, {Name: "protocol"},
 	{Name: "senders"}, {Name: "filters"}, {Name: "checks"}, {Name: "dnsbl"}, {Name: "dnswl"}, {Name: "dns_failure"},
-	{Name: "proxy_protocol"}, {Name: "proxy_trusted"},
+	{Name: "proxy_protocol"}, {Name: "proxy_trusted"}, {Name: "etrn"},
 }}
 
 func (d *decoder) listener(b *hcl.Block) {
@@ -143,6 +161,12 @@ func (d *decoder) listener(b *hcl.Block) {
 	}
 	l.AuthTable = d.tableRef(attrs, "auth_table", "listen "+l.Name+" auth_table")
 	l.Senders = d.tableRef(attrs, "senders", "listen "+l.Name+" senders")
+	// the clients of ETRN are addresses and networks, as the clients
+	// of a match rule's from table: a table reference or an inline list
+	l.ETRN = d.tableRef(attrs, "etrn", "listen "+l.Name+" etrn")
+	if l.ETRN != nil && l.Protocol == "lmtp" {
+		d.errorf(attrs["etrn"].NameRange, "ETRN on an LMTP listener", "etrn applies to SMTP listeners only; LMTP (RFC 2033) takes final deliveries.")
+	}
 	switch {
 	case l.Auth != AuthNone && l.TLS == TLSNone:
 		d.errorf(attrs["auth"].Expr.Range(), "AUTH without TLS", "Listener %q offers AUTH but no TLS; passwords would cross the network in clear.", l.Name)
@@ -227,6 +251,9 @@ const (
 	LMTP    Method = "lmtp"
 	MDA     Method = "mda"
 	Relay   Method = "relay"
+	// Externals sends mail on by running external commands in turn
+	// (external blocks), as extsmail does.
+	Externals Method = "externals"
 )
 
 // Action is an action block: what happens to the recipients a match
@@ -255,12 +282,17 @@ type Action struct {
 	// Sign are the DKIM keys that sign mail received for this action;
 	// Seal the key that adds an ARC set (RFC 8617) to it, for mail
 	// forwarded on, so that its authentication survives the hop.
-	Sign  []*DKIMKey
-	Seal  *DKIMKey
-	Range hcl.Range
+	Sign []*DKIMKey
+	Seal *DKIMKey
+	// Externals are the commands of an externals action, tried in
+	// order; Routes choose other lists by header (ExternalsFor).
+	Externals []*ExternalCommand
+	Routes    []Route
+	Range     hcl.Range
 }
 
-var actionSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+var actionSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "route"}}, Attributes: []hcl.AttributeSchema{
+	{Name: string(Externals)},
 	{Name: string(Maildir)}, {Name: string(Mbox)}, {Name: string(LMTP)}, {Name: string(MDA)}, {Name: string(Relay)},
 	{Name: "alias"}, {Name: "virtual"}, {Name: "userbase"}, {Name: "user"},
 	{Name: "helo"}, {Name: "source"}, {Name: "credentials"}, {Name: "tls"}, {Name: "backup"},
@@ -280,20 +312,27 @@ func (d *decoder) action(b *hcl.Block) {
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
 	var methods []string
-	for _, m := range []Method{Maildir, Mbox, LMTP, MDA, Relay} {
+	for _, m := range []Method{Maildir, Mbox, LMTP, MDA, Relay, Externals} {
 		if attrs[string(m)] != nil {
 			methods = append(methods, string(m))
 		}
 	}
 	if len(methods) != 1 {
-		d.errorf(b.DefRange, "Invalid action", "Action %q needs exactly one of maildir, mbox, lmtp, mda or relay; it has %s.", a.Name, describe(methods))
+		d.errorf(b.DefRange, "Invalid action", "Action %q needs exactly one of maildir, mbox, lmtp, mda, relay or externals; it has %s.", a.Name, describe(methods))
 		return
 	}
 	a.Method = Method(methods[0])
+	if a.Method == Externals {
+		d.actionExternals(a, attrs, content.Blocks)
+	} else {
+		d.routesOutside(a, content.Blocks)
+	}
 	if a.Method == Relay {
 		d.relay(a, attrs)
 	} else {
-		a.Target = d.target(a.Method, attrs[methods[0]])
+		if a.Method != Externals {
+			a.Target = d.target(a.Method, attrs[methods[0]])
+		}
 		for _, opt := range []string{"helo", "source", "credentials", "tls", "backup"} {
 			if attrs[opt] != nil {
 				d.errorf(attrs[opt].NameRange, "Relay option in a local action", "%s applies to relay actions only.", opt)

@@ -38,7 +38,7 @@ type Config struct {
 	ControlSocket string
 	// User runs smtp, mfa, lookup, mta and control; QueueUser runs queue.
 	User, QueueUser string
-	// EmptyDir is the chroot of smtp, mfa, mta and control.
+	// EmptyDir is the chroot of smtp, mfa and control.
 	EmptyDir string
 	// Resolvers are the DNS servers (host:port); empty means those of
 	// /etc/resolv.conf.
@@ -80,6 +80,9 @@ type Config struct {
 	// DKIMKeys are the dkim blocks; SRS is the srs block, or nil.
 	DKIMKeys []*DKIMKey
 	SRS      *SRS
+	// Externals are the external blocks: commands that externals
+	// actions send mail on with.
+	Externals []*ExternalCommand
 }
 
 // Limits bounds what clients and the queue may do.
@@ -113,6 +116,11 @@ type Limits struct {
 	// RetryBase is the unit of the retry backoff: the n-th retry comes
 	// RetryBase x n² after the failure before it.
 	RetryBase time.Duration
+	// DrainTimeout is how long a stop (SIGTERM, SIGINT) waits for the
+	// sessions receiving a message to finish it, once the listeners are
+	// closed and the idle sessions sent away with 421; 0 stops at once,
+	// cutting them (their clients retry, nothing acknowledged is lost).
+	DrainTimeout time.Duration
 }
 
 // DefaultLimits are the limits of an empty limits block.
@@ -129,6 +137,7 @@ func DefaultLimits() Limits {
 		QueueExpire:       4 * 24 * time.Hour,
 		BounceWarn:        4 * time.Hour,
 		RetryBase:         time.Minute,
+		DrainTimeout:      30 * time.Second,
 	}
 }
 

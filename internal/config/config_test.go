@@ -205,6 +205,8 @@ action "local" { mbox = true }
 		{"bad destination tls", base + "destination \"a.example\" {\n  tls = \"dnssec\"\n}\n", 4, "Invalid TLS policy"},
 		{"bad report sender", base + "tls_reports {\n  from = \"nobody\"\n}\n", 4, "not a mail address"},
 		{"bad mta-sts port", "mta_sts_port = 0\n" + base, 1, "not a port number"},
+		{"etrn on lmtp", "listen \"lm\" {\n  address = \"127.0.0.1:24\"\n  protocol = \"lmtp\"\n  etrn = [\"127.0.0.1\"]\n}\n", 4, "ETRN on an LMTP listener"},
+		{"etrn of a missing table", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  etrn = table.nope\n}\n", 3, `There is no table "nope"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -436,5 +438,35 @@ func TestOutboundTLSSettings(t *testing.T) {
 					cfg.ResolverValidates, cfg.MTAStateDir, cfg.MTASTSPort, cfg.CAFile, cfg.TLSReports)
 			}
 		})
+	}
+}
+
+// TestETRN: a listener's etrn attribute is a table of client addresses
+// and networks, by reference or inline; without it ETRN is off.
+func TestETRN(t *testing.T) {
+	p := write(t, t.TempDir(), "smtpd.conf", `
+table "sites" { list = ["192.0.2.7", "2001:db8::/32"] }
+listen "mx" {
+  address = "127.0.0.1:25"
+  etrn    = table.sites
+}
+listen "inline" {
+  address = "127.0.0.1:26"
+  etrn    = ["10.0.0.0/8"]
+}
+listen "off" { address = "127.0.0.1:27" }
+`)
+	cfg, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := cfg.Listeners[0]; l.ETRN == nil || l.ETRN.Name != "sites" {
+		t.Errorf("mx etrn = %+v, want table sites", l.ETRN)
+	}
+	if l := cfg.Listeners[1]; l.ETRN == nil || !l.ETRN.Inline {
+		t.Errorf("inline etrn = %+v, want an inline table", l.ETRN)
+	}
+	if l := cfg.Listeners[2]; l.ETRN != nil {
+		t.Errorf("off etrn = %+v, want none", l.ETRN)
 	}
 }

@@ -59,6 +59,7 @@ var fileSchema = &hcl.BodySchema{
 		{Type: "dkim", LabelNames: []string{"name"}},
 		{Type: "srs"},
 		{Type: "tls_reports"},
+		{Type: "external", LabelNames: []string{"name"}},
 	},
 }
 
@@ -175,6 +176,11 @@ func (d *decoder) file(body hcl.Body) {
 	}
 	d.ctx.Variables["dkim"] = d.dkimRefs()
 	d.single(byType["srs"], d.srs)
+	d.named(byType["external"], "external")
+	for _, b := range byType["external"] {
+		d.externalBlock(b)
+	}
+	d.ctx.Variables["external"] = d.externalRefs()
 	d.named(byType["action"], "action")
 	for _, b := range byType["action"] {
 		d.action(b)
@@ -264,6 +270,7 @@ var limitsSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 	{Name: "sessions"}, {Name: "sessions_per_ip"}, {Name: "auth_failures_per_ip"}, {Name: "line_length"},
 	{Name: "command_timeout"}, {Name: "session_timeout"},
 	{Name: "queue_expire"}, {Name: "bounce_warn"}, {Name: "retry_base"},
+	{Name: "drain_timeout"},
 }}
 
 func (d *decoder) limits(b *hcl.Block) {
@@ -318,6 +325,16 @@ func (d *decoder) limits(b *hcl.Block) {
 			d.errorf(attrs[dur.name].Expr.Range(), "Invalid duration", "%v.", err)
 		}
 		*dur.dst = v
+	}
+	// unlike the other durations drain_timeout may be 0: a stop that
+	// does not wait for the sessions, as before the drain existed
+	var drain string
+	if d.decode(attrs, "drain_timeout", &drain) {
+		v, err := parseDuration(drain)
+		if err != nil {
+			d.errorf(attrs["drain_timeout"].Expr.Range(), "Invalid duration", "%v.", err)
+		}
+		l.DrainTimeout = v
 	}
 }
 
@@ -393,7 +410,7 @@ func (d *decoder) refsKnown(expr hcl.Expression) bool {
 	for _, tr := range expr.Variables() {
 		root := tr.RootName()
 		refs, isRef := d.ctx.Variables[root]
-		if (root != "table" && root != "action" && root != "filter" && root != "dkim") || len(tr) < 2 {
+		if (root != "table" && root != "action" && root != "filter" && root != "dkim" && root != "external") || len(tr) < 2 {
 			continue
 		}
 		attr, isAttr := tr[1].(hcl.TraverseAttr)

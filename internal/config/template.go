@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/function"
 	"github.com/zclconf/go-cty/cty/function/stdlib"
 
@@ -57,6 +58,7 @@ func templateFuncs() map[string]function.Function {
 		"upper":   stdlib.UpperFunc,
 		"substr":  stdlib.SubstrFunc,
 		"replace": stdlib.ReplaceFunc,
+		"shquote": shquoteFunc(),
 	}
 }
 
@@ -127,11 +129,59 @@ func (t *Template) Eval(vars TemplateVars) (string, error) {
 }
 
 // Argv evaluates a command template into its arguments without a shell:
-// the template is split into words at white space (single and double
-// quotes group, a backslash escapes), and each interpolated value stays
-// inside the word it is written in, whatever it contains. An address
-// such as "<;sleep 66;>" can so never become a command (CVE-2020-7247).
+// the template's literal text is split into words at white space (single
+// and double quotes group, a backslash escapes), and each interpolated
+// value goes whole into the word it is written in, whatever it contains.
+// An address such as "<;sleep 66;>" can so never become a command
+// (CVE-2020-7247). Functions see the values themselves, so that
+// ${shquote(sender.address)} quotes an address for the shell that runs
+// a command on the far side of ssh.
 func (t *Template) Argv(vars TemplateVars) ([]string, error) {
+	var parts []hclsyntax.Expression
+	switch e := t.expr.(type) {
+	case *hclsyntax.TemplateExpr:
+		parts = e.Parts
+	case *hclsyntax.TemplateWrapExpr:
+		parts = []hclsyntax.Expression{e}
+	default:
+		// not a quoted template: no literal text to split apart from
+		// the values
+		return t.argvMarked(vars)
+	}
+	ctx := vars.evalContext()
+	var w wordSplitter
+	for _, p := range parts {
+		if lit, ok := p.(*hclsyntax.LiteralValueExpr); ok && lit.Val.Type() == cty.String {
+			w.text(lit.Val.AsString())
+			continue
+		}
+		v, diags := p.Value(ctx)
+		if diags.HasErrors() {
+			return nil, fmt.Errorf("config: template %s: %s", t.Source, diags.Error())
+		}
+		if v.IsNull() || !v.IsWhollyKnown() {
+			return nil, fmt.Errorf("config: template %s: a value is null", t.Source)
+		}
+		sv, err := convert.Convert(v, cty.String)
+		if err != nil {
+			return nil, fmt.Errorf("config: template %s: %v", t.Source, err)
+		}
+		w.value(sv.AsString())
+	}
+	words, err := w.words()
+	if err != nil {
+		return nil, fmt.Errorf("config: command %s: %w", t.Source, err)
+	}
+	if len(words) == 0 {
+		return nil, fmt.Errorf("config: command %s is empty", t.Source)
+	}
+	return words, nil
+}
+
+// argvMarked is Argv for an expression that is not a quoted template:
+// the values are evaluated as markers, the result split, and the
+// markers replaced by the values, which so stay inside their words.
+func (t *Template) argvMarked(vars TemplateVars) ([]string, error) {
 	var values []string
 	mark := func(s string) string {
 		values = append(values, s)
@@ -176,40 +226,83 @@ func (t *Template) Argv(vars TemplateVars) ([]string, error) {
 // quotes and backslashes but nothing else: no variables, globs or
 // redirections.
 func SplitWords(s string) ([]string, error) {
-	var words []string
-	var cur strings.Builder
-	inWord := false
-	var quote rune
-	escaped := false
+	var w wordSplitter
+	w.text(s)
+	return w.words()
+}
+
+// wordSplitter splits text into words as SplitWords does, with values
+// put into the current word as they are.
+type wordSplitter struct {
+	out     []string
+	cur     strings.Builder
+	inWord  bool
+	quote   rune
+	escaped bool
+}
+
+func (w *wordSplitter) text(s string) {
 	for _, c := range s {
 		switch {
-		case escaped:
-			cur.WriteRune(c)
-			escaped = false
-		case c == '\\' && quote != '\'':
-			escaped, inWord = true, true
-		case quote != 0 && c == quote:
-			quote = 0
-		case quote != 0:
-			cur.WriteRune(c)
+		case w.escaped:
+			w.cur.WriteRune(c)
+			w.escaped = false
+		case c == '\\' && w.quote != '\'':
+			w.escaped, w.inWord = true, true
+		case w.quote != 0 && c == w.quote:
+			w.quote = 0
+		case w.quote != 0:
+			w.cur.WriteRune(c)
 		case c == '\'' || c == '"':
-			quote, inWord = c, true
+			w.quote, w.inWord = c, true
 		case c == ' ' || c == '\t' || c == '\n':
-			if inWord {
-				words = append(words, cur.String())
-				cur.Reset()
-				inWord = false
+			if w.inWord {
+				w.out = append(w.out, w.cur.String())
+				w.cur.Reset()
+				w.inWord = false
 			}
 		default:
-			cur.WriteRune(c)
-			inWord = true
+			w.cur.WriteRune(c)
+			w.inWord = true
 		}
 	}
-	if quote != 0 || escaped {
+}
+
+// value adds s to the current word, which it makes a word even if s is
+// empty; a backslash just before it escapes nothing.
+func (w *wordSplitter) value(s string) {
+	w.escaped = false
+	w.cur.WriteString(s)
+	w.inWord = true
+}
+
+func (w *wordSplitter) words() ([]string, error) {
+	if w.quote != 0 || w.escaped {
 		return nil, errors.New("unterminated quote or escape")
 	}
-	if inWord {
-		words = append(words, cur.String())
+	if w.inWord {
+		w.out = append(w.out, w.cur.String())
+		w.cur.Reset()
+		w.inWord = false
 	}
-	return words, nil
+	return w.out, nil
+}
+
+// ShellQuote quotes s as one word for a POSIX shell: in single quotes,
+// each single quote of s ending the quoted part, escaped with a
+// backslash, and starting the next. It is the shquote function of
+// templates.
+func ShellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// shquoteFunc is the template function shquote(s), ShellQuote.
+func shquoteFunc() function.Function {
+	return function.New(&function.Spec{
+		Params: []function.Parameter{{Name: "s", Type: cty.String}},
+		Type:   function.StaticReturnType(cty.String),
+		Impl: func(args []cty.Value, _ cty.Type) (cty.Value, error) {
+			return cty.StringVal(ShellQuote(args[0].AsString())), nil
+		},
+	})
 }

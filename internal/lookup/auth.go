@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/GehirnInc/crypt"
@@ -101,6 +102,25 @@ func (r *Resolver) SenderAllowed(listener, user, sender string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// ETRNAllowed reports whether the client at remote (an IP address) may
+// use ETRN (RFC 1985) on the listener: whether the listener's etrn table
+// holds the address or a network around it, looked up as a match rule's
+// from table is. Without an etrn table nobody may. An error means the
+// table cannot tell now.
+func (r *Resolver) ETRNAllowed(listener, remote string) (bool, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	l := r.listener(listener)
+	if l == nil || l.ETRN == nil {
+		return false, nil
+	}
+	ip, err := netip.ParseAddr(remote)
+	if err != nil {
+		return false, nil
+	}
+	return r.tableHasIP(l.ETRN, ip)
 }
 
 func (r *Resolver) listener(name string) *config.Listener {

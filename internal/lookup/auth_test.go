@@ -80,3 +80,39 @@ match {
 		}
 	}
 }
+
+// TestETRNAllowed: the etrn table of a listener holds the addresses and
+// networks of the clients that may use ETRN; other listeners allow none.
+func TestETRNAllowed(t *testing.T) {
+	r := resolver(t, `
+table "sites" { list = ["192.0.2.7", "2001:db8::/32"] }
+listen "mx" {
+  address = "127.0.0.1:25"
+  etrn    = table.sites
+}
+listen "plain" { address = "127.0.0.1:26" }
+action "local" {
+  maildir = true
+}
+match {
+  action = action.local
+}
+`)
+	for _, tt := range []struct {
+		listener, remote string
+		ok               bool
+	}{
+		{"mx", "192.0.2.7", true},
+		{"mx", "::ffff:192.0.2.7", true},
+		{"mx", "2001:db8::25", true},
+		{"mx", "192.0.2.8", false},
+		{"mx", "not an address", false},
+		{"mx", "", false},
+		{"plain", "192.0.2.7", false},
+		{"nosuch", "192.0.2.7", false},
+	} {
+		if got, err := r.ETRNAllowed(tt.listener, tt.remote); got != tt.ok || err != nil {
+			t.Errorf("ETRNAllowed(%s, %q) = %v, %v; want %v", tt.listener, tt.remote, got, err, tt.ok)
+		}
+	}
+}

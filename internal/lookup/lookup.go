@@ -252,6 +252,15 @@ func authAnswer(r *Resolver, c *privsep.Child, q *proto.SMTPAuthQuery) *proto.Lo
 		if ok {
 			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
 		}
+	case "etrn":
+		ok, err := r.ETRNAllowed(q.Listener, q.Value)
+		if err != nil {
+			c.Log.Warnf("etrn clients of %s: %v", q.Listener, err)
+			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusTempfail, Text: "etrn clients cannot be checked"}}
+		}
+		if ok {
+			return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusOK}}
+		}
 	}
 	return &proto.LookupAuthResult{Outcome: proto.Outcome{Status: proto.StatusPermfail}}
 }

@@ -206,11 +206,24 @@ func (x *expansion) address(s string, depth int) error {
 		x.out = append(x.out, d)
 		return nil
 	}
+	if act.Method == config.Externals {
+		// sent on by the action's commands, run as its user: the
+		// address is someone else's, kept whole (tag and case) for them
+		if _, err := x.r.account(act, act.User); err != nil {
+			return fmt.Errorf("lookup: action %s: %w", act.Name, err)
+		}
+		x.out = append(x.out, proto.Destination{
+			Kind: string(envelope.MDA), Rule: uint32(idx), Action: act.Name,
+			Dest: a.String(), User: act.User,
+		})
+		return nil
+	}
 	if act.Virtual != nil {
 		return x.virtual(idx, act, a, depth)
 	}
 	if act.Alias != nil {
 		user, _ := a.Base()
+		x.seen["alias:"+act.Name+":"+strings.ToLower(user)] = true
 		v, ok, err := x.r.tableLookup(act.Alias, table.Alias, strings.ToLower(user))
 		if err != nil {
 			return err
@@ -285,12 +298,35 @@ func (x *expansion) targets(idx int, act *config.Action, orig address.Address, v
 				return err
 			}
 		default:
-			if err := x.local(idx, act, address.Address{User: t, Domain: orig.Domain}, depth+1, true); err != nil {
+			if err := x.aliasedUser(idx, act, address.Address{User: t, Domain: orig.Domain}, depth+1); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// aliasedUser expands a bare user name an alias gives: through the
+// aliases again when it has an entry of its own (postmaster: root,
+// root: alice), as sendmail and OpenSMTPD do, else to the user. A name
+// met again on the way is the user itself, which ends a loop such as
+// root: root, alice.
+func (x *expansion) aliasedUser(idx int, act *config.Action, a address.Address, depth int) error {
+	if act.Alias != nil {
+		name := strings.ToLower(a.User)
+		key := "alias:" + act.Name + ":" + name
+		if !x.seen[key] {
+			x.seen[key] = true
+			v, ok, err := x.r.tableLookup(act.Alias, table.Alias, name)
+			if err != nil {
+				return err
+			}
+			if ok {
+				return x.targets(idx, act, a, v, depth)
+			}
+		}
+	}
+	return x.local(idx, act, a, depth, true)
 }
 
 // splitTargets splits an alias value at commas, except inside a quoted
@@ -410,14 +446,18 @@ func (x *expansion) local(idx int, act *config.Action, a address.Address, depth 
 
 // forward expands the entries of a user's .forward: addresses, other
 // users, "|command" and "/file" deliveries run as the user, and
-// "\user", a delivery to the user's own mailbox.
+// "\user" or the user's own name, a delivery to the user's own mailbox.
 func (x *expansion) forward(idx int, act *config.Action, a address.Address, acct proto.Account, entries []string, depth int) error {
 	for _, t := range entries {
 		var err error
 		switch {
-		case strings.HasPrefix(t, "\\"):
-			delete(x.seen, "user:"+act.Name+":"+strings.ToLower(strings.TrimPrefix(t, "\\"))+"@"+a.Domain)
-			err = x.local(idx, act, address.Address{User: strings.TrimPrefix(t, "\\"), Domain: a.Domain}, depth+1, false)
+		case strings.HasPrefix(t, "\\") || strings.EqualFold(t, acct.Name):
+			// \user, or the user's own name: a copy in the user's own
+			// mailbox, as sendmail and OpenSMTPD keep it, without
+			// reading the .forward again
+			self := strings.TrimPrefix(t, "\\")
+			delete(x.seen, "user:"+act.Name+":"+strings.ToLower(self)+"@"+a.Domain)
+			err = x.local(idx, act, address.Address{User: self, Domain: a.Domain}, depth+1, false)
 		case strings.HasPrefix(t, "|") || strings.HasPrefix(t, "/"):
 			err = x.program(idx, act, a, t, acct.Name)
 		case strings.Contains(t, "@"):

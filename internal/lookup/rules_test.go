@@ -180,6 +180,8 @@ table "aliases" {
     prog    = "\"|/usr/bin/vacation -a x, y\", /var/spool/archive"
     staff   = ":include:`+list+`"
     missing = ":include:/nonexistent/list"
+    Postmaster = "root"
+    root    = "root, a"
   }
 }
 action "local" {
@@ -219,6 +221,17 @@ match {
 	if res := r.Expand(remote, "missing@example.org"); res.Status != proto.StatusTempfail {
 		t.Errorf("unreadable include: %+v", res)
 	}
+	// a key with capitals answers its lowercase form, and a bare name
+	// is expanded through the aliases again, root: root ending the loop
+	r.Passwd = func(name string) (proto.Account, error) { return proto.Account{Name: name}, nil }
+	res = r.Expand(remote, "postmaster@example.org")
+	got = nil
+	for _, d := range res.Destinations {
+		got = append(got, d.User)
+	}
+	if res.Status != proto.StatusOK || fmt.Sprint(got) != "[root a]" {
+		t.Errorf("postmaster -> root -> root, a: %+v: %v", res, got)
+	}
 }
 
 func TestForward(t *testing.T) {
@@ -234,6 +247,8 @@ match {
 		"a": "\\a, b, x@example.org, \"|/usr/bin/procmail -t\"\n# comment\n/home/a/archive\n",
 		"b": "c\n",
 		"c": "b\n", // a loop back to b
+		// the user's own name keeps a copy, as \\d does
+		"d": "d, x@example.org\n",
 	}
 	r.Forward = func(acct proto.Account) ([]string, error) {
 		if acct.Name == "broken" {
@@ -257,6 +272,14 @@ match {
 	}
 	if res := r.Expand(remote, "broken@example.org"); res.Status != proto.StatusTempfail {
 		t.Errorf("unreadable .forward: %+v", res)
+	}
+	res = r.Expand(remote, "d@example.org")
+	got = nil
+	for _, d := range res.Destinations {
+		got = append(got, d.User+":"+d.Dest)
+	}
+	if res.Status != proto.StatusOK || fmt.Sprint(got) != "[d:d@example.org x:x@example.org]" {
+		t.Errorf("own name in .forward: %+v\n%v", res, got)
 	}
 }
 

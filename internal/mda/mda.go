@@ -27,12 +27,15 @@ import (
 type agent struct {
 	cfg  *config.Config
 	dirs safeio.DirSyncer
+	// logf logs what is worth a line per delivery attempt: each try
+	// of an external.
+	logf func(string, ...any)
 }
 
 // Run serves deliveries from the parent until it closes the channel,
 // each as it comes, answering each under its request id.
 func Run(c *privsep.Child) {
-	a := &agent{cfg: c.Config}
+	a := &agent{cfg: c.Config, logf: c.Log.Infof}
 	var running sync.WaitGroup
 	for {
 		env, err := c.Parent.Recv()
@@ -113,6 +116,13 @@ func (a *agent) deliverEnvelope(acct proto.Account, e *envelope.Envelope, body *
 		return deliverMbox(t, e, body)
 	case t != "":
 		return fmt.Errorf("mda: bad delivery target %q", t)
+	}
+	if act.Method == config.Externals {
+		dir := "/"
+		if fi, err := os.Stat(acct.Directory); err == nil && fi.IsDir() {
+			dir = acct.Directory
+		}
+		return deliverExternals(act, vars, commandEnv(e, acct), dir, e, body, a.logf)
 	}
 	if act.Method == config.MDA {
 		argv, err := act.Target.Argv(vars)

@@ -233,6 +233,9 @@ func (m *MTA) handle(ch *proto.Channel, env *proto.Frame) error {
 			return fmt.Errorf("answer to request %d that nobody asked", env.PeerID)
 		}
 		return nil
+	case *proto.QueueDomainFlush:
+		m.flushDomain(msg.Domain, msg.Subdomains)
+		return nil
 	case *proto.LookupTablesReloaded:
 		// the next session of each relay asks for its credentials again
 		m.mu.Lock()
@@ -582,6 +585,41 @@ func (m *MTA) penalize(rt *route, err error) {
 	rt.disabled = time.Now().Add(d)
 	rt.lastErr = err.Error()
 	m.child.Log.Infof("route %s disabled for %v: %v", rt.key, d, err)
+}
+
+// flushDomain forgets what the failures of a domain's exchangers (and
+// with subdomains those of the domains below it) taught: the penalties
+// of the routes to their addresses, and the MX lists, which are asked
+// again. The queue says so before it sends the mail it scheduled for
+// the domain at the site's request (ETRN, RFC 1985 §5): the site is up
+// now, perhaps at a new address, and its mail goes at once.
+func (m *MTA) flushDomain(name string, subdomains bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	addrs := map[netip.Addr]bool{}
+	for key, d := range m.domains {
+		if !d.done || strings.HasPrefix(key, "host:") {
+			continue
+		}
+		if key != name && !(subdomains && strings.HasSuffix(key, "."+name)) {
+			continue
+		}
+		for _, mx := range d.mxs {
+			for _, a := range mx.Addrs {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					addrs[ip] = true
+				}
+			}
+		}
+		delete(m.domains, key)
+	}
+	for _, rt := range m.routes {
+		_, ip, _ := strings.Cut(rt.key, ">")
+		if a, err := netip.ParseAddr(ip); err == nil && addrs[a] && rt.penalty > 0 {
+			rt.penalty, rt.disabled, rt.lastErr = 0, time.Time{}, ""
+			m.child.Log.Infof("route %s enabled again: mail for %s asked for", rt.key, name)
+		}
+	}
 }
 
 func (m *MTA) healthy(rt *route) {

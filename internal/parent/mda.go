@@ -70,7 +70,7 @@ func (p *Parent) runMDA(e *envelope.Envelope, evp []byte, body *os.File) proto.D
 		return proto.DeliveryResult{Status: proto.StatusTempfail, Text: fmt.Sprintf("mda: %v", err)}
 	}
 	defer p.mdas.put(w)
-	res, err := w.deliver(evp, acct, body)
+	res, err := w.deliver(evp, acct, body, p.mdaTimeout(e))
 	if err != nil {
 		// a worker that does not answer is of no use to anyone: every
 		// delivery it holds ends with a temporary failure
@@ -165,9 +165,21 @@ func (w *mdaWorker) read() {
 	}
 }
 
-// deliver hands one delivery to the worker and waits for its result.
-func (w *mdaWorker) deliver(evp []byte, acct proto.Account, body *os.File) (proto.DeliveryResult, error) {
-	frames, err := w.reqs.Ask(w.ch, proto.NewParentMDADeliver(evp, acct, body), MDATimeout)
+// mdaTimeout is how long a delivery may take: MDATimeout, or for an
+// externals action the time its longest list of externals may take
+// with some slack, so that the mda reports the externals' own timeouts
+// rather than being killed by the parent first.
+func (p *Parent) mdaTimeout(e *envelope.Envelope) time.Duration {
+	if act := p.cfg.Action(e.Action); act != nil {
+		return max(MDATimeout, act.ExternalsTimeout()+time.Minute)
+	}
+	return MDATimeout
+}
+
+// deliver hands one delivery to the worker and waits up to timeout for
+// its result.
+func (w *mdaWorker) deliver(evp []byte, acct proto.Account, body *os.File, timeout time.Duration) (proto.DeliveryResult, error) {
+	frames, err := w.reqs.Ask(w.ch, proto.NewParentMDADeliver(evp, acct, body), timeout)
 	if err != nil {
 		return proto.DeliveryResult{}, err
 	}

@@ -59,6 +59,9 @@ type Parent struct {
 	children map[proto.Proc]*child
 	events   chan event
 	socket   string
+	// source is the configuration file the daemon started with, to
+	// name what a reload does not apply
+	source []byte
 }
 
 type event struct {
@@ -79,6 +82,8 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 		events:   make(chan event, 16),
 		fatal:    make(chan error, 1),
 	}
+	// read as soon as possible after the load: a reload compares with it
+	p.source, _ = os.ReadFile(cfg.Path)
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	signal.Ignore(syscall.SIGPIPE)
@@ -94,21 +99,43 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	go p.stats.Run(stopStats)
 	log.Infof("ready: %d children, %d listeners, control socket %s", len(p.children), len(cfg.Listeners), cfg.ControlSocket)
 	go p.injectOffline()
+	// draining is set from the first SIGTERM or SIGINT while smtp
+	// finishes its sessions, until its SMTPDrained or drainOver
+	var draining bool
+	var drainOver <-chan time.Time
 	for {
 		select {
 		case sig := <-signals:
-			if sig == syscall.SIGHUP {
-				// tables are re-read; the rest of the configuration needs
-				// a restart
-				log.Infof("SIGHUP: reloading table files")
-				if err := p.children[proto.ProcLookup].ch.Send(&proto.ParentTablesReload{}, 0); err != nil {
-					log.Warnf("lost child: lookup: %v", err)
+			switch {
+			case sig == syscall.SIGHUP && draining:
+				log.Infof("SIGHUP: ignored, the daemon is stopping")
+				continue
+			case sig == syscall.SIGHUP:
+				if err := p.reload(); err != nil {
+					log.Warnf("lost child: %v", err)
 					p.stop()
 					return 1
 				}
 				continue
+			case draining:
+				log.Infof("received %v again, stopping at once", sig)
+				p.stop()
+				return 0
 			}
 			log.Infof("received %v, stopping", sig)
+			over, err := p.startDrain()
+			if err != nil {
+				log.Warnf("%v", err)
+				p.stop()
+				return 1
+			}
+			if over == nil {
+				p.stop()
+				return 0
+			}
+			draining, drainOver = true, over
+		case <-drainOver:
+			log.Warnf("smtp did not drain within %v, stopping", cfg.Limits.DrainTimeout+drainMargin)
 			p.stop()
 			return 0
 		case err := <-p.fatal:
@@ -134,6 +161,12 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 				case *proto.MFAMilterConnect:
 					go p.connectMilter(m, ev.env.PeerID)
 					continue
+				case *proto.SMTPDrained:
+					if draining {
+						log.Infof("sessions drained (%d cut), stopping", m.Cut)
+						p.stop()
+						return 0
+					}
 				}
 			}
 			monkey.LostChild()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 
 	"smtpd/internal/envelope"
@@ -159,6 +160,12 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 			q.store.Discard(m.MsgID)
 		}
 		return nil
+	case *proto.SMTPDomainSchedule:
+		envs, msgs, err := q.scheduleDomain(strings.ToLower(m.Domain), m.Subdomains)
+		if err != nil {
+			return err
+		}
+		return q.send(ch, &proto.QueueDomainScheduled{Messages: uint32(msgs), Envelopes: uint32(envs)}, env.PeerID)
 	case *proto.ParentDeliveryResult:
 		q.sched.Result(m.DeliveryResult)
 		return nil
@@ -172,6 +179,19 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 			lines = q.sched.Lines(m.Target)
 		case "schedule":
 			lines = []string{fmt.Sprintf("%d envelopes scheduled", q.sched.Schedule(m.Target))}
+		case "schedule-domain":
+			// smtpctl schedule domain [@]DOMAIN: what ETRN does
+			domain, subdomains := strings.CutPrefix(strings.ToLower(m.Target), "@")
+			envs, _, err := q.scheduleDomain(domain, subdomains)
+			if err != nil {
+				return err
+			}
+			lines = []string{fmt.Sprintf("%d envelopes scheduled", envs)}
+		case "flush":
+			// smtpctl flush: everything due now, and what to wait for
+			lines = q.sched.Flush()
+		case "tries":
+			lines = q.sched.Tries()
 		case "remove":
 			lines = []string{fmt.Sprintf("%d envelopes removed", q.sched.Remove(m.Target))}
 		case "pause":
@@ -220,6 +240,33 @@ func (q *Queue) handle(ch *proto.Channel, env *proto.Frame) error {
 		return nil
 	}
 	return fmt.Errorf("unexpected %s", env.Type)
+}
+
+// scheduleDomain makes the relayed mail waiting for a domain (and with
+// subdomains those below it) due now, at a client's request (ETRN, RFC
+// 1985 §5) or the administrator's. mta is told first, on the channel
+// the envelopes then take, to forget the failures of the domain's
+// exchangers: the site asks because it is up now, and a route penalty
+// of up to an hour would hold its mail back all the same. An error is
+// a broken channel to mta.
+func (q *Queue) scheduleDomain(domain string, subdomains bool) (envelopes, messages int, err error) {
+	if domain == "" {
+		return 0, 0, nil
+	}
+	if q.child != nil {
+		if mta := q.child.Peers[proto.ProcMTA]; mta != nil {
+			if err := q.send(mta, &proto.QueueDomainFlush{Domain: domain, Subdomains: subdomains}, 0); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	envelopes, messages = q.sched.ScheduleDomain(domain, subdomains)
+	which := domain
+	if subdomains {
+		which = "@" + domain
+	}
+	q.logf("domain %s: %d messages (%d envelopes) scheduled", which, messages, envelopes)
+	return envelopes, messages, nil
 }
 
 // sendMessage answers `smtpctl show message` with the message file of a

@@ -55,6 +55,10 @@ type entry struct {
 	// delivery was put off to, for smtpctl show queue.
 	deferred bool
 	index    int // in waiting, -1 when not there
+	// attempts counts the attempts that ended with the envelope kept
+	// (failed or put off) since the queue started, so that smtpctl
+	// flush can tell when each envelope has been tried (see Flush).
+	attempts int
 }
 
 // waitHeap orders waiting envelopes by their next attempt, so that
@@ -209,6 +213,7 @@ func (s *Scheduler) putOff(en *entry, until time.Time, text string) {
 	s.mu.Lock()
 	en.inflight = false
 	en.deferred = true
+	en.attempts++
 	en.next = until
 	s.inflight--
 	heap.Push(&s.waiting, en)
@@ -271,6 +276,7 @@ func (s *Scheduler) retry(en *entry, text string) {
 	s.mu.Lock()
 	en.inflight = false
 	en.deferred = false
+	en.attempts++
 	en.next = e.LastTry.Add(s.backoff(e.Retries))
 	s.inflight--
 	heap.Push(&s.waiting, en)
@@ -367,19 +373,54 @@ func (s *Scheduler) Status() []string {
 
 // Schedule makes the waiting envelopes target names due now.
 func (s *Scheduler) Schedule(target string) int {
+	n, _ := s.schedule(func(e *envelope.Envelope) bool { return e.Matches(target) })
+	return n
+}
+
+// ScheduleDomain makes due now the waiting relayed envelopes whose
+// destination is in domain, or with subdomains also in a domain below
+// it: what ETRN asks (RFC 1985 §5, "ETRN domain" and "ETRN @domain"),
+// and smtpctl schedule domain. It returns how many envelopes, and
+// messages of them, it made due.
+func (s *Scheduler) ScheduleDomain(domain string, subdomains bool) (envelopes, messages int) {
+	return s.schedule(func(e *envelope.Envelope) bool {
+		return e.Kind == envelope.MTA && inDomain(e.Dest, domain, subdomains)
+	})
+}
+
+// inDomain reports whether the domain of the address addr is domain, or
+// with subdomains one below it, ignoring case.
+func inDomain(addr, domain string, subdomains bool) bool {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || domain == "" {
+		return false
+	}
+	d := addr[at+1:]
+	if strings.EqualFold(d, domain) {
+		return true
+	}
+	return subdomains && len(d) > len(domain)+1 && d[len(d)-len(domain)-1] == '.' && strings.EqualFold(d[len(d)-len(domain):], domain)
+}
+
+// schedule makes due now the waiting envelopes match accepts: not
+// those in flight, nor those set aside (paused). It returns how many
+// envelopes, and messages of them.
+func (s *Scheduler) schedule(match func(*envelope.Envelope) bool) (envelopes, messages int) {
 	s.mu.Lock()
-	n := 0
+	msgs := map[uint32]bool{}
+	now := time.Now()
 	for _, en := range s.envs {
-		if en.index >= 0 && en.env.Matches(target) {
-			en.next = time.Now()
+		if en.index >= 0 && match(en.env) {
+			en.next = now
 			en.deferred = false
 			heap.Fix(&s.waiting, en.index)
-			n++
+			msgs[en.env.MsgID()] = true
+			envelopes++
 		}
 	}
 	s.mu.Unlock()
 	s.poke()
-	return n
+	return envelopes, len(msgs)
 }
 
 // Remove drops the waiting envelopes target names, without notice to

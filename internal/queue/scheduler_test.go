@@ -197,3 +197,107 @@ func TestSchedulerDeferred(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleDomain: ETRN's scheduling (RFC 1985 §5) makes due the
+// waiting relayed envelopes of the domain, ignoring case, and with
+// subdomains those below it; not local ones, nor envelopes in flight or
+// paused, nor a domain that merely ends like it. It is Schedule's code
+// path, and counts envelopes and messages.
+func TestScheduleDomain(t *testing.T) {
+	w := newSchedWorld(t)
+	kinds := map[string]envelope.Kind{}
+	add := func(kind envelope.Kind, rcpts ...string) []*envelope.Envelope {
+		t.Helper()
+		_, envs := commitOne(t, w.store, rcpts...)
+		for _, e := range envs {
+			e.Kind = kind
+			// failed once just now: due only in retry_base, an hour
+			e.Retries, e.LastTry = 1, time.Now()
+			kinds[e.Dest] = kind
+			w.s.Add(e)
+		}
+		return envs
+	}
+	w.s.limits.RetryBase = time.Hour
+	m1 := add(envelope.MTA, "a@backup.test", "b@Backup.TEST", "c@other.test")
+	m2 := add(envelope.MTA, "d@sub.backup.test", "e@notbackup.test")
+	local := add(envelope.MDA, "f@backup.test")
+	inflight := add(envelope.MTA, "g@backup.test")
+	paused := add(envelope.MTA, "h@backup.test")
+	if wait := w.s.dispatch(); wait < 59*time.Minute {
+		t.Fatalf("next dispatch in %v: envelopes due too soon", wait)
+	}
+	// one in flight, one paused
+	w.s.Schedule(envelope.FormatEvpID(inflight[0].ID))
+	w.s.dispatch()
+	if w.deliveries() != 1 {
+		t.Fatalf("%d deliveries, want the one in flight", w.deliveries())
+	}
+	if n := w.s.Pause(envelope.FormatEvpID(paused[0].ID)); n != 1 {
+		t.Fatalf("paused %d", n)
+	}
+
+	for _, tt := range []struct {
+		domain     string
+		subdomains bool
+		envs, msgs int
+	}{
+		{"nosuch.test", false, 0, 0},
+		{"test", false, 0, 0},
+		{"ckup.test", true, 0, 0},
+		{"backup.test", false, 2, 1},
+		{"BACKUP.test", false, 2, 1},
+		{"backup.test", true, 3, 2},
+		{"test", true, 5, 2},
+	} {
+		if envs, msgs := w.s.ScheduleDomain(tt.domain, tt.subdomains); envs != tt.envs || msgs != tt.msgs {
+			t.Errorf("ScheduleDomain(%q, %v) = %d envelopes, %d messages; want %d, %d", tt.domain, tt.subdomains, envs, msgs, tt.envs, tt.msgs)
+		}
+	}
+	// the last made every relayed waiting envelope due: they go now,
+	// the local one stays
+	w.s.dispatch()
+	w.mu.Lock()
+	got := map[uint64]bool{}
+	for _, id := range w.delivered {
+		got[id] = true
+	}
+	w.mu.Unlock()
+	for _, e := range append(append(append([]*envelope.Envelope{}, m1...), m2...), inflight...) {
+		if !got[e.ID] {
+			t.Errorf("%s (%s) not delivered", e.Dest, kinds[e.Dest])
+		}
+	}
+	for _, e := range append(local, paused...) {
+		if got[e.ID] {
+			t.Errorf("%s delivered: local or paused", e.Dest)
+		}
+	}
+	// the one in flight was not tried twice
+	if w.deliveries() != 6 {
+		t.Errorf("%d deliveries, want 6", w.deliveries())
+	}
+}
+
+func TestInDomain(t *testing.T) {
+	for _, tt := range []struct {
+		addr, domain string
+		subdomains   bool
+		want         bool
+	}{
+		{"a@example.org", "example.org", false, true},
+		{"a@EXAMPLE.org", "example.ORG", false, true},
+		{"a@mx.example.org", "example.org", false, false},
+		{"a@mx.example.org", "example.org", true, true},
+		{"a@example.org", "example.org", true, true},
+		{"a@badexample.org", "example.org", true, false},
+		{"a@.example.org", "example.org", true, false},
+		{"example.org", "example.org", false, false},
+		{"a@example.org", "", true, false},
+		{`"x@example.org"@other.test`, "example.org", true, false},
+	} {
+		if got := inDomain(tt.addr, tt.domain, tt.subdomains); got != tt.want {
+			t.Errorf("inDomain(%q, %q, %v) = %v, want %v", tt.addr, tt.domain, tt.subdomains, got, tt.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -38,6 +39,16 @@ type Server struct {
 	log   *logging.Logger
 	stats *stats.Sender
 	tls   map[string]*tls.Config // by listener name
+	// certs are the certificates of the TLS listeners, by name: a
+	// reload swaps them for the handshakes that follow
+	certs map[string]*atomic.Pointer[tls.Certificate]
+	// servers are the engines of the listeners and of local sessions,
+	// which a stop drains
+	serversMu sync.Mutex
+	servers   []*server.Server
+	// draining is set once the daemon stops: the engines' 421s then
+	// end sessions rather than refuse their last command
+	draining atomic.Bool
 
 	mfa, lookup, queue *proto.Channel
 
@@ -67,7 +78,7 @@ type Server struct {
 // New prepares the smtp process: it loads the listeners' certificates,
 // which must happen before the process drops its privileges.
 func New(c *privsep.Child) (*Server, error) {
-	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, authFailures: newAuthFailures(c.Config.Limits.AuthFailuresPerIP), local: newLocalListener()}
+	s := &Server{cfg: c.Config, child: c, log: c.Log, tls: map[string]*tls.Config{}, certs: map[string]*atomic.Pointer[tls.Certificate]{}, authFailures: newAuthFailures(c.Config.Limits.AuthFailuresPerIP), local: newLocalListener()}
 	for _, l := range c.Config.Listeners {
 		s.listenerFilters = append(s.listenerFilters, newListenerFilters(l))
 	}
@@ -83,9 +94,14 @@ func New(c *privsep.Child) (*Server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: %w", l.Name, err)
 		}
+		current := &atomic.Pointer[tls.Certificate]{}
+		current.Store(&cert)
+		s.certs[l.Name] = current
 		s.tls[l.Name] = &tls.Config{
-			Certificates: []tls.Certificate{cert},
-			MinVersion:   tls.VersionTLS12,
+			// read at each handshake, so that a reload (SIGHUP) serves
+			// the new certificate to new sessions only
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return current.Load(), nil },
+			MinVersion:     tls.VersionTLS12,
 			// some large providers fail to resume sessions with Go's
 			// tickets; full handshakes always work
 			SessionTicketsDisabled: true,
@@ -126,9 +142,11 @@ func (s *Server) Run() {
 		if err != nil {
 			c.Log.Fatalf("listener %s: %v", l.Name, err)
 		}
-		go s.serve(lc, ln)
+		// the engines exist before smtp says it is ready, so that a
+		// drain finds them all
+		go s.serve(lc, s.track(s.newServer(lc)), ln)
 	}
-	go s.serveLocal()
+	go s.serveLocal(s.track(s.newServer(localListenerConfig(s.cfg))))
 	if err := c.Ready(); err != nil {
 		c.Log.Fatalf("%v", err)
 	}
@@ -150,6 +168,14 @@ func (s *Server) Run() {
 			}
 			defer f.Close()
 			return c.Send(ch, proto.NewSMTPSessionFile(f), env.PeerID)
+		case *proto.ParentListenerCertificate:
+			s.reloadCertificate(m)
+			return nil
+		case *proto.ParentDrain:
+			// sessions finishing their messages need this loop for
+			// queue's answers: the drain runs beside it
+			go s.drain(m.Timeout)
+			return nil
 		}
 		if ch.Remote == proto.ProcControl || ch.Remote == proto.ProcParent {
 			return fmt.Errorf("unexpected %s", env.Type)
@@ -178,8 +204,8 @@ func sessionCap(configured int) int {
 // serveLocal serves the sessions of local programs; they bypass the
 // session limits, which protect the daemon from the network, but not
 // the command timeouts.
-func (s *Server) serveLocal() {
-	if err := s.newServer(localListenerConfig(s.cfg)).Serve(s.local); err != nil && !errors.Is(err, net.ErrClosed) {
+func (s *Server) serveLocal(srv *server.Server) {
+	if err := srv.Serve(s.local); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, server.ErrServerClosed) {
 		s.log.Fatalf("local sessions: %v", err)
 	}
 }
@@ -197,6 +223,8 @@ func (s *Server) newServer(lc *config.Listener) *server.Server {
 		SessionTimeout:  s.cfg.Limits.SessionTimeout,
 		NewSession:      func(c *server.Conn) server.Session { return s.newSession(lc, c) },
 		Report:          s.report,
+		// RFC 1985: offered where a table says who may use it
+		EnableETRN: lc.ETRN != nil,
 	}
 	if lc.TLS != config.TLSNone {
 		srv.TLSConfig = s.tls[lc.Name]
@@ -210,7 +238,7 @@ func (s *Server) newServer(lc *config.Listener) *server.Server {
 	return srv
 }
 
-func (s *Server) serve(lc *config.Listener, ln net.Listener) {
+func (s *Server) serve(lc *config.Listener, srv *server.Server, ln net.Listener) {
 	if len(lc.ProxyTrusted) > 0 {
 		// the client's address is the balancer's word: before the
 		// limits, which count per client address
@@ -220,7 +248,8 @@ func (s *Server) serve(lc *config.Listener, ln net.Listener) {
 		}}
 	}
 	ln = &limitListener{Listener: ln, s: s}
-	if err := s.newServer(lc).Serve(ln); err != nil {
+	// a drain closes the listener: then Serve returns ErrServerClosed
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, server.ErrServerClosed) {
 		s.log.Fatalf("listener %s: %v", lc.Name, err)
 	}
 }
@@ -238,6 +267,10 @@ func (s *Server) report(e server.Event) {
 	case server.EventProtocolServer:
 		// the last line of a 4xx or 5xx reply
 		if len(e.Line) > 3 && (e.Line[0] == '4' || e.Line[0] == '5') && e.Line[3] == ' ' {
+			if s.draining.Load() && strings.HasPrefix(e.Line, "421 4.3.2 ") {
+				s.log.Infof("%016x: session ended by the stop: %s", e.Conn.ID(), e.Line)
+				break
+			}
 			cmd, _ := s.lastCommand.Load(e.Conn)
 			line, _ := cmd.(string)
 			s.log.Infof("%016x: %q refused: %s", e.Conn.ID(), line, e.Line)

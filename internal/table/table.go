@@ -30,11 +30,15 @@ func (k Kind) String() string {
 	return "empty"
 }
 
-// Static is a table held in memory. Keys are compared as given; callers
-// normalise (lowercase) before building and before looking up.
+// Static is a table held in memory. Keys are compared as given, then
+// without regard to case: callers look up normalised (lowercase) keys,
+// and an aliases file's "Postmaster:" must still answer "postmaster".
 type Static struct {
 	Kind   Kind
 	values map[string]string
+	// folded holds the keys with capitals, lowercased (the first of
+	// those that fold alike wins)
+	folded map[string]string
 }
 
 // NewList returns a list table of keys.
@@ -43,7 +47,7 @@ func NewList(keys []string) *Static {
 	for _, k := range keys {
 		s.values[k] = ""
 	}
-	return s
+	return s.fold()
 }
 
 // NewMap returns a map table.
@@ -52,13 +56,37 @@ func NewMap(m map[string]string) *Static {
 	for k, v := range m {
 		s.values[k] = v
 	}
-	return s
+	return s.fold()
 }
 
 // Lookup returns the value of key, and whether key is in the table.
 func (s *Static) Lookup(key string) (string, bool) {
-	v, ok := s.values[key]
+	if v, ok := s.values[key]; ok {
+		return v, true
+	}
+	v, ok := s.folded[strings.ToLower(key)]
 	return v, ok
+}
+
+// fold indexes the keys with capitals by their lowercase form, once
+// the table is built.
+func (s *Static) fold() *Static {
+	keys := make([]string, 0, len(s.values))
+	for k := range s.values {
+		if k != strings.ToLower(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if s.folded == nil {
+			s.folded = map[string]string{}
+		}
+		if _, ok := s.folded[strings.ToLower(k)]; !ok {
+			s.folded[strings.ToLower(k)] = s.values[k]
+		}
+	}
+	return s
 }
 
 // Len returns the number of entries.
@@ -136,7 +164,7 @@ func Parse(data []byte) (*Static, error) {
 	if s.Kind == 0 {
 		s.Kind = List
 	}
-	return s, nil
+	return s.fold(), nil
 }
 
 // HasIP reports whether ip is a key of the table, or inside a network

@@ -13,7 +13,7 @@
 // (PIPELINING RFC 2920, 8BITMIME RFC 6152, SIZE RFC 1870, DSN RFC 3461,
 // ENHANCEDSTATUSCODES RFC 2034, CHUNKING and BINARYMIME RFC 3030,
 // SMTPUTF8 RFC 6531, STARTTLS RFC 3207, AUTH RFC 4954, REQUIRETLS RFC
-// 8689). Where the RFCs leave room it behaves as OpenSMTPD 7.x, where
+// 8689, and ETRN RFC 1985 where the policy serves it). Where the RFCs leave room it behaves as OpenSMTPD 7.x, where
 // OpenSMTPD breaks an RFC requirement it follows the RFC. No property of
 // the client's input is answered with a temporary failure: 4xx replies
 // come from the Session (the daemon's own troubles), from limits the

@@ -65,6 +65,10 @@ type Server struct {
 	// EnableRequireTLS offers REQUIRETLS under TLS (RFC 8689); whoever
 	// relays the messages must then honour it.
 	EnableRequireTLS bool
+	// EnableETRN offers ETRN (RFC 1985) to sessions whose policy is an
+	// ETRNSession; others answer it 502 as when it is off. Not with
+	// LMTP.
+	EnableETRN bool
 	// LMTP serves LMTP (RFC 2033) instead of SMTP: LHLO instead of
 	// HELO and EHLO, and one reply per recipient at the end of a
 	// message.
@@ -290,6 +294,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// Sessions is the number of sessions being served, for the daemon's
+// account of a Shutdown.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // Close stops the server at once: it closes the listeners and every

@@ -220,7 +220,11 @@ func (c *Conn) command(line string) {
 		if r := c.sess.Help(); r != nil {
 			c.send(r)
 		} else {
-			c.writeReply(214, codeOK, "This is "+c.srv.hostname()+" "+c.srv.greeting()+"\nCommands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP STARTTLS AUTH\nEnd of HELP info")
+			commands := "HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP STARTTLS AUTH"
+			if c.etrnEnabled() {
+				commands += " ETRN"
+			}
+			c.writeReply(214, codeOK, "This is "+c.srv.hostname()+" "+c.srv.greeting()+"\nCommands: "+commands+"\nEnd of HELP info")
 		}
 	case "QUIT":
 		c.quitCommand(arg)
@@ -236,7 +240,9 @@ func (c *Conn) command(line string) {
 		// session ends
 		c.writeReply(500, codeInvalidCmd, "This is an SMTP server, not an HTTP one")
 		c.quit = true
-	case "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML", "VERB", "ONEX":
+	case "ETRN":
+		c.etrn(arg)
+	case "TURN", "ATRN", "SEND", "SOML", "SAML", "VERB", "ONEX":
 		// RFC 5321 §4.2.4: 502 for commands known but not
 		// implemented, 500 for unknown ones
 		c.protocolError(502, codeInvalidCmd, "Command not implemented")
@@ -308,6 +314,10 @@ func (c *Conn) extensions() []string {
 	}
 	if m := c.srv.mechanisms(); len(m) > 0 && c.authUser == "" && c.authAllowed() {
 		ext = append(ext, "AUTH "+strings.Join(m, " "))
+	}
+	if c.etrnEnabled() {
+		// RFC 1985 §2: the keyword, without parameters
+		ext = append(ext, "ETRN")
 	}
 	return append(ext, "HELP")
 }
