@@ -173,6 +173,8 @@ install: build
 	install -m 644 smtpd.conf.5 $(DESTDIR)$(MANDIR)/man5/smtpd.conf.5
 	install -m 644 aliases.5 forward.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 644 smtpd.8 smtpctl.8 $(DESTDIR)$(MANDIR)/man8/
+	for l in sendmail mailq newaliases makemap; do \
+		ln -sf smtpctl.8 $(DESTDIR)$(MANDIR)/man8/$$l.8; done
 	install -d -m 755 $(DESTDIR)/var/empty
 	@if [ ! -e $(DESTDIR)$(SYSCONF)/smtpd.conf ]; then \
 		install -m 644 etc/smtpd.conf $(DESTDIR)$(SYSCONF)/smtpd.conf; \
