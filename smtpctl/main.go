@@ -133,7 +133,7 @@ var commands = map[string]command{
 	"show table <id> <id>":      showTable,
 	"show table <id> <id> <id>": showTable,
 	"update table <id>": func(env *cmdEnv, out io.Writer) error {
-		return printLines(env.socket, &proto.ControlUpdateTable{Name: env.arg}, out)
+		return updateTable(env.socket, env.arg, out)
 	},
 	"show envelope <id>": func(env *cmdEnv, out io.Writer) error {
 		if len(env.arg) != 16 {
@@ -201,6 +201,22 @@ func printLines(socket string, req proto.Message, out io.Writer) error {
 		}
 		return !t.Last
 	})
+}
+
+// updateTable asks lookup to read a table again; a table that does
+// not reload (it no longer parses, it is unknown) is an error, so that
+// the exit status says so.
+func updateTable(socket, name string, out io.Writer) error {
+	var b strings.Builder
+	if err := printLines(socket, &proto.ControlUpdateTable{Name: name}, &b); err != nil {
+		return err
+	}
+	text := strings.TrimSpace(b.String())
+	if text != "table "+name+" reloaded" {
+		return errors.New(text)
+	}
+	fmt.Fprintln(out, text)
+	return nil
 }
 
 // showQueue lists the envelopes in the queue, one per line; with the

@@ -13,7 +13,6 @@ import (
 	"smtpd/internal/config"
 	"smtpd/internal/enqueue"
 	"smtpd/internal/table"
-	"smtpd/proto"
 )
 
 // personality runs the program under the name it was called by: the
@@ -106,7 +105,7 @@ func newaliases(cfg *config.Config, env *cmdEnv, out io.Writer) error {
 			continue
 		}
 		seen[t.Name] = true
-		if err := printLines(env.socket, &proto.ControlUpdateTable{Name: t.Name}, out); err != nil {
+		if err := updateTable(env.socket, t.Name, out); err != nil {
 			return err
 		}
 	}
