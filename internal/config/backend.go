@@ -113,23 +113,8 @@ func (d *decoder) backendTable(t *Table, attrs hcl.Attributes, kind string) {
 	d.decode(attrs, "base", &e.Base)
 	d.decode(attrs, "bind_dn", &e.BindDN)
 	d.decode(attrs, "starttls", &e.StartTLS)
-	for _, dur := range []struct {
-		name string
-		dst  *time.Duration
-	}{{"cache", &e.Cache}, {"timeout", &e.Timeout}} {
-		var s string
-		if !d.decode(attrs, dur.name, &s) {
-			continue
-		}
-		v, err := parseDuration(s)
-		if err == nil && v < 0 || err == nil && v == 0 && dur.name == "timeout" {
-			err = fmt.Errorf("%s must be more than zero", dur.name)
-		}
-		if err != nil {
-			d.errorf(attrs[dur.name].Expr.Range(), "Invalid duration", "%v.", err)
-		}
-		*dur.dst = v
-	}
+	d.duration(attrs, "cache", &e.Cache, true)
+	d.duration(attrs, "timeout", &e.Timeout, false)
 	switch {
 	case kind != BackendProc && len(e.Queries) == 0:
 		d.errorf(t.Range, "Table without queries", "Table %q needs query = { SERVICE = \"...\" } for the services it answers (%s).", t.Name, serviceNames())

@@ -313,29 +313,31 @@ func (d *decoder) limits(b *hcl.Block) {
 		{"retry_base", &l.RetryBase},
 	}
 	for _, dur := range durs {
-		var s string
-		if !d.decode(attrs, dur.name, &s) {
-			continue
-		}
-		v, err := parseDuration(s)
-		if err == nil && v <= 0 {
-			err = fmt.Errorf("%s must be more than zero", dur.name)
-		}
-		if err != nil {
-			d.errorf(attrs[dur.name].Expr.Range(), "Invalid duration", "%v.", err)
-		}
-		*dur.dst = v
+		d.duration(attrs, dur.name, dur.dst, false)
 	}
 	// unlike the other durations drain_timeout may be 0: a stop that
 	// does not wait for the sessions, as before the drain existed
-	var drain string
-	if d.decode(attrs, "drain_timeout", &drain) {
-		v, err := parseDuration(drain)
-		if err != nil {
-			d.errorf(attrs["drain_timeout"].Expr.Range(), "Invalid duration", "%v.", err)
-		}
-		l.DrainTimeout = v
+	d.duration(attrs, "drain_timeout", &l.DrainTimeout, true)
+}
+
+// duration decodes a duration attribute into dst if it is present: more
+// than zero, or with zeroOK at least zero.
+func (d *decoder) duration(attrs hcl.Attributes, name string, dst *time.Duration, zeroOK bool) {
+	var s string
+	if !d.decode(attrs, name, &s) {
+		return
 	}
+	v, err := parseDuration(s)
+	switch {
+	case err == nil && v < 0 && zeroOK:
+		err = fmt.Errorf("%s must not be negative", name)
+	case err == nil && v <= 0 && !zeroOK:
+		err = fmt.Errorf("%s must be more than zero", name)
+	}
+	if err != nil {
+		d.errorf(attrs[name].Expr.Range(), "Invalid duration", "%v.", err)
+	}
+	*dst = v
 }
 
 var tableSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"reflect"
 	"regexp"
 	"strings"
@@ -94,17 +93,7 @@ func (d *decoder) externalBlock(b *hcl.Block) {
 			}
 		}
 	}
-	var s string
-	if d.decode(attrs, "timeout", &s) {
-		v, err := parseDuration(s)
-		if err == nil && v <= 0 {
-			err = fmt.Errorf("timeout must be more than zero")
-		}
-		if err != nil {
-			d.errorf(attrs["timeout"].Expr.Range(), "Invalid duration", "%v.", err)
-		}
-		x.Timeout = v
-	}
+	d.duration(attrs, "timeout", &x.Timeout, false)
 	if d.decode(attrs, "temporary", &x.Temporary) {
 		for _, c := range x.Temporary {
 			if c < 1 || c > 255 {

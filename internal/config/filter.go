@@ -203,17 +203,7 @@ func (d *decoder) external(f *Filter, attrs hcl.Attributes, isCommand bool) {
 			}
 		}
 	}
-	var s string
-	if d.decode(attrs, "timeout", &s) {
-		v, err := parseDuration(s)
-		if err == nil && v <= 0 {
-			err = fmt.Errorf("timeout must be more than zero")
-		}
-		if err != nil {
-			d.errorf(attrs["timeout"].Expr.Range(), "Invalid duration", "%v.", err)
-		}
-		f.Timeout = v
-	}
+	d.duration(attrs, "timeout", &f.Timeout, false)
 	if d.decode(attrs, "failure", &f.Failure) {
 		switch f.Failure {
 		case FailTempfail, FailProceed, FailReject:
