@@ -63,14 +63,23 @@ const (
 )
 
 func (l *Logger) write(lv level, format string, args []any) {
+	l.writeAs(l.name, lv, format, args)
+}
+
+// writeAs writes a line under name, the process name that comes before
+// the message; none if it is empty.
+func (l *Logger) writeAs(name string, lv level, format string, args []any) {
 	if lv == levelDebug && !l.verbose.Load() {
 		return
 	}
 	msg := fmt.Sprintf(format, args...)
+	if name != "" {
+		msg = name + ": " + msg
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.syslog != nil {
-		line := l.name + ": " + msg
+		line := msg
 		switch lv {
 		case levelDebug:
 			l.syslog.Debug(line)
@@ -81,7 +90,7 @@ func (l *Logger) write(lv level, format string, args []any) {
 		}
 		return
 	}
-	fmt.Fprintf(l.out, "%s smtpd[%d]: %s: %s\n", time.Now().Format("2006-01-02T15:04:05.000"), os.Getpid(), l.name, msg)
+	fmt.Fprintf(l.out, "%s smtpd[%d]: %s\n", time.Now().Format("2006-01-02T15:04:05.000"), os.Getpid(), msg)
 }
 
 // SetVerbose turns debug lines on or off (smtpctl log verbose|brief).

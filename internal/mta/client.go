@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/textproto"
 	"strings"
@@ -123,6 +124,9 @@ type client struct {
 	*smtp.Client
 	w    *wire
 	lmtp bool
+	// id names the session in the event lines, as OpenSMTPD's mta
+	// session ids do
+	id uint64
 	// tlsState is set once the session is encrypted, by smtps or
 	// STARTTLS.
 	tlsState *tls.ConnectionState
@@ -131,7 +135,7 @@ type client struct {
 // newClient starts a session over conn, speaking LMTP (RFC 2033) if
 // lmtp is set.
 func newClient(conn net.Conn, lmtp bool) *client {
-	c := &client{lmtp: lmtp}
+	c := &client{lmtp: lmtp, id: rand.Uint64()}
 	c.attach(&wire{Conn: conn})
 	return c
 }

@@ -278,7 +278,10 @@ func (m *MTA) enqueue(e *envelope.Envelope, body *os.File) {
 	act := m.cfg.Action(e.Action)
 	if act == nil || act.Method != config.Relay {
 		body.Close()
-		m.report(e, "", tempfail(smtp.EnhancedCode{4, 3, 5}, nil, "no relay action %q", e.Action))
+		err := tempfail(smtp.EnhancedCode{4, 3, 5}, nil, "no relay action %q", e.Action)
+		_, domain, _ := strings.Cut(e.Dest, "@")
+		m.logFailures(domain, []*envelope.Envelope{e}, err, newSessionID())
+		m.report(e, "", err)
 		return
 	}
 	key, dom := relayFor(act, e)
@@ -406,7 +409,9 @@ func (m *MTA) report(e *envelope.Envelope, reply string, err error) {
 
 // failAll ends every task of a relay with the same failure.
 func (m *MTA) failAll(r *relay, first *task, err error) {
+	id := newSessionID()
 	for t := first; t != nil; t = m.next(r, false) {
+		m.logFailures(r.domain, t.envs, err, id)
 		for _, e := range t.envs {
 			m.report(e, "", err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"smtpd/internal/envelope"
+	"smtpd/internal/logging"
 	"smtpd/internal/monkey"
 	"smtpd/internal/tlsrpt"
 	"smtpd/proto"
@@ -112,6 +113,7 @@ func (m *MTA) release(cd candidate) {
 // logDelivery writes the delivery line of one envelope: where it went,
 // how the session was protected and what the server said.
 func (m *MTA) logDelivery(e *envelope.Envelope, c *client, cd candidate, reply string, err error) {
+	m.logSessionDelivery(e, c, cd, reply, err)
 	where := fmt.Sprintf("%s [%s] %s", cd.mx.Host, cd.host.addr, describeTLS(c, cd.policy))
 	if err != nil {
 		m.child.Log.Infof("%s: relay to <%s> via %s failed: %v", envelope.FormatEvpID(e.ID), e.Dest, where, err)
@@ -283,6 +285,9 @@ func (m *MTA) open(c *client, r *relay, cd candidate) error {
 	}
 	if err := m.startTLS(c, r, cd, helo); err != nil {
 		return err
+	}
+	if c.tlsState != nil {
+		m.child.Log.Event("%016x mta tls ciphers=%s", c.id, logging.TLSText(*c.tlsState))
 	}
 	m.mu.Lock()
 	r.policy = cd.policy.name + " (" + cd.policy.why + ")"

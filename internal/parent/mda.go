@@ -34,6 +34,7 @@ func (p *Parent) deliverLocal(m *proto.QueueDeliverLocal) {
 	res := p.runMDA(e, m.Envelope, body)
 	p.stats.Decrement("mda.running", 1)
 	res.EvpID = e.ID
+	p.logLocalDelivery(e, res)
 	if err := p.children[proto.ProcQueue].ch.Send(&proto.ParentDeliveryResult{DeliveryResult: res}, 0); err != nil {
 		p.fatal <- err
 	}

@@ -112,17 +112,20 @@ func (sess *session) authenticate(user, password string) *server.Reply {
 	env, err := sess.s.ask(sess.s.lookup, &proto.SMTPAuthQuery{What: "password", Listener: sess.listener.Name, User: user, Value: password})
 	if err != nil {
 		sess.s.log.Warnf("%016x: auth: %v", sess.info.ID, err)
+		sess.s.log.Event("%s", authLine(sess.info.ID, user, "tempfail"))
 		return errAuthTemporary
 	}
 	res, ok := env.Msg.(*proto.LookupAuthResult)
 	switch {
 	case !ok || res.Status == proto.StatusTempfail:
 		sess.s.stats.Increment("smtp.auth.tempfail", 1)
+		sess.s.log.Event("%s", authLine(sess.info.ID, user, "tempfail"))
 		return errAuthTemporary
 	case res.Status == proto.StatusOK:
 		sess.info.Auth = user
 		sess.s.stats.Increment("smtp.auth.ok", 1)
 		sess.s.log.Infof("%016x: authenticated as %q from [%s]", sess.info.ID, user, sess.info.Remote)
+		sess.s.log.Event("%s", authLine(sess.info.ID, user, "ok"))
 		return nil
 	}
 	return sess.authFailed(user)
@@ -133,6 +136,7 @@ func (sess *session) authenticate(user, password string) *server.Reply {
 func (sess *session) authFailed(user string) *server.Reply {
 	sess.s.stats.Increment("smtp.auth.fail", 1)
 	sess.s.log.Infof("%016x: authentication as %q failed from [%s]", sess.info.ID, user, sess.info.Remote)
+	sess.s.log.Event("%s", authLine(sess.info.ID, user, "permfail"))
 	sess.s.authFailures.add(sess.info.Remote)
 	time.Sleep(authFailureDelay)
 	if sess.authFailures++; sess.authFailures >= authFailuresPerSession {

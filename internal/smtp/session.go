@@ -63,6 +63,8 @@ type session struct {
 	tlsOptional bool
 	// auth sums up the checks of the message for its log line
 	auth string
+	// logged are the envelopes of the message, for its event lines
+	logged []loggedEnvelope
 }
 
 // created is queue's answer to SMTPMessageCreate, or why none came.
@@ -396,6 +398,7 @@ func (sess *session) commit() *server.Reply {
 		auth += " REQUIRETLS"
 	}
 	sess.s.log.Infof("%016x: message %s accepted from <%s> for %d recipients%s", sess.info.ID, id, sess.info.Sender, len(sess.rcpts), auth)
+	sess.logMessage(msgid)
 	return reply(250, server.EnhancedCode{2, 0, 0}, "%s Message accepted for delivery", id)
 }
 
@@ -422,7 +425,7 @@ func (sess *session) endMessage() {
 	}
 	sess.msgid, sess.body, sess.bw = 0, nil, nil
 	sess.info.Sender, sess.mail, sess.rcpts = "", server.MailParams{}, nil
-	sess.discard, sess.quarantine, sess.auth = false, "", ""
+	sess.discard, sess.quarantine, sess.auth, sess.logged = false, "", "", nil
 }
 
 // Abort ends a transaction without a message: RSET, a refused message,
@@ -501,6 +504,7 @@ func (sess *session) submit(msgid uint32) *server.Reply {
 			if err := sess.s.child.Send(sess.s.queue, &proto.SMTPEnvelopeSubmit{MsgID: msgid, Envelope: data}, 0); err != nil {
 				return sess.internalErr(err)
 			}
+			sess.logged = append(sess.logged, loggedEnvelope{id: e.ID, rcpt: r.addr})
 			if sess.filters.external {
 				sess.s.sendFilterEvent(sess, now, "tx-envelope", []string{fmt.Sprintf("%08x", msgid), envelope.FormatEvpID(e.ID)})
 			}

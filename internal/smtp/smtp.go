@@ -73,6 +73,9 @@ type Server struct {
 	// lastCommand is the last line of each session's client, for the
 	// log line of a refusal
 	lastCommand sync.Map
+	// events is what the event lines of each session remember, by
+	// connection (eventlog.go)
+	events sync.Map
 }
 
 // New prepares the smtp process: it loads the listeners' certificates,
@@ -254,10 +257,12 @@ func (s *Server) serve(lc *config.Listener, srv *server.Server, ln net.Listener)
 	}
 }
 
-// report logs every refusal once, with the session and the command it
-// answers (credentials masked by the engine), and every line of every
-// session while the smtp subsystem is traced (smtpctl trace smtp).
+// report writes the event lines of the session (eventlog.go), logs
+// every refusal once, with the session and the command it answers
+// (credentials masked by the engine), and every line of every session
+// while the smtp subsystem is traced (smtpctl trace smtp).
 func (s *Server) report(e server.Event) {
+	s.logEvent(e)
 	if sess, ok := s.filtered.Load(e.Conn); ok {
 		s.filterEvent(sess.(*session), e)
 	}

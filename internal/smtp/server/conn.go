@@ -124,6 +124,11 @@ func (c *Conn) SetLocal(local bool) { c.local = local }
 // sent.
 func (c *Conn) Disconnect() { c.quit = true }
 
+// Ending reports whether the session ends, or ended, because of a reply
+// (to QUIT, a 421, a refusal that closes the session) rather than
+// because the client went away or a read failed.
+func (c *Conn) Ending() bool { return c.quit }
+
 // transaction is what the client declared since MAIL.
 type transaction struct {
 	n      int
