@@ -14,9 +14,14 @@
 //	SMTPD_MONKEY_RATE   percent of the passes through a point that fail (5)
 //	SMTPD_CRASH         crash point to arm
 //	SMTPD_CRASH_MODE    "self" kills the process, "whole" (default) the daemon
+//	SMTPD_MONKEY_STREAM set by the parent: which start of a delivery agent
 package monkey
 
 import "errors"
+
+// StreamEnv names the start of a process the parent starts many times,
+// so that each start draws its own random choices from the seed.
+const StreamEnv = "SMTPD_MONKEY_STREAM"
 
 // Points are the fault injection points.
 var Points = []string{

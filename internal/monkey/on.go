@@ -66,9 +66,11 @@ func get() *troop {
 				fmt.Fprintf(os.Stderr, "monkey: seed %d (SMTPD_MONKEY_SEED=%d replays it)\n", seed, seed)
 			}
 		}
-		// every process draws its own sequence from the seed
+		// every process draws its own sequence from the seed, and each
+		// start of a process the parent starts many times (delivery
+		// agents) its own too
 		h := fnv.New64a()
-		h.Write([]byte(strings.Join(os.Args, " ")))
+		h.Write([]byte(strings.Join(os.Args, " ") + " " + os.Getenv(StreamEnv)))
 		t.rng = rand.New(rand.NewPCG(seed, h.Sum64()))
 		active = t
 	})

@@ -97,12 +97,15 @@ func (p *Parent) startMDA(acct proto.Account) (*mdaWorker, error) {
 	cmd.Dir = "/"
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "USER=" + acct.Name, "HOME=" + acct.Directory}
 	if monkey.Enabled {
-		// the fault injection settings reach deliveries too
+		// the fault injection settings reach deliveries too; each agent
+		// draws its own sequence, or one that injects a failure first
+		// would inject it at every start, for as long as a retry lasts
 		for _, v := range os.Environ() {
 			if strings.HasPrefix(v, "SMTPD_") {
 				cmd.Env = append(cmd.Env, v)
 			}
 		}
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", monkey.StreamEnv, p.mdaStarts.Add(1)))
 	}
 	if privsep.Privileged() {
 		// the delivery runs as the recipient, with no other groups

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,9 @@ type Parent struct {
 	// source is the configuration file the daemon started with, to
 	// name what a reload does not apply
 	source []byte
+	// mdaStarts counts the delivery agents started, so that each draws
+	// its own fault injections (monkey runs)
+	mdaStarts atomic.Uint64
 }
 
 type event struct {
