@@ -18,6 +18,7 @@ import (
 
 	"smtpd/internal/dane"
 	"smtpd/internal/dns/dnstest"
+	"smtpd/internal/testcert"
 )
 
 // posttlsFingerTimeout bounds one run of posttls-finger; its own
@@ -42,8 +43,9 @@ func TestPostTLSFinger(t *testing.T) {
 	// the receiving side
 	certDir := t.TempDir()
 	os.Chmod(certDir, 0o755)
-	cert, key, served := writeHostCert(t, certDir, "mx.posttls.test")
-	_, _, other := writeHostCert(t, t.TempDir(), "mx.posttls.test") // never served
+	// DANE-EE (3 1 1) matches the key whoever signed the certificate
+	served, cert, key := testcert.NewCA(t).Issue(t, certDir, "mx.posttls.test")
+	other, _, _ := testcert.NewCA(t).Issue(t, t.TempDir(), "mx.posttls.test") // never served
 	port := FreePort(t)
 	conf := strings.NewReplacer(
 		`hostname       = "mx.example.test"`, `hostname       = "mx.posttls.test"`,
