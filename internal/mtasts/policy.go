@@ -25,6 +25,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"smtpd/internal/policytxt"
 )
 
 // Mode is a policy's mode (RFC 8461 §5): what a sender does with an MX
@@ -95,7 +97,7 @@ func ParsePolicy(body []byte) (*Policy, error) {
 			return nil, fmt.Errorf("%w: line %d: not a key: value pair", ErrPolicySyntax, n)
 		}
 		key, value = trimWSP(key), trimWSP(value)
-		if !validFieldName(key) {
+		if !policytxt.ValidName(key) {
 			return nil, fmt.Errorf("%w: line %d: invalid field name %q", ErrPolicySyntax, n, key)
 		}
 		if seen[key] && key != "mx" {
@@ -232,21 +234,6 @@ func trimWSP(s string) string {
 
 func isAlnum(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-}
-
-// validFieldName reports whether s is a field name of the record or the
-// policy (sts-ext-name, sts-policy-ext-name of RFC 8461 §3.1, §3.2): a
-// letter or digit, then up to 31 letters, digits, '_', '-' or '.'.
-func validFieldName(s string) bool {
-	if s == "" || len(s) > 32 || !isAlnum(s[0]) {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		if c := s[i]; !isAlnum(c) && c != '_' && c != '-' && c != '.' {
-			return false
-		}
-	}
-	return true
 }
 
 // validMXPattern reports whether s is a host name, possibly after "*."

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"smtpd/internal/policytxt"
 )
 
 // Errors of ParseTXT. Each means that the domain has no available
@@ -86,7 +88,7 @@ func parseRecord(r string) (string, error) {
 			return "", errors.New("empty field")
 		case !ok:
 			return "", fmt.Errorf("field %q has no value", f)
-		case !validFieldName(name):
+		case !policytxt.ValidName(name):
 			return "", fmt.Errorf("invalid field name %q", name)
 		case seen[name]:
 			continue
@@ -97,7 +99,7 @@ func parseRecord(r string) (string, error) {
 				return "", fmt.Errorf("id %q is not 1 to 32 letters and digits", value)
 			}
 			id = value
-		} else if !validExtValue(value) {
+		} else if !policytxt.ValidValue(value) {
 			return "", fmt.Errorf("field %s has invalid value %q", name, value)
 		}
 	}
@@ -114,21 +116,6 @@ func validID(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		if !isAlnum(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-// validExtValue reports whether s is the value of an extension field of
-// the record, sts-ext-value of RFC 8461 §3.1: printable ASCII other than
-// space, '=' and ';'.
-func validExtValue(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x21 || c > 0x7e || c == '=' || c == ';' {
 			return false
 		}
 	}

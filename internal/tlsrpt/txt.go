@@ -6,6 +6,8 @@ import (
 	"net/mail"
 	"net/url"
 	"strings"
+
+	"smtpd/internal/policytxt"
 )
 
 // Errors of ParseTXT. ErrNoRecord and ErrMultipleRecords both mean that
@@ -93,7 +95,7 @@ func parseFields(s string) ([]string, error) {
 		}
 		name, value = strings.TrimRight(name, " \t"), strings.TrimLeft(value, " \t")
 		if name != "rua" {
-			if !validExtName(name) || !validExtValue(value) {
+			if !policytxt.ValidName(name) || !policytxt.ValidValue(value) {
 				return nil, fmt.Errorf("malformed field %q", clip(f))
 			}
 			continue
@@ -114,34 +116,6 @@ func parseFields(s string) ([]string, error) {
 		return nil, errors.New("rua names no mailto: or https: URI")
 	}
 	return rua, nil
-}
-
-// validExtName checks tlsrpt-ext-name:
-// (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".").
-func validExtName(s string) bool {
-	if s == "" || len(s) > 32 || !isAlnum(s[0]) {
-		return false
-	}
-	for i := 1; i < len(s); i++ {
-		if c := s[i]; !isAlnum(c) && c != '_' && c != '-' && c != '.' {
-			return false
-		}
-	}
-	return true
-}
-
-// validExtValue checks tlsrpt-ext-value: 1*(%x21-3A / %x3C / %x3E-7E),
-// printable ASCII but for ";" and "=".
-func validExtValue(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x21 || c > 0x7e || c == ';' || c == '=' {
-			return false
-		}
-	}
-	return true
 }
 
 func isAlpha(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
