@@ -144,7 +144,7 @@ func TestReloadCertificate(t *testing.T) {
 	}
 	d.Signal(syscall.SIGHUP)
 	waitLog(t, d, "listener mx: certificate reloaded", 5*time.Second)
-	waitLog(t, d, "SIGHUP: reloaded the table files, the certificate of listener mx; no other change seen", 5*time.Second)
+	waitLog(t, d, "SIGHUP: lookup reads the tables again; reloaded the certificates of listeners mx; no other change seen", 5*time.Second)
 
 	s2 := holdSession(t, d.SMTPAddr)
 	s2.cmd("EHLO client.example.net", "250")

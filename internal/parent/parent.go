@@ -88,7 +88,9 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	}
 	// read as soon as possible after the load: a reload compares with it
 	p.source, _ = os.ReadFile(cfg.Path)
-	signals := make(chan os.Signal, 1)
+	// room for a few: a signal that finds the channel full is dropped,
+	// and a SIGTERM must not be lost behind SIGHUPs during a reload
+	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	signal.Ignore(syscall.SIGPIPE)
 	p.filters = newFilterProcs(p)

@@ -42,7 +42,8 @@ func (p *Parent) reload() error {
 	if err := p.children[proto.ProcLookup].ch.Send(&proto.ParentTablesReload{}, 0); err != nil {
 		return fmt.Errorf("lookup: %w", err)
 	}
-	reloaded := []string{"the table files"}
+	// lookup reloads the tables and logs how that went
+	var certs []string
 	for _, l := range p.cfg.Listeners {
 		if l.TLS == config.TLSNone {
 			continue
@@ -52,10 +53,13 @@ func (p *Parent) reload() error {
 			return err
 		}
 		if sent {
-			reloaded = append(reloaded, "the certificate of listener "+l.Name)
+			certs = append(certs, l.Name)
 		}
 	}
-	what := "SIGHUP: reloaded " + strings.Join(reloaded, ", ")
+	what := "SIGHUP: lookup reads the tables again"
+	if len(certs) > 0 {
+		what += "; reloaded the certificates of listeners " + strings.Join(certs, ", ")
+	}
 	if changed := p.changes(); len(changed) > 0 {
 		p.log.Infof("%s; changed, taking effect at the next restart: %s", what, strings.Join(changed, ", "))
 	} else {
@@ -89,7 +93,8 @@ func (p *Parent) reloadCertificate(name string, next *config.Config) (bool, erro
 	if err == nil {
 		keyPEM, err = os.ReadFile(l.Key)
 	}
-	// the copy sent is the only one the parent keeps, until now
+	// not kept beyond the send (the channel's buffers may hold a copy
+	// until later frames overwrite them; only smtp ever receives it)
 	defer clear(keyPEM)
 	if err == nil {
 		_, err = tls.X509KeyPair(certPEM, keyPEM)

@@ -410,7 +410,9 @@ func (s *Scheduler) schedule(match func(*envelope.Envelope) bool) (envelopes, me
 	msgs := map[uint32]bool{}
 	now := time.Now()
 	for _, en := range s.envs {
-		if en.index >= 0 && match(en.env) {
+		// a paused kind (smtpctl pause mta) waits for its resume: not
+		// counted as started
+		if en.index >= 0 && !s.paused[en.env.Kind] && match(en.env) {
 			en.next = now
 			en.deferred = false
 			heap.Fix(&s.waiting, en.index)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"smtpd/internal/config"
 	"smtpd/internal/smtp/server"
 	"smtpd/proto"
 )
@@ -21,6 +22,13 @@ func (sess *session) ETRN(node server.ETRNNode) (int, *server.Reply) {
 		// the engine offers it only with a table; a local session
 		// never has one
 		return 0, server.ETRNNotAllowed(node, "ETRN is not offered here")
+	}
+	// the listener's own conditions come first, as for MAIL
+	if sess.listener.TLS == config.TLSStartTLSRequire && !sess.tls() {
+		return 0, reply(530, server.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+	}
+	if sess.listener.Auth == config.AuthRequired && sess.info.Auth == "" {
+		return 0, errAuthRequired
 	}
 	if r := sess.etrnAllowed(node); r != nil {
 		sess.s.stats.Increment("smtp.etrn.refused", 1)

@@ -40,7 +40,8 @@ func sessions(servers []*server.Server) int {
 // parent checked it, but smtp does not act on a key it cannot use)
 // leaves the old one in place.
 func (s *Server) reloadCertificate(m *proto.ParentListenerCertificate) {
-	// the key lives on in the parsed certificate only
+	// the key lives on in the parsed certificate (and, until overwritten,
+	// in the channel's read buffer)
 	defer clear(m.KeyPEM)
 	current := s.certs[m.Listener]
 	if current == nil {
