@@ -313,7 +313,9 @@ func (x *expansion) targets(idx int, act *config.Action, orig address.Address, v
 // root: root, alice.
 func (x *expansion) aliasedUser(idx int, act *config.Action, a address.Address, depth int) error {
 	if act.Alias != nil {
-		name := strings.ToLower(a.User)
+		// the base of user+tag, as address() looks aliases up
+		base, _ := a.Base()
+		name := strings.ToLower(base)
 		key := "alias:" + act.Name + ":" + name
 		if !x.seen[key] {
 			x.seen[key] = true

@@ -101,8 +101,8 @@ func deliverExternals(act *config.Action, vars config.TemplateVars, env []string
 }
 
 // runExternal runs x once: without a shell, its standard input the
-// message file itself from its start (the message is never copied
-// into memory, and the program reads it at its own pace), its standard
+// message file from its start, streamed through a pipe (the message is
+// never held in memory, and the program reads it at its own pace), its standard
 // output and error drained as it writes them into bounded buffers (a
 // program that writes a lot never blocks on a full pipe), in a process
 // group of its own that is killed at x's timeout.
@@ -116,12 +116,17 @@ func runExternal(x *config.ExternalCommand, vars config.TemplateVars, env []stri
 		// a program missing now may be installed later: retried
 		return attempt{err: err, temporary: true}
 	}
-	if _, err := body.Seek(0, io.SeekStart); err != nil {
+	fi, err := body.Stat()
+	if err != nil {
 		return attempt{err: fmt.Errorf("message: %w", err), temporary: true}
 	}
 	var stdout, stderr tailBuffer
 	cmd := privsep.ProgramCommand(argv, nil, nil)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = body, &stdout, &stderr
+	// a pipe fed by positioned reads of the file, not the file itself:
+	// the offset of the one description is shared, and a process an
+	// earlier external left behind could move it under this one
+	cmd.Stdin = io.NewSectionReader(body, 0, fi.Size())
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Env = env
 	if dir != "" {
 		cmd.Dir = dir
@@ -139,6 +144,9 @@ func runExternal(x *config.ExternalCommand, vars config.TemplateVars, env []stri
 	})
 	err = cmd.Wait()
 	timer.Stop()
+	// what the program left running in its group goes with it: it
+	// could still send the message, or read the next one's input
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	a := attempt{err: err, elapsed: time.Since(start), line: lastLine(stderr.Bytes())}
 	if a.line == "" {
 		a.line = lastLine(stdout.Bytes())

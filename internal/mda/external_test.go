@@ -32,6 +32,10 @@ var externalScripts = map[string]string{
 	"hang":    `sleep 60 & echo $! > "$DIR/child.pid"; wait`,
 	"signal":  `echo "dying" >&2; kill -TERM $$`,
 	"partial": `head -c 10 > /dev/null; exit 75`,
+	// leaves a reader of its standard input behind, and a process
+	"thief": `(sleep 0.05; cat > /dev/null) >/dev/null 2>&1 & (sleep 30) >/dev/null 2>&1 & echo $! > "$DIR/left.pid"; exit 75`,
+	// reads late, so that a reader left behind would get its share
+	"slowsave": `sleep 0.2; cat > "$DIR/got.$1"; exit 0`,
 }
 
 // externalsConfig writes the scripts into dir and returns a
@@ -237,6 +241,47 @@ func TestExternalPartialRead(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(dir, "got.bob")); string(got) != text {
 		t.Errorf("the second external got %d bytes of %d", len(got), len(text))
 	}
+}
+
+// TestExternalLeftovers: what an external leaves running is killed with
+// it, and cannot take the next one's input: each reads the whole
+// message, whatever the one before did with its own.
+func TestExternalLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	cfg := externalsConfig(t, dir, `action "out" {
+  externals = [external.thief, external.slowsave]
+  user      = "alice"
+}`)
+	text := "Subject: x\r\n\r\n" + strings.Repeat("y", 1<<20)
+	if _, err := deliverTo(t, cfg, message(t, dir, text), "bob@example.net"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "got.bob")); string(got) != text {
+		t.Errorf("the second external got %d bytes of %d", len(got), len(text))
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "left.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	// killed, it may stay a zombie until its new parent reaps it
+	for deadline := time.Now().Add(2 * time.Second); alive(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("process %d left by the first external still runs", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+			break
+		}
+	}
+}
+
+// alive reports whether pid runs, a zombie counting as dead.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(stat), ") ")
+	return !strings.HasPrefix(rest, "Z")
 }
 
 // TestExternalsRoute: a route chooses the list by a header field,

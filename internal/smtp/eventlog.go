@@ -44,15 +44,45 @@ func (st *sessionEvents) client(line string) {
 	case st.lastCode == "354" && line == ".":
 		return
 	}
+	prev := st.command
 	st.command, st.authMech, st.responses = line, "", 0
-	verb, rest, _ := strings.Cut(line, " ")
-	if strings.EqualFold(verb, "AUTH") {
-		mech, initial, _ := strings.Cut(rest, " ")
-		st.authMech = strings.ToUpper(mech)
-		if initial != "" {
+	fields := strings.Fields(line)
+	verb := ""
+	if len(fields) > 0 {
+		verb = strings.ToUpper(fields[0])
+	}
+	switch {
+	case verb == "AUTH":
+		// whatever follows the mechanism, separated by spaces or tabs,
+		// is a credential: never logged (failedCommand)
+		st.authMech = "?"
+		if len(fields) > 1 {
+			st.authMech = strings.ToUpper(fields[1])
+		}
+		if len(fields) > 2 {
 			st.responses = 1
 		}
+	case !isSMTPVerb(verb) && isAUTH(prev):
+		// a client that sends its credentials without waiting for the
+		// 334 of an AUTH that was refused: the line is one of them
+		st.command = "(a line after AUTH)"
 	}
+}
+
+// isSMTPVerb reports whether verb is a command the engine knows; another
+// line right after an AUTH is taken for a credential sent too early.
+func isSMTPVerb(verb string) bool {
+	switch verb {
+	case "HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT",
+		"VRFY", "EXPN", "HELP", "STARTTLS", "AUTH", "ETRN":
+		return true
+	}
+	return false
+}
+
+func isAUTH(line string) bool {
+	f := strings.Fields(line)
+	return len(f) > 0 && strings.EqualFold(f[0], "AUTH")
 }
 
 // server notes the last line of a reply. An AUTH exchange ends with
@@ -74,8 +104,12 @@ func (st *sessionEvents) server(line string) {
 // line gives it: the command line, with AUTH's credentials never shown
 // but the step of the exchange, as OpenSMTPD names it.
 func (st *sessionEvents) failedCommand() string {
-	if st.authMech == "" || st.responses == 0 {
+	if st.authMech == "" {
 		return st.command
+	}
+	if st.responses == 0 {
+		// the AUTH line alone, with no credential on it
+		return "AUTH " + st.authMech
 	}
 	switch {
 	case st.authMech == server.AuthLogin && st.responses == 1:

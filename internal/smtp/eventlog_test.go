@@ -26,7 +26,9 @@ func TestFailedCommand(t *testing.T) {
 		{"login bad username", []string{"C: AUTH LOGIN", "S: 334 VXNlcm5hbWU6", "C: ********", "S: 501 5.5.2 Cannot decode base64 response"}, "AUTH LOGIN (username)"},
 		{"unknown mechanism", []string{"C: AUTH CRAM-MD5", "S: 504 5.5.4 Unrecognized authentication type"}, "AUTH CRAM-MD5"},
 		{"unknown mechanism initial", []string{"C: AUTH xoauth2 ********", "S: 504 5.5.4 Unrecognized authentication type"}, "AUTH XOAUTH2 (...)"},
-		{"after auth, a command", []string{"C: AUTH PLAIN ********", "S: 535 5.7.8 Authentication credentials invalid", "C: ********", "S: 500 5.5.1 Command unrecognized"}, "********"},
+		{"after auth, a command", []string{"C: AUTH PLAIN ********", "S: 535 5.7.8 Authentication credentials invalid", "C: ********", "S: 500 5.5.1 Command unrecognized"}, "(a line after AUTH)"},
+		// a credential the client sent without waiting, unmasked
+		{"after a refused auth, a credential", []string{"C: AUTH PLAIN", "S: 504 5.5.4 Unrecognized authentication type", "C: dXNlcgB1c2VyAHNlY3JldA==", "S: 500 5.5.1 Command unrecognized"}, "(a line after AUTH)"},
 		{"end of data", []string{"C: DATA", "S: 354 End data with <CR><LF>.<CR><LF>", "C: .", "S: 554 5.7.1 Rejected by a filter"}, "DATA"},
 		{"dot as a command", []string{"C: NOOP", "S: 250 2.0.0 Ok", "C: .", "S: 500 5.5.1 Command unrecognized"}, "."},
 		{"bdat", []string{"C: BDAT 10 LAST", "S: 552 5.3.4 Message too big"}, "BDAT 10 LAST"},

@@ -64,8 +64,20 @@ func (s *Static) Lookup(key string) (string, bool) {
 	if v, ok := s.values[key]; ok {
 		return v, true
 	}
-	v, ok := s.folded[strings.ToLower(key)]
+	v, ok := s.folded[asciiLower(key)]
 	return v, ok
+}
+
+// asciiLower lowercases ASCII letters only: Unicode case folding would
+// let "\u212A" (the Kelvin sign) find a key "k".
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // fold indexes the keys with capitals by their lowercase form, once
@@ -73,7 +85,7 @@ func (s *Static) Lookup(key string) (string, bool) {
 func (s *Static) fold() *Static {
 	keys := make([]string, 0, len(s.values))
 	for k := range s.values {
-		if k != strings.ToLower(k) {
+		if k != asciiLower(k) {
 			keys = append(keys, k)
 		}
 	}
@@ -82,8 +94,8 @@ func (s *Static) fold() *Static {
 		if s.folded == nil {
 			s.folded = map[string]string{}
 		}
-		if _, ok := s.folded[strings.ToLower(k)]; !ok {
-			s.folded[strings.ToLower(k)] = s.values[k]
+		if _, ok := s.folded[asciiLower(k)]; !ok {
+			s.folded[asciiLower(k)] = s.values[k]
 		}
 	}
 	return s

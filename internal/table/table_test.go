@@ -75,3 +75,14 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// Keys with capitals answer their lowercase form, ASCII letters only;
+// an exact key wins over a folded one.
+func TestFoldedKeys(t *testing.T) {
+	s := NewMap(map[string]string{"Postmaster": "root", "k": "exact", "KELVIN": "kelvin"})
+	for key, want := range map[string]string{"postmaster": "root", "Postmaster": "root", "k": "exact", "kelvin": "kelvin", "\u212aelvin": ""} {
+		if got, _ := s.Lookup(key); got != want {
+			t.Errorf("Lookup(%q) = %q, want %q", key, got, want)
+		}
+	}
+}

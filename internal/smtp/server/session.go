@@ -253,10 +253,16 @@ func (c *Conn) command(line string) {
 
 // reportCommand reports a command line, with the credentials of an AUTH
 // initial response masked, as OpenSMTPD masks them.
+// Fields are split at spaces and tabs alike: a tab must not carry a
+// credential past the mask.
 func (c *Conn) reportCommand(verb, arg, line string) {
-	if verb == "AUTH" {
-		if mech, _, initial := strings.Cut(arg, " "); initial {
-			line = "AUTH " + mech + " ********"
+	if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], "AUTH") {
+		line = "AUTH"
+		if len(f) > 1 {
+			line += " " + f[1]
+		}
+		if len(f) > 2 {
+			line += " ********"
 		}
 	}
 	c.report(Event{Kind: EventProtocolClient, Line: line})

@@ -933,3 +933,27 @@ func TestUnterminatedLongLine(t *testing.T) {
 		t.Errorf("closed after %v", d)
 	}
 }
+
+// TestAuthMaskedWithTabs: a tab between AUTH, the mechanism and the
+// initial response does not carry the credential past the mask of the
+// reported command line.
+func TestAuthMaskedWithTabs(t *testing.T) {
+	rec := newRecorder()
+	srv := newTestServer(rec)
+	srv.AuthMechanisms = []string{"PLAIN"}
+	srv.AllowInsecureAuth = true
+	c := dial(t, serveLoopback(t, srv))
+	c.reply()
+	secret := b64("\x00alice\x00secret")
+	for _, cmd := range []string{"EHLO client.example", "AUTH\tPLAIN " + secret, "AUTH PLAIN\t" + secret, "QUIT"} {
+		c.send(cmd + "\r\n")
+		c.reply()
+	}
+	c.closed()
+	srv.Shutdown(t.Context())
+	for _, e := range rec.Events() {
+		if strings.Contains(e.Line, secret) {
+			t.Errorf("credential in a reported line: %s %q", e.Kind, e.Line)
+		}
+	}
+}
