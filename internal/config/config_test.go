@@ -417,10 +417,16 @@ func TestOutboundTLSSettings(t *testing.T) {
 		check      func(*Config) bool
 	}{
 		{"defaults", base, func(c *Config) bool {
-			return c.ResolverValidates && c.MTAStateDir == "/var/spool/smtpd-mta" && c.MTASTSPort == 443 && c.CAFile == "" &&
+			// with no resolver, those of resolv.conf, if all local
+			local := len(resolvConfServers(ResolvConf)) > 0
+			for _, s := range resolvConfServers(ResolvConf) {
+				local = local && strings.HasPrefix(s, "127.") || local && strings.HasPrefix(s, "[::1]")
+			}
+			return c.ResolverValidates == local && c.MTAStateDir == "/var/spool/smtpd-mta" && c.MTASTSPort == 443 && c.CAFile == "" &&
 				c.TLSReports == TLSReports{Enabled: true, Organization: "mx.example.org", Contact: "postmaster@mx.example.org", From: "noreply-tlsrpt@mx.example.org"}
 		}},
 		{"local resolver", base + "resolver = [\"127.0.0.1\", \"[::1]:53\"]\n", func(c *Config) bool { return c.ResolverValidates }},
+		{"remote resolver said not to validate", base + "resolver = [\"127.0.0.1\"]\nresolver_validates = false\n", func(c *Config) bool { return !c.ResolverValidates }},
 		{"remote resolver", base + "resolver = [\"127.0.0.1\", \"192.0.2.53\"]\n", func(c *Config) bool { return !c.ResolverValidates }},
 		{"remote resolver said to validate", base + "resolver = [\"192.0.2.53\"]\nresolver_validates = true\n", func(c *Config) bool { return c.ResolverValidates }},
 		{"state dir and reports", base + "mta_state_dir = \"/var/lib/smtpd\"\ntls_reports {\n  enabled = false\n  organization = \"Example\"\n}\n", func(c *Config) bool {
@@ -468,5 +474,15 @@ listen "off" { address = "127.0.0.1:27" }
 	}
 	if l := cfg.Listeners[2]; l.ETRN != nil {
 		t.Errorf("off etrn = %+v, want none", l.ETRN)
+	}
+}
+
+func TestResolvConfServers(t *testing.T) {
+	p := write(t, t.TempDir(), "resolv.conf", "# local\nnameserver 127.0.0.53\nsearch example.org\nnameserver ::1\noptions edns0 trust-ad\n")
+	if got := strings.Join(resolvConfServers(p), " "); got != "127.0.0.53:53 [::1]:53" {
+		t.Errorf("servers %s", got)
+	}
+	if got := resolvConfServers(p + ".missing"); got != nil {
+		t.Errorf("missing file: %v", got)
 	}
 }

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -49,9 +51,14 @@ func (d *decoder) outboundTLS(attrs hcl.Attributes, reports []*hcl.Block) {
 	}
 	// A resolver on this host is trusted to set the AD bit only on
 	// answers it validated; one across a network is not, since anyone
-	// on the path could set it (RFC 6698 §4.1).
-	cfg.ResolverValidates = true
-	for _, r := range cfg.Resolvers {
+	// on the path could set it (RFC 6698 §4.1): a forged AD bit would
+	// let DANE win over a domain's MTA-STS policy.
+	servers := cfg.Resolvers
+	if len(servers) == 0 {
+		servers = resolvConfServers(ResolvConf)
+	}
+	cfg.ResolverValidates = len(servers) > 0
+	for _, r := range servers {
 		if ap, err := netip.ParseAddrPort(r); err != nil || !ap.Addr().IsLoopback() {
 			cfg.ResolverValidates = false
 		}
@@ -87,4 +94,25 @@ func (d *decoder) destinationTLS(attrs hcl.Attributes, dst *Destination) {
 	default:
 		d.errorf(attrs["tls"].Expr.Range(), "Invalid TLS policy", "tls must be \"dane\", \"mta-sts\", \"required\", \"opportunistic\" or \"none\", not %q.", dst.TLS)
 	}
+}
+
+// ResolvConf is where the resolvers come from when the configuration
+// names none.
+const ResolvConf = "/etc/resolv.conf"
+
+// resolvConfServers returns the nameservers of a resolv.conf as
+// host:port, none if it cannot be read.
+func resolvConfServers(path string) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "nameserver" {
+			out = append(out, net.JoinHostPort(f[1], "53"))
+		}
+	}
+	return out
 }
