@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"syscall"
@@ -93,14 +94,48 @@ func main() {
 		Verbose:      *verbose,
 		SetupTimeout: 10 * time.Second,
 		StopTimeout:  5 * time.Second,
+		Started:      reportStart(*foreground),
 	}, log))
 }
 
+// reportStart tells the start that detached (detach) whether the
+// daemon serves: "ready", or why not, on the descriptor it passed.
+func reportStart(foreground bool) func(error) {
+	if foreground || os.Getenv(detachedEnv) == "" {
+		return nil
+	}
+	// not for the children: one holding it would keep the start
+	// waiting for the end of the pipe
+	syscall.CloseOnExec(startFD)
+	return func(err error) {
+		w := os.NewFile(startFD, "start")
+		if err != nil {
+			fmt.Fprintf(w, "%v", err)
+		} else {
+			fmt.Fprint(w, startReady)
+		}
+		w.Close()
+	}
+}
+
+// startFD is the descriptor on which the detached daemon says whether
+// it started; startReady is what it writes when it serves.
+const (
+	startFD    = 3
+	startReady = "ready"
+)
+
 // detach starts the parent again in a session of its own, away from the
-// terminal, and returns at once; the configuration was checked already,
-// so its errors still reach the terminal.
+// terminal, and waits until it serves or fails to: the configuration was
+// checked already, and what fails later (a port in use, a missing user)
+// reaches the terminal and the exit status too, not only syslog.
 func detach() int {
 	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
+		return 1
+	}
+	r, w, err := os.Pipe()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
 		return 1
@@ -108,12 +143,28 @@ func detach() int {
 	cmd := exec.Command(exe, os.Args[1:]...)
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = append(os.Environ(), detachedEnv+"=1")
+	cmd.ExtraFiles = []*os.File{w} // startFD
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "smtpd: %v\n", err)
 		return 1
 	}
-	return 0
+	// the daemon's setup is bounded (SetupTimeout), and a daemon that
+	// dies closes the pipe: this read ends
+	said, _ := io.ReadAll(io.LimitReader(r, 4096))
+	r.Close()
+	if string(said) == startReady {
+		cmd.Process.Release()
+		return 0
+	}
+	if len(said) == 0 {
+		said = []byte("the daemon exited during its start; the mail log says why")
+	}
+	fmt.Fprintf(os.Stderr, "smtpd: %s\n", said)
+	cmd.Wait()
+	return 1
 }
 
 // injectOffline is `smtpd -x offline`, which the parent runs as the

@@ -37,6 +37,10 @@ type Options struct {
 	SetupTimeout time.Duration
 	// StopTimeout is how long children get to exit before SIGKILL.
 	StopTimeout time.Duration
+	// Started, if set, is told once whether the daemon started: nil
+	// when it serves, else why not (the detaching start reports it on
+	// the terminal).
+	Started func(error)
 }
 
 type child struct {
@@ -94,9 +98,15 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	signal.Ignore(syscall.SIGPIPE)
 	p.filters = newFilterProcs(p)
+	started := func(err error) {
+		if opts.Started != nil {
+			opts.Started(err)
+		}
+	}
 	if err := p.start(); err != nil {
 		log.Warnf("%v", err)
 		p.stop()
+		started(err)
 		return 1
 	}
 	p.filters.start()
@@ -104,6 +114,7 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	defer close(stopStats)
 	go p.stats.Run(stopStats)
 	log.Infof("ready: %d children, %d listeners, control socket %s", len(p.children), len(cfg.Listeners), cfg.ControlSocket)
+	started(nil)
 	go p.injectOffline()
 	// draining is set from the first SIGTERM or SIGINT while smtp
 	// finishes its sessions, until its SMTPDrained or drainOver
