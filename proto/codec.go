@@ -97,6 +97,14 @@ func (w *Writer) String(s string) {
 	}
 }
 
+// Strings appends a counted list of strings.
+func (w *Writer) Strings(list []string) {
+	w.U32(uint32(len(list)))
+	for _, s := range list {
+		w.String(s)
+	}
+}
+
 // Payload returns the encoded payload, or the first error.
 func (w *Writer) Payload() ([]byte, error) { return w.buf, w.err }
 
@@ -197,6 +205,16 @@ func (r *Reader) String() string {
 		return ""
 	}
 	return string(r.take(int(n)))
+}
+
+// Strings reads a list written by Writer.Strings; what names it in the
+// error for a count the payload cannot hold.
+func (r *Reader) Strings(what string) []string {
+	list := make([]string, r.Count(4, what))
+	for i := range list {
+		list[i] = r.String()
+	}
+	return list
 }
 
 // Fail records err as the reader's error unless one is recorded already;

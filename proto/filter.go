@@ -26,17 +26,11 @@ func (m *SMTPFilterEvent) Encode(w *Writer) {
 	w.U32(m.Listener)
 	w.Time(m.Time)
 	w.String(m.Event)
-	w.U32(uint32(len(m.Params)))
-	for _, p := range m.Params {
-		w.String(p)
-	}
+	w.Strings(m.Params)
 }
 func (m *SMTPFilterEvent) Decode(r *Reader) {
 	m.Session, m.Listener, m.Time, m.Event = r.U64(), r.U32(), r.Time(), r.String()
-	m.Params = make([]string, r.Count(4, "params"))
-	for i := range m.Params {
-		m.Params[i] = r.String()
-	}
+	m.Params = r.Strings("params")
 }
 
 // SMTPFilterMessage hands mfa a received message (its body file, read

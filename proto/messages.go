@@ -286,19 +286,12 @@ type TextLines struct {
 
 func (t *TextLines) encode(w *Writer) {
 	w.Bool(t.Last)
-	w.U32(uint32(len(t.Lines)))
-	for _, l := range t.Lines {
-		w.String(l)
-	}
+	w.Strings(t.Lines)
 }
 
 func (t *TextLines) decode(r *Reader) {
 	t.Last = r.Bool()
-	n := r.Count(4, "lines")
-	t.Lines = make([]string, 0, n)
-	for range n {
-		t.Lines = append(t.Lines, r.String())
-	}
+	t.Lines = r.Strings("lines")
 }
 
 // MTAObjects answers ControlMTAQuery.

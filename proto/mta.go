@@ -63,10 +63,7 @@ func (m *LookupMXResult) Encode(w *Writer) {
 	for _, mx := range m.MXs {
 		w.U32(mx.Preference)
 		w.String(mx.Host)
-		w.U32(uint32(len(mx.Addrs)))
-		for _, a := range mx.Addrs {
-			w.String(a)
-		}
+		w.Strings(mx.Addrs)
 		w.Bool(mx.Secure)
 	}
 }
@@ -76,11 +73,7 @@ func (m *LookupMXResult) Decode(r *Reader) {
 	n := r.Count(12, "exchangers")
 	m.MXs = make([]MXHost, 0, n)
 	for range n {
-		mx := MXHost{Preference: r.U32(), Host: r.String()}
-		k := r.Count(4, "addresses")
-		for range k {
-			mx.Addrs = append(mx.Addrs, r.String())
-		}
+		mx := MXHost{Preference: r.U32(), Host: r.String(), Addrs: r.Strings("addresses")}
 		mx.Secure = r.Bool()
 		m.MXs = append(m.MXs, mx)
 	}
@@ -177,19 +170,12 @@ func (*LookupDNSResult) Type() Type { return TypeLookupDNSResult }
 func (m *LookupDNSResult) Encode(w *Writer) {
 	m.encode(w)
 	w.Bool(m.Secure)
-	w.U32(uint32(len(m.Records)))
-	for _, rr := range m.Records {
-		w.String(rr)
-	}
+	w.Strings(m.Records)
 }
 func (m *LookupDNSResult) Decode(r *Reader) {
 	m.decode(r)
 	m.Secure = r.Bool()
-	n := r.Count(4, "records")
-	m.Records = make([]string, 0, n)
-	for range n {
-		m.Records = append(m.Records, r.String())
-	}
+	m.Records = r.Strings("records")
 }
 
 // MTAReportSubmit hands queue a message mta wrote (a TLS report, RFC
@@ -209,18 +195,11 @@ func NewMTAReportSubmit(sender string, rcpts []string, body *os.File) *MTAReport
 func (*MTAReportSubmit) Type() Type { return TypeMTAReportSubmit }
 func (m *MTAReportSubmit) Encode(w *Writer) {
 	w.String(m.Sender)
-	w.U32(uint32(len(m.Rcpts)))
-	for _, r := range m.Rcpts {
-		w.String(r)
-	}
+	w.Strings(m.Rcpts)
 }
 func (m *MTAReportSubmit) Decode(r *Reader) {
 	m.Sender = r.String()
-	n := r.Count(4, "recipients")
-	m.Rcpts = make([]string, 0, n)
-	for range n {
-		m.Rcpts = append(m.Rcpts, r.String())
-	}
+	m.Rcpts = r.Strings("recipients")
 }
 
 // QueueReportQueued answers MTAReportSubmit: StatusOK once the message

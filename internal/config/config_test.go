@@ -136,11 +136,7 @@ func TestBroken(t *testing.T) {
 	base := `listen "mx" { address = "127.0.0.1:2525" }
 action "local" { mbox = true }
 `
-	tests := []struct {
-		name, conf string
-		line       int
-		want       string
-	}{
+	tests := []brokenConfig{
 		{"unknown table", base + "match {\n  for = table.domians\n  action = action.local\n}\n", 4, `There is no table "domians"`},
 		{"unknown action", base + "match {\n  action = action.lcoal\n}\n", 4, `There is no action "lcoal". Defined: local.`},
 		{"unknown attribute", base + "match {\n  action = action.local\n  form = \"any\"\n}\n", 5, "Unsupported argument"},
@@ -208,6 +204,21 @@ action "local" { mbox = true }
 		{"etrn on lmtp", "listen \"lm\" {\n  address = \"127.0.0.1:24\"\n  protocol = \"lmtp\"\n  etrn = [\"127.0.0.1\"]\n}\n", 4, "ETRN on an LMTP listener"},
 		{"etrn of a missing table", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  etrn = table.nope\n}\n", 3, `There is no table "nope"`},
 	}
+	checkBroken(t, tests)
+}
+
+// brokenConfig is a configuration that must not load: its first
+// diagnostic is at line, and says want.
+type brokenConfig struct {
+	name, conf string
+	line       int
+	want       string
+}
+
+// checkBroken loads each configuration and checks that it fails with
+// its diagnostic, naming the file and the line.
+func checkBroken(t *testing.T, tests []brokenConfig) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := write(t, t.TempDir(), "smtpd.conf", tt.conf)

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"os/exec"
 	"slices"
 	"strings"
@@ -109,11 +108,7 @@ func TestBrokenExternals(t *testing.T) {
 external "a" { command = "/bin/true" }
 `
 	act := func(body string) string { return base + "action \"o\" {\n  user = \"alice\"\n" + body + "}\n" }
-	tests := []struct {
-		name, conf string
-		line       int
-		want       string
-	}{
+	tests := []brokenConfig{
 		{"unknown external", act("  externals = [external.b]\n"), 5, `There is no external "b". Defined: a.`},
 		{"empty list", act("  externals = []\n"), 5, "at least one external"},
 		{"string list", act("  externals = [\"a\"]\n"), 5, "Reference expected"},
@@ -138,24 +133,7 @@ external "a" { command = "/bin/true" }
 		{"misspelt variable", base + "external \"t\" {\n  command = \"/bin/x ${sender.adress}\"\n}\n", 4, `"adress"`},
 		{"duplicate external", base + "external \"a\" { command = \"/bin/false\" }\n", 3, "Duplicate external name"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p := write(t, t.TempDir(), "smtpd.conf", tt.conf)
-			_, err := Load(p)
-			var le *LoadError
-			if !errors.As(err, &le) {
-				t.Fatalf("loaded: %v", err)
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tt.want) {
-				t.Errorf("no %q in:\n%s", tt.want, msg)
-			}
-			sub := le.Diags[0].Subject
-			if sub == nil || sub.Filename != p || sub.Start.Line != tt.line {
-				t.Errorf("first diagnostic at %v, want %s line %d:\n%s", sub, p, tt.line, msg)
-			}
-		})
-	}
+	checkBroken(t, tests)
 }
 
 // TestShellQuote: ssh hands its arguments to a shell on the far side,

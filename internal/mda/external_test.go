@@ -175,19 +175,24 @@ func TestExternalTimeout(t *testing.T) {
 	if len(logged) != 2 || !strings.Contains(logged[0], "(temporary): timed out after 500ms") {
 		t.Errorf("logged %q", logged)
 	}
-	b, _ := os.ReadFile(filepath.Join(dir, "child.pid"))
+	waitKilled(t, filepath.Join(dir, "child.pid"))
+}
+
+// waitKilled waits until the process whose pid an external wrote into
+// file is gone: killed with its group, the orphan may stay a zombie a
+// moment before init reaps it.
+func waitKilled(t *testing.T, file string) {
+	t.Helper()
+	b, _ := os.ReadFile(file)
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		t.Fatalf("child pid %q", b)
+		t.Fatalf("pid %q in %s", b, file)
 	}
-	// killed with its group; its parent, the script, was reaped but the
-	// orphan may take a moment to be reaped by init
-	deadline := time.Now().Add(5 * time.Second)
-	for syscall.Kill(pid, 0) == nil && !zombie(pid) {
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(pid, 0) == nil && !zombie(pid); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the external's child %d survived its timeout", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+			t.Fatalf("process %d an external started survived it", pid)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -225,63 +230,36 @@ func TestExternalNoisy(t *testing.T) {
 	}
 }
 
-// TestExternalPartialRead: an external that read part of the message
-// moved the offset of the file it shares; the next one still gets the
-// message from its start.
-func TestExternalPartialRead(t *testing.T) {
-	dir := t.TempDir()
-	cfg := externalsConfig(t, dir, `action "out" {
-  externals = [external.partial, external.save]
+// TestExternalWholeMessage: each external reads the whole message from
+// its start, whatever the one before did: read part of it, or left a
+// reader of its input and another process behind, which are killed
+// with it.
+func TestExternalWholeMessage(t *testing.T) {
+	for _, c := range []struct {
+		name, first, second string
+		left                bool
+	}{
+		{"partial read", "partial", "save", false},
+		{"leftovers", "thief", "slowsave", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := externalsConfig(t, dir, fmt.Sprintf(`action "out" {
+  externals = [external.%s, external.%s]
   user      = "alice"
-}`)
-	text := "Subject: x\r\n\r\n" + strings.Repeat("x", 1<<20)
-	if _, err := deliverTo(t, cfg, message(t, dir, text), "bob@example.net"); err != nil {
-		t.Fatal(err)
+}`, c.first, c.second))
+			text := "Subject: x\r\n\r\n" + strings.Repeat("x", 1<<20)
+			if _, err := deliverTo(t, cfg, message(t, dir, text), "bob@example.net"); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := os.ReadFile(filepath.Join(dir, "got.bob")); string(got) != text {
+				t.Errorf("the second external got %d bytes of %d", len(got), len(text))
+			}
+			if c.left {
+				waitKilled(t, filepath.Join(dir, "left.pid"))
+			}
+		})
 	}
-	if got, _ := os.ReadFile(filepath.Join(dir, "got.bob")); string(got) != text {
-		t.Errorf("the second external got %d bytes of %d", len(got), len(text))
-	}
-}
-
-// TestExternalLeftovers: what an external leaves running is killed with
-// it, and cannot take the next one's input: each reads the whole
-// message, whatever the one before did with its own.
-func TestExternalLeftovers(t *testing.T) {
-	dir := t.TempDir()
-	cfg := externalsConfig(t, dir, `action "out" {
-  externals = [external.thief, external.slowsave]
-  user      = "alice"
-}`)
-	text := "Subject: x\r\n\r\n" + strings.Repeat("y", 1<<20)
-	if _, err := deliverTo(t, cfg, message(t, dir, text), "bob@example.net"); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := os.ReadFile(filepath.Join(dir, "got.bob")); string(got) != text {
-		t.Errorf("the second external got %d bytes of %d", len(got), len(text))
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "left.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-	// killed, it may stay a zombie until its new parent reaps it
-	for deadline := time.Now().Add(2 * time.Second); alive(pid); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Errorf("process %d left by the first external still runs", pid)
-			syscall.Kill(pid, syscall.SIGKILL)
-			break
-		}
-	}
-}
-
-// alive reports whether pid runs, a zombie counting as dead.
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	_, rest, _ := strings.Cut(string(stat), ") ")
-	return !strings.HasPrefix(rest, "Z")
 }
 
 // TestExternalsRoute: a route chooses the list by a header field,
