@@ -2,6 +2,7 @@ package config
 
 import (
 	"smtpd/internal/address"
+	"smtpd/internal/dns"
 
 	"errors"
 	"os"
@@ -428,12 +429,9 @@ func TestOutboundTLSSettings(t *testing.T) {
 		check      func(*Config) bool
 	}{
 		{"defaults", base, func(c *Config) bool {
-			// with no resolver, those of resolv.conf, if all local
-			local := len(resolvConfServers(ResolvConf)) > 0
-			for _, s := range resolvConfServers(ResolvConf) {
-				local = local && strings.HasPrefix(s, "127.") || local && strings.HasPrefix(s, "[::1]")
-			}
-			return c.ResolverValidates == local && c.MTAStateDir == "/var/spool/smtpd-mta" && c.MTASTSPort == 443 && c.CAFile == "" &&
+			// with no resolver, those of resolv.conf decide
+			servers, _ := dns.SystemServers()
+			return c.ResolverValidates == dns.ValidatingServers(servers) && c.MTAStateDir == "/var/spool/smtpd-mta" && c.MTASTSPort == 443 && c.CAFile == "" &&
 				c.TLSReports == TLSReports{Enabled: true, Organization: "mx.example.org", Contact: "postmaster@mx.example.org", From: "noreply-tlsrpt@mx.example.org"}
 		}},
 		{"local resolver", base + "resolver = [\"127.0.0.1\", \"[::1]:53\"]\n", func(c *Config) bool { return c.ResolverValidates }},
@@ -485,15 +483,5 @@ listen "off" { address = "127.0.0.1:27" }
 	}
 	if l := cfg.Listeners[2]; l.ETRN != nil {
 		t.Errorf("off etrn = %+v, want none", l.ETRN)
-	}
-}
-
-func TestResolvConfServers(t *testing.T) {
-	p := write(t, t.TempDir(), "resolv.conf", "# local\nnameserver 127.0.0.53\nsearch example.org\nnameserver ::1\noptions edns0 trust-ad\n")
-	if got := strings.Join(resolvConfServers(p), " "); got != "127.0.0.53:53 [::1]:53" {
-		t.Errorf("servers %s", got)
-	}
-	if got := resolvConfServers(p + ".missing"); got != nil {
-		t.Errorf("missing file: %v", got)
 	}
 }

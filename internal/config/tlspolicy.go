@@ -1,13 +1,12 @@
 package config
 
 import (
-	"net"
-	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"smtpd/internal/dns"
 )
 
 // Outbound TLS policies a destination block may set (tls = "..."):
@@ -49,20 +48,13 @@ func (d *decoder) outboundTLS(attrs hcl.Attributes, reports []*hcl.Block) {
 	if d.decode(attrs, "mta_sts_port", &cfg.MTASTSPort) && (cfg.MTASTSPort < 1 || cfg.MTASTSPort > 65535) {
 		d.errorf(attrs["mta_sts_port"].Expr.Range(), "Invalid port", "%d is not a port number.", cfg.MTASTSPort)
 	}
-	// A resolver on this host is trusted to set the AD bit only on
-	// answers it validated; one across a network is not, since anyone
-	// on the path could set it (RFC 6698 §4.1): a forged AD bit would
-	// let DANE win over a domain's MTA-STS policy.
+	// a forged AD bit would let DANE win over a domain's MTA-STS
+	// policy: trusted by default from resolvers on this host only
 	servers := cfg.Resolvers
 	if len(servers) == 0 {
-		servers = resolvConfServers(ResolvConf)
+		servers, _ = dns.SystemServers()
 	}
-	cfg.ResolverValidates = len(servers) > 0
-	for _, r := range servers {
-		if ap, err := netip.ParseAddrPort(r); err != nil || !ap.Addr().IsLoopback() {
-			cfg.ResolverValidates = false
-		}
-	}
+	cfg.ResolverValidates = dns.ValidatingServers(servers)
 	d.decode(attrs, "resolver_validates", &cfg.ResolverValidates)
 
 	host := cfg.Hostname
@@ -94,25 +86,4 @@ func (d *decoder) destinationTLS(attrs hcl.Attributes, dst *Destination) {
 	default:
 		d.errorf(attrs["tls"].Expr.Range(), "Invalid TLS policy", "tls must be \"dane\", \"mta-sts\", \"required\", \"opportunistic\" or \"none\", not %q.", dst.TLS)
 	}
-}
-
-// ResolvConf is where the resolvers come from when the configuration
-// names none.
-const ResolvConf = "/etc/resolv.conf"
-
-// resolvConfServers returns the nameservers of a resolv.conf as
-// host:port, none if it cannot be read.
-func resolvConfServers(path string) []string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "nameserver" {
-			out = append(out, net.JoinHostPort(f[1], "53"))
-		}
-	}
-	return out
 }

@@ -85,16 +85,42 @@ type cacheEntry struct {
 	expires time.Time
 }
 
+// ResolvConf is where the system's resolvers are named.
+const ResolvConf = "/etc/resolv.conf"
+
+// SystemServers returns the resolvers of resolv.conf as host:port.
+func SystemServers() ([]string, error) {
+	cfg, err := mdns.ClientConfigFromFile(ResolvConf)
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	var servers []string
+	for _, s := range cfg.Servers {
+		servers = append(servers, net.JoinHostPort(s, cfg.Port))
+	}
+	return servers, nil
+}
+
+// ValidatingServers reports whether the AD bit of servers may be
+// trusted by default: when there are some and every one is on this host.
+// One across a network is not, since anyone on the path could set the
+// bit (RFC 6698 §4.1).
+func ValidatingServers(servers []string) bool {
+	for _, s := range servers {
+		if ap, err := netip.ParseAddrPort(s); err != nil || !ap.Addr().IsLoopback() {
+			return false
+		}
+	}
+	return len(servers) > 0
+}
+
 // New returns a resolver using servers, or those of /etc/resolv.conf
 // when servers is empty.
 func New(servers []string) (*Resolver, error) {
 	if len(servers) == 0 {
-		cfg, err := mdns.ClientConfigFromFile("/etc/resolv.conf")
-		if err != nil {
-			return nil, fmt.Errorf("dns: %w", err)
-		}
-		for _, s := range cfg.Servers {
-			servers = append(servers, net.JoinHostPort(s, cfg.Port))
+		var err error
+		if servers, err = SystemServers(); err != nil {
+			return nil, err
 		}
 	}
 	return &Resolver{Servers: servers, Timeout: 5 * time.Second, cache: map[cacheKey]cacheEntry{}}, nil

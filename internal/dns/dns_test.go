@@ -109,3 +109,23 @@ func TestUnescapeTXT(t *testing.T) {
 		}
 	}
 }
+
+// TestValidatingServers: the AD bit is trusted by default only from
+// resolvers on this host, all of them.
+func TestValidatingServers(t *testing.T) {
+	for _, c := range []struct {
+		servers []string
+		want    bool
+	}{
+		{nil, false},
+		{[]string{"127.0.0.1:53"}, true},
+		{[]string{"127.0.0.53:53", "[::1]:53"}, true},
+		{[]string{"127.0.0.1:53", "192.0.2.53:53"}, false},
+		{[]string{"10.255.255.53:53"}, false},
+		{[]string{"resolver.example:53"}, false},
+	} {
+		if got := ValidatingServers(c.servers); got != c.want {
+			t.Errorf("ValidatingServers(%q) = %v", c.servers, got)
+		}
+	}
+}
