@@ -54,6 +54,25 @@ func dnsKey(name string, qtype uint16) string {
 	return strings.ToLower(mdns.Fqdn(name)) + " " + mdns.TypeToString[qtype]
 }
 
+// host answers MTAResolveMX for one host from its A records.
+func (f *fakeDNS) host(name string) *proto.LookupMXResult {
+	key := dnsKey(name, mdns.TypeA)
+	f.mu.Lock()
+	f.asked = append(f.asked, key)
+	a, ok := f.answers[key]
+	f.mu.Unlock()
+	if !ok {
+		return &proto.LookupMXResult{Outcome: proto.Outcome{Status: proto.StatusPermfail, Text: "no address"}}
+	}
+	mx := proto.MXHost{Host: name}
+	for _, text := range a.Records {
+		if rr, err := mdns.NewRR(text); err == nil {
+			mx.Addrs = append(mx.Addrs, rr.(*mdns.A).A.String())
+		}
+	}
+	return &proto.LookupMXResult{Outcome: proto.Outcome{Status: proto.StatusOK}, MXs: []proto.MXHost{mx}}
+}
+
 func (f *fakeDNS) questions() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -66,6 +85,11 @@ func newPolicyMTA(t *testing.T, answers map[string]proto.LookupDNSResult, dests 
 	t.Helper()
 	f := &fakeDNS{answers: answers}
 	f.reqs = proto.NewRequests(func(_ *proto.Channel, msg proto.Message, id uint32) error {
+		if q, ok := msg.(*proto.MTAResolveMX); ok && q.HostOnly {
+			// the addresses of one host: its A records in the table
+			go f.reqs.Deliver(&proto.Frame{Header: proto.Header{PeerID: id}, Msg: f.host(q.Domain)})
+			return nil
+		}
 		q, ok := msg.(*proto.MTAResolveDNS)
 		if !ok {
 			return fmt.Errorf("unexpected %s", msg.Type())

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -75,12 +74,19 @@ func (m *MTA) policyLoop() {
 	defer reports.Stop()
 	defer refresh.Stop()
 	defer flush.Stop()
+	var dropped int64
 	for {
 		select {
 		case <-flush.C:
 			if m.tlsrpt != nil {
 				if err := m.tlsrpt.Flush(); err != nil {
 					m.child.Log.Warnf("TLS-RPT counts: %v", err)
+				}
+				// results past the store's bounds are not counted: say so
+				if d := m.tlsrpt.Dropped(); d > dropped {
+					m.stats.Increment("mta.tlsrpt.dropped", d-dropped)
+					m.child.Log.Warnf("TLS-RPT counts: %d results not counted, past the bounds of a day's counts", d-dropped)
+					dropped = d
 				}
 			}
 		case <-reports.C:
@@ -277,28 +283,21 @@ func (m *MTA) dialPolicyHost(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		return nil, err
 	}
+	// the addresses of one host, as for a smarthost
+	env, err := m.ask(proto.ProcLookup, &proto.MTAResolveMX{Domain: host, HostOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	res, ok := env.Msg.(*proto.LookupMXResult)
+	if !ok {
+		return nil, fmt.Errorf("lookup answered %s", env.Type)
+	}
+	if res.Status != proto.StatusOK {
+		return nil, fmt.Errorf("%s: %s", host, res.Text)
+	}
 	var addrs []string
-	if ip, err := netip.ParseAddr(host); err == nil {
-		addrs = []string{ip.String()}
-	} else {
-		for _, qtype := range []uint16{mdns.TypeA, mdns.TypeAAAA} {
-			res, err := m.resolveDNS(host, qtype)
-			if err != nil || res.Status != proto.StatusOK {
-				continue
-			}
-			for _, text := range res.Records {
-				rr, err := mdns.NewRR(text)
-				if err != nil {
-					continue
-				}
-				switch v := rr.(type) {
-				case *mdns.A:
-					addrs = append(addrs, v.A.String())
-				case *mdns.AAAA:
-					addrs = append(addrs, v.AAAA.String())
-				}
-			}
-		}
+	for _, mx := range res.MXs {
+		addrs = append(addrs, mx.Addrs...)
 	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("%s: no address", host)
