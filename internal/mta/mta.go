@@ -26,6 +26,7 @@ import (
 	"smtpd/internal/envelope"
 	"smtpd/internal/mtasts"
 	"smtpd/internal/privsep"
+	"smtpd/internal/safeio"
 	"smtpd/internal/stats"
 	"smtpd/internal/throttle"
 	"smtpd/internal/tlsrpt"
@@ -171,21 +172,15 @@ func New(c *privsep.Child) *MTA {
 // prepareStateDir creates mta's state directory, its chroot, writable
 // by the daemon's user alone.
 func prepareStateDir(cfg *config.Config) error {
-	dir := cfg.MTAStateDir
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("mta state dir: %w", err)
+	uid, gid := -1, -1
+	if privsep.Privileged() {
+		u, err := privsep.DaemonUser(cfg.User)
+		if err != nil {
+			return err
+		}
+		uid, gid = int(u.UID), int(u.GID)
 	}
-	if !privsep.Privileged() {
-		return nil
-	}
-	u, err := privsep.DaemonUser(cfg.User)
-	if err != nil {
-		return err
-	}
-	if err := os.Chown(dir, int(u.UID), int(u.GID)); err != nil {
-		return fmt.Errorf("mta state dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := safeio.EnsureDir(cfg.MTAStateDir, 0o700, uid, gid); err != nil {
 		return fmt.Errorf("mta state dir: %w", err)
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"smtpd/internal/safeio"
 )
 
 // The directories of the spool (see DESIGN.md): bodies being received,
@@ -31,35 +33,20 @@ var spoolDirs = []string{DirTemporary, DirIncoming, DirQueue, DirCorrupt, DirQua
 // everyone, sticky, like /tmp, for sendmail to drop messages into while
 // the daemon is down. uid < 0 leaves owners alone (not running as root).
 func PrepareSpool(dir string, uid, gid int) error {
-	if err := ensureDir(dir, 0o711, -1, -1); err != nil {
+	if err := ensureSpoolDir(dir, 0o711, -1, -1); err != nil {
 		return err
 	}
 	for _, d := range spoolDirs {
-		if err := ensureDir(filepath.Join(dir, d), 0o700, uid, gid); err != nil {
+		if err := ensureSpoolDir(filepath.Join(dir, d), 0o700, uid, gid); err != nil {
 			return err
 		}
 	}
-	return ensureDir(filepath.Join(dir, DirOffline), os.ModeSticky|0o777, -1, -1)
+	return ensureSpoolDir(filepath.Join(dir, DirOffline), os.ModeSticky|0o777, -1, -1)
 }
 
-func ensureDir(path string, mode os.FileMode, uid, gid int) error {
-	if err := os.MkdirAll(path, mode&os.ModePerm); err != nil {
-		return fmt.Errorf("queue: spool: %w", err)
-	}
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return fmt.Errorf("queue: spool: %w", err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("queue: spool: %s is not a directory", path)
-	}
-	if uid >= 0 {
-		if err := os.Lchown(path, uid, gid); err != nil {
-			return fmt.Errorf("queue: spool: %w", err)
-		}
-	}
-	// os.Chmod maps os.ModeSticky to S_ISVTX
-	if err := os.Chmod(path, mode); err != nil {
+// ensureSpoolDir is safeio.EnsureDir for the spool's directories.
+func ensureSpoolDir(path string, mode os.FileMode, uid, gid int) error {
+	if err := safeio.EnsureDir(path, mode, uid, gid); err != nil {
 		return fmt.Errorf("queue: spool: %w", err)
 	}
 	return nil

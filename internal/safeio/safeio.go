@@ -7,6 +7,7 @@
 package safeio
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -135,4 +136,28 @@ func (s *DirSyncer) run(dir string, d *dirRounds, r *round) {
 // through s.
 func (s *DirSyncer) WriteFile(tmp, path string, perm os.FileMode, write func(*os.File) error) error {
 	return writeFile(tmp, path, perm, write, s.SyncDir)
+}
+
+// EnsureDir makes path a directory with mode, owned by uid:gid unless
+// uid is negative, whatever was there: created if missing, its owner
+// and mode set if not. A symbolic link or a file in its place is an
+// error, never followed.
+func EnsureDir(path string, mode os.FileMode, uid, gid int) error {
+	if err := os.MkdirAll(path, mode&os.ModePerm); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", path)
+	}
+	if uid >= 0 {
+		if err := os.Lchown(path, uid, gid); err != nil {
+			return err
+		}
+	}
+	// os.Chmod maps os.ModeSticky to S_ISVTX
+	return os.Chmod(path, mode)
 }
