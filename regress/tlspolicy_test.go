@@ -176,24 +176,11 @@ func startTLSWorld(t *testing.T) *tlsWorld {
 	t.Cleanup(func() { hs.Close() })
 	stripSTARTTLS(t, fmt.Sprintf("127.0.0.57:%d", port), fmt.Sprintf("127.0.0.55:%d", port))
 
-	rxConf := `
-hostname       = "rx.example.test"
-spool          = "spool"
-control_socket = "run/smtpd.sock"
-table "domains" { list = ["` + strings.Join(zones, `", "`) + `"] }
-listen "reports" { address = "{{ADDR}}" }
-` + conf.String() + `
-action "local" {
-  maildir  = "mail"
-  virtual  = { "@" = "sink" }
-  userbase = { sink = "{{UID}}:{{GID}}:{{DIR}}" }
-}
-match {
-  from   = "any"
-  for    = table.domains
-  action = action.local
-}
-`
+	// DefaultConfig, for every test domain, plus the TLS listeners
+	rxConf := strings.NewReplacer(
+		`table "domains" { list = ["example.test"] }`, `table "domains" { list = ["`+strings.Join(zones, `", "`)+`"] }`,
+		`listen "mx" { address = "{{ADDR}}" }`, `listen "reports" { address = "{{ADDR}}" }`+"\n"+conf.String(),
+	).Replace(DefaultConfig)
 	w.rx = StartWith(t, bin, Options{Config: rxConf, Addr: fmt.Sprintf("127.0.0.59:%d", port)})
 	_, ocert, okey := ca.Issue(t, certs, "out.example.net")
 	w.out = StartWith(t, bin, Options{Config: fmt.Sprintf(`
