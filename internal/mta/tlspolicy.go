@@ -42,10 +42,10 @@ type tlsPolicy struct {
 	// verifyPKIX makes a certificate that does not chain to a trusted
 	// authority for the host's name fatal.
 	verifyPKIX bool
-	// tlsa are the host's usable DANE records; with DANE and none
-	// usable, TLS is mandatory but not authenticated (RFC 7672 §2.2).
+	// tlsa are the host's usable DANE records, which then authenticate
+	// it (daneAuth); with DANE and none usable, TLS is mandatory but
+	// not authenticated (RFC 7672 §2.2).
 	tlsa  []*mdns.TLSA
-	dane  bool
 	names []string
 	// secureName says the host name was learnt securely (DNSSEC MX
 	// records, an MTA-STS policy, the configuration): a certificate
@@ -205,7 +205,7 @@ func (m *MTA) danePolicy(r *relay, mx proto.MXHost) (*tlsPolicy, error) {
 	usable := dane.Usable(rrs)
 	p := &tlsPolicy{
 		name: policyDANE, why: fmt.Sprintf("%d TLSA records of %s (DNSSEC)", len(rrs), name),
-		mustTLS: true, dane: len(usable) > 0, tlsa: usable, secureName: true,
+		mustTLS: true, tlsa: usable, secureName: true,
 		// the TLSA base domain, which is the MX host name here (mx.Host
 		// is already the name after any CNAME), and the next-hop
 		// domain, which RFC 7672 §3.2.2 also accepts
@@ -245,11 +245,15 @@ type tlsSession struct {
 	daneErr error
 }
 
+// daneAuth reports whether DANE authenticates the server: it has
+// usable TLSA records.
+func (p *tlsPolicy) daneAuth() bool { return len(p.tlsa) > 0 }
+
 // authenticated reports whether the server was authenticated, as
 // REQUIRETLS asks (RFC 8689 §4.2.1): by DANE, or by a certificate valid
 // for a name learnt securely.
 func (p *tlsPolicy) authenticated(s *tlsSession) bool {
-	if p.dane {
+	if p.daneAuth() {
 		return s.daneErr == nil
 	}
 	return s.pkixErr == nil && p.secureName
@@ -270,7 +274,7 @@ func (m *MTA) tlsConfig(p *tlsPolicy, mx proto.MXHost, s *tlsSession) *tls.Confi
 		SessionTicketsDisabled: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			s.pkixErr = m.verifyPKIX(cs.PeerCertificates, name)
-			if p.dane {
+			if p.daneAuth() {
 				s.daneErr = dane.Verify(p.tlsa, cs.PeerCertificates, p.names, time.Now())
 				return s.daneErr
 			}
@@ -301,7 +305,7 @@ func (m *MTA) verifyPKIX(chain []*x509.Certificate, name string) error {
 func tlsResultType(s *tlsSession, p *tlsPolicy, err error) tlsrpt.ResultType {
 	var de *dane.Error
 	switch {
-	case p.dane && errors.As(s.daneErr, &de):
+	case p.daneAuth() && errors.As(s.daneErr, &de):
 		return tlsrpt.ResultType(de.Kind.ResultType())
 	case s.pkixErr != nil && (p.verifyPKIX || p.name == policySTSTesting):
 		return pkixResultType(s.pkixErr)

@@ -204,7 +204,7 @@ func checkPolicy(t *testing.T, p *tlsPolicy, w wantPolicy) {
 	if p == nil {
 		t.Fatal("no policy")
 	}
-	got := wantPolicy{p.name, p.mustTLS, p.verifyPKIX, p.dane, p.secureName, p.names, p.why, ""}
+	got := wantPolicy{p.name, p.mustTLS, p.verifyPKIX, p.daneAuth(), p.secureName, p.names, p.why, ""}
 	if p.report != nil {
 		got.report = p.report.PolicyType
 	}
@@ -553,7 +553,7 @@ func TestTLSConfig(t *testing.T) {
 	insecureName := &tlsPolicy{name: policyRequired, mustTLS: true, verifyPKIX: true, names: mxNames}
 	testingPol := &tlsPolicy{name: policySTSTesting, names: mxNames, secureName: true}
 	daneWith := func(rrs ...*mdns.TLSA) *tlsPolicy {
-		return &tlsPolicy{name: policyDANE, mustTLS: true, dane: true, tlsa: rrs, names: []string{polMX, polDomain}, secureName: true}
+		return &tlsPolicy{name: policyDANE, mustTLS: true, tlsa: rrs, names: []string{polMX, polDomain}, secureName: true}
 	}
 	ee := daneWith(tlsaOf(t, leaf(untrusted), dane.UsageDANEEE, dane.SelectorSPKI, dane.MatchSHA256))
 	ta := daneWith(tlsaOf(t, caCert(t, ca), dane.UsageDANETA, dane.SelectorCert, dane.MatchSHA256))
@@ -635,7 +635,7 @@ func TestResultTypes(t *testing.T) {
 	other := errors.New("handshake failure")
 	hostErr := x509.HostnameError{Certificate: &x509.Certificate{}, Host: polMX}
 	expired := x509.CertificateInvalidError{Cert: &x509.Certificate{}, Reason: x509.Expired}
-	daneP := &tlsPolicy{name: policyDANE, dane: true}
+	daneP := &tlsPolicy{name: policyDANE, tlsa: []*mdns.TLSA{{}}}
 	for _, c := range []struct {
 		name string
 		got  tlsrpt.ResultType
