@@ -8,7 +8,7 @@
 //
 // Usage (as root, from the top of the tree, after make build):
 //
-//	bench [-full] [-bin bin/smtpd] [-passfilter bin/passfilter] [-out var/bench/last.md]
+//	bench [-full] [-ours] [-run TEXT] [-bin bin/smtpd] [-passfilter bin/passfilter] [-out var/bench/last.md]
 //
 // Quick mode runs the catch-all maildir and relay-to-sink scenarios with
 // 2 KB messages and 20 clients; -full adds 100 KB messages and 200
@@ -36,6 +36,8 @@ import (
 // options are the command-line settings.
 type options struct {
 	full      bool
+	oursOnly  bool
+	run       string
 	bin, out  string
 	cache, ip string
 	msgs, lat int
@@ -55,6 +57,8 @@ type options struct {
 func main() {
 	var o options
 	flag.BoolVar(&o.full, "full", false, "the full matrix: also 100 KB messages and 200 clients")
+	flag.BoolVar(&o.oursOnly, "ours", false, "run our daemon only, without OpenSMTPD (for work on it; the table has no ratios)")
+	flag.StringVar(&o.run, "run", "", "run only the scenarios whose names contain this text")
 	flag.StringVar(&o.bin, "bin", "bin/smtpd", "our daemon")
 	flag.StringVar(&o.out, "out", "var/bench/last.md", "where the table is written too")
 	flag.StringVar(&o.cache, "cache", "var/bench-tools", "where Postfix's smtp-source and smtp-sink are extracted")
@@ -141,9 +145,16 @@ func run(ctx context.Context, o options) error {
 	os.Chmod(base, 0o755)
 
 	targets := []target{opensmtpd(), ours(bin)}
+	if o.oursOnly {
+		targets = targets[1:]
+	}
 	var scens []scenario
 	if !o.onlyFilters {
-		scens = scenarios(o)
+		for _, sc := range scenarios(o) {
+			if strings.Contains(sc.name(), o.run) {
+				scens = append(scens, sc)
+			}
+		}
 	}
 	results := make([][]result, len(scens))
 	var (

@@ -97,13 +97,16 @@ type result struct {
 }
 
 // runOne starts a fresh instance of tg (and a sink for relaying), runs
-// the scenario against it and stops everything it started.
+// the scenario against it and stops everything it started. Its
+// directory stays until the bench ends: removing thousands of files
+// between runs would slow the next run's file creations on file systems
+// that keep recently freed inodes aside (ext4 without a journal skips
+// them for a minute or more), whichever daemon comes next.
 func runOne(ctx context.Context, o options, t tools, base string, tg target, sc scenario, prefix string) (r result) {
 	dir, err := os.MkdirTemp(base, strings.ToLower(tg.name)+"-")
 	if err != nil {
 		return result{err: err}
 	}
-	defer os.RemoveAll(dir)
 	action, sinkPort := "local", 0
 	var sk *sink
 	if sc.relay {

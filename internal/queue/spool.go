@@ -11,8 +11,8 @@ import (
 // The directories of the spool (see DESIGN.md): bodies being received,
 // messages being committed, committed messages, envelopes found
 // corrupt, messages a filter quarantined (kept, never delivered), mail
-// dropped by sendmail while the daemon was down, and what is left to
-// remove.
+// dropped by sendmail while the daemon was down, what is left to
+// remove, and what is kept for reuse (DirFree, pool.go).
 const (
 	DirTemporary  = "temporary"
 	DirIncoming   = "incoming"
@@ -24,7 +24,7 @@ const (
 )
 
 // spoolDirs are the directories the queue user owns.
-var spoolDirs = []string{DirTemporary, DirIncoming, DirQueue, DirCorrupt, DirQuarantine, DirPurge}
+var spoolDirs = []string{DirTemporary, DirIncoming, DirQueue, DirCorrupt, DirQuarantine, DirPurge, DirFree}
 
 // PrepareSpool creates the spool at dir, or repairs its modes and owners.
 // The spool itself belongs to root and is only traversable (the queue

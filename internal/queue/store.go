@@ -49,6 +49,9 @@ type Store struct {
 	// the spool's file system, a field so that tests can count or fail
 	// it.
 	Sync func() error
+	// pool recycles the files and directories of delivered messages
+	// (see inodePool); nil in a spool without free/.
+	pool *inodePool
 }
 
 // NewStore opens the spool at root.
@@ -59,7 +62,7 @@ func NewStore(root string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	s := &Store{Root: root}
+	s := &Store{Root: root, pool: newInodePool(root)}
 	s.Sync = func() error {
 		if err := monkey.Fail("queue.sync"); err != nil {
 			return err
@@ -136,7 +139,7 @@ func (s *Store) Create() (uint32, *os.File, error) {
 		if _, err := os.Lstat(s.incomingDir(id)); err == nil {
 			continue
 		}
-		f, err := os.OpenFile(s.temporaryPath(id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		f, err := s.createFile(s.temporaryPath(id), os.O_RDWR)
 		if errors.Is(err, fs.ErrExist) {
 			continue
 		}
@@ -146,6 +149,38 @@ func (s *Store) Create() (uint32, *os.File, error) {
 		return id, f, nil
 	}
 	return 0, nil, errors.New("queue: no free message id")
+}
+
+// createFile makes a new, empty file at path, which must not exist: a
+// free one renamed there, or a new one. flag is how it is opened.
+func (s *Store) createFile(path string, flag int) (*os.File, error) {
+	ok, err := s.pool.take(false, path)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		return os.OpenFile(path, flag|os.O_TRUNC, 0)
+	}
+	return os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL, 0o600)
+}
+
+// makeDir makes a new, empty directory at path, which must not exist:
+// a free one renamed there, or a new one.
+func (s *Store) makeDir(path string) error {
+	ok, err := s.pool.take(true, path)
+	if ok || err != nil {
+		return err
+	}
+	return os.Mkdir(path, 0o700)
+}
+
+// syncAll is Sync; what the pool released before it began is durable
+// once it returns, and can be reused (see inodePool).
+func (s *Store) syncAll() error {
+	released := s.pool.beginSync()
+	err := s.Sync()
+	s.pool.endSync(released, err == nil)
+	return err
 }
 
 // Discard removes a message that was never committed.
@@ -175,7 +210,7 @@ func (s *Store) Commit(batch []Message) []error {
 		errs[i] = s.stage(m)
 	}
 	monkey.Crash("queue.before-sync")
-	syncErr := s.Sync()
+	syncErr := s.syncAll()
 	monkey.Crash("queue.after-sync")
 	published := make([]bool, len(batch))
 	for i, m := range batch {
@@ -186,7 +221,7 @@ func (s *Store) Commit(batch []Message) []error {
 	}
 	monkey.Crash("queue.after-publish")
 	if syncErr == nil {
-		syncErr = s.Sync()
+		syncErr = s.syncAll()
 	}
 	monkey.Crash("queue.after-commit")
 	for i, m := range batch {
@@ -215,7 +250,7 @@ func (s *Store) stage(m Message) error {
 		return err
 	}
 	dir := s.incomingDir(m.ID)
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := s.makeDir(dir); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
 	for _, e := range m.Envelopes {
@@ -223,7 +258,7 @@ func (s *Store) stage(m Message) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(dir, envelope.FormatEvpID(e.ID)), data, 0o600); err != nil {
+		if err := s.writeNew(filepath.Join(dir, envelope.FormatEvpID(e.ID)), data); err != nil {
 			return fmt.Errorf("queue: stage: %w", err)
 		}
 	}
@@ -236,6 +271,19 @@ func (s *Store) stage(m Message) error {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
 	return nil
+}
+
+// writeNew writes data to a new file at path, unsynced.
+func (s *Store) writeNew(path string, data []byte) error {
+	f, err := s.createFile(path, os.O_WRONLY)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // publishedDir is where a committed message lives.
@@ -291,16 +339,31 @@ func (s *Store) Update(e *envelope.Envelope) error {
 }
 
 // Remove deletes a delivered envelope, and its message once it was the
-// last. A crash in between leaves a message without envelopes, which
-// Load removes.
+// last: into free/ for reuse (see inodePool). A crash in between leaves
+// a message without envelopes, which Load removes.
 func (s *Store) Remove(e *envelope.Envelope) error {
 	dir := s.messageDir(e.MsgID())
-	if err := os.Remove(s.envelopePath(e.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := s.pool.release(false, s.envelopePath(e.ID)); err != nil {
 		return fmt.Errorf("queue: remove: %w", err)
 	}
-	names, err := envelopeNames(dir)
-	if err == nil && len(names) == 0 {
-		os.Remove(filepath.Join(dir, "message"))
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	for _, en := range entries {
+		if _, err := envelope.ParseEvpID(en.Name()); err == nil {
+			return nil
+		}
+	}
+	body := filepath.Join(dir, "message")
+	if fi, err := os.Lstat(body); err == nil && fi.Mode().IsRegular() && fi.Size() <= poolMaxBody {
+		s.pool.release(false, body)
+	} else {
+		os.Remove(body)
+	}
+	if len(entries) == 1 && entries[0].Name() == "message" {
+		s.pool.release(true, dir)
+	} else {
 		os.Remove(dir)
 	}
 	return nil
@@ -336,6 +399,7 @@ type Recovery struct {
 // reported, never dropped.
 func (s *Store) Load() (*Recovery, error) {
 	rec := &Recovery{}
+	s.pool.reset()
 	for _, d := range []string{DirTemporary, DirIncoming} {
 		entries, err := os.ReadDir(s.path(d))
 		if err != nil {
