@@ -64,6 +64,12 @@ type Envelope struct {
 	// 8689 §5): the recipient domain's DANE or MTA-STS policy is not
 	// enforced for it. RequireTLS wins over it.
 	TLSOptional bool
+	// FirstAttempt is set by the queue on the copy of an envelope it
+	// hands out when no earlier attempt of it can have begun: committed
+	// since the queue started, never handed out before. A deliverer
+	// may then skip looking for what an interrupted attempt left (a
+	// maildir file under the envelope's name). The spool never holds it.
+	FirstAttempt bool
 }
 
 // CleanText makes a text fit for an envelope field: line breaks and
@@ -129,6 +135,9 @@ func (e *Envelope) Marshal() ([]byte, error) {
 	if e.RequireTLS {
 		fields = append(fields, [2]string{"requiretls", "true"})
 	}
+	if e.FirstAttempt {
+		fields = append(fields, [2]string{"first-attempt", "true"})
+	}
 	if e.TLSOptional {
 		fields = append(fields, [2]string{"tlsoptional", "true"})
 	}
@@ -193,6 +202,7 @@ func Unmarshal(data []byte) (*Envelope, error) {
 		Warned:    p.bool("warned"),
 	}
 	e.RequireTLS, e.TLSOptional = p.optionalBool("requiretls"), p.optionalBool("tlsoptional")
+	e.FirstAttempt = p.optionalBool("first-attempt")
 	delete(fields, "version")
 	if p.err == nil && len(fields) > 0 {
 		for k := range fields {

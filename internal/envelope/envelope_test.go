@@ -21,7 +21,7 @@ func sample() *Envelope {
 
 func TestRoundTrip(t *testing.T) {
 	tls := sample()
-	tls.RequireTLS, tls.TLSOptional = true, true
+	tls.RequireTLS, tls.TLSOptional, tls.FirstAttempt = true, true, true
 	for _, e := range []*Envelope{sample(), {ID: 1<<32 | 1, Kind: Bounce}, tls} {
 		data, err := e.Marshal()
 		if err != nil {

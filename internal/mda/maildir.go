@@ -2,50 +2,85 @@ package mda
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"smtpd/internal/envelope"
 	"smtpd/internal/safeio"
 )
 
-// deliverMaildir writes the message into the maildir at dir, as the
-// maildir specification asks: a unique file in tmp/, made durable, then
-// renamed into new/ under the same name, whose directory is made durable
-// too, with an fsync shared with the deliveries into the same maildir
-// at the same time (dirs).
+// maildirs are the maildirs an agent delivers into: an fsync of new/
+// shared by the deliveries into one maildir at the same time, and which
+// maildirs have their three directories already.
+type maildirs struct {
+	syncer safeio.DirSyncer
+	made   sync.Map // maildir path → struct{}
+}
+
+// deliver writes the message into the maildir at dir, as the maildir
+// specification asks: a unique file in tmp/, made durable, then renamed
+// into new/ under the same name, whose directory is made durable too.
 //
 // The file's name is the envelope's own (maildirName), so a delivery is
 // done exactly once across crashes: when a crash comes after the rename
 // and before the queue heard of it, the next attempt finds the file in
-// new/ (or in cur/, where a reader moved it) and counts it as done.
-func deliverMaildir(dirs *safeio.DirSyncer, dir, hostname string, e *envelope.Envelope, body *os.File) error {
-	for _, sub := range []string{"tmp", "new", "cur"} {
-		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+// new/ (or in cur/, where a reader moved it) and counts it as done. An
+// envelope's first attempt has nothing to look for, which spares a
+// listing of cur/, as long as a mailbox is big.
+func (m *maildirs) deliver(dir, hostname string, e *envelope.Envelope, body *os.File) error {
+	name := maildirName(e, hostname)
+	tmp := filepath.Join(dir, "tmp", name)
+	if !e.FirstAttempt {
+		done, err := delivered(dir, name)
+		if err != nil {
+			return tempError{fmt.Errorf("maildir: %w", err)}
+		}
+		if done {
+			return nil
+		}
+		// what an attempt that crashed left in tmp/ is ours to replace
+		if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
 			return tempError{fmt.Errorf("maildir: %w", err)}
 		}
 	}
-	name := maildirName(e, hostname)
-	done, err := delivered(dir, name)
+	write := func() error {
+		return m.syncer.WriteFile(tmp, filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
+			return writeMessage(f, e, body)
+		})
+	}
+	_, made := m.made.Load(dir)
+	if !made {
+		if err := makeMaildir(dir); err != nil {
+			return tempError{err}
+		}
+		m.made.Store(dir, struct{}{})
+	}
+	err := write()
+	if made && errors.Is(err, fs.ErrNotExist) {
+		// removed since the last delivery: make it again
+		m.made.Delete(dir)
+		if err = makeMaildir(dir); err == nil {
+			err = write()
+		}
+	}
 	if err != nil {
 		return tempError{fmt.Errorf("maildir: %w", err)}
 	}
-	if done {
-		return nil
-	}
-	// what an attempt that crashed left in tmp/ is ours to replace
-	tmp := filepath.Join(dir, "tmp", name)
-	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
-		return tempError{fmt.Errorf("maildir: %w", err)}
-	}
-	err = dirs.WriteFile(tmp, filepath.Join(dir, "new", name), 0o600, func(f *os.File) error {
-		return writeMessage(f, e, body)
-	})
-	if err != nil {
-		return tempError{fmt.Errorf("maildir: %w", err)}
+	return nil
+}
+
+// makeMaildir makes the directories of the maildir at dir.
+func makeMaildir(dir string) error {
+	for _, sub := range []string{"tmp", "new", "cur"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return fmt.Errorf("maildir: %w", err)
+		}
 	}
 	return nil
 }

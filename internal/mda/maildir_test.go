@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"smtpd/internal/envelope"
-	"smtpd/internal/safeio"
 )
 
 func TestCopyUnixLines(t *testing.T) {
@@ -44,7 +43,7 @@ func TestDeliverMaildir(t *testing.T) {
 	f, _ := os.Open(body)
 	defer f.Close()
 	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
-	if err := deliverMaildir(&safeio.DirSyncer{}, dir, "mx.example.org", e, f); err != nil {
+	if err := (&maildirs{}).deliver(dir, "mx.example.org", e, f); err != nil {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob(filepath.Join(dir, "new", "*"))
@@ -71,12 +70,12 @@ func TestDeliverMaildirOnce(t *testing.T) {
 	body := filepath.Join(t.TempDir(), "body")
 	os.WriteFile(body, []byte("Subject: once\r\n\r\nhello\r\n"), 0o600)
 	e := &envelope.Envelope{ID: 1<<32 | 3, Sender: "a@example.net", Dest: "b@example.org"}
-	var dirs safeio.DirSyncer
+	var dirs maildirs
 	deliver := func() {
 		t.Helper()
 		f, _ := os.Open(body)
 		defer f.Close()
-		if err := deliverMaildir(&dirs, dir, "mx.example.org", e, f); err != nil {
+		if err := dirs.deliver(dir, "mx.example.org", e, f); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -108,6 +107,31 @@ func TestDeliverMaildirOnce(t *testing.T) {
 	}
 }
 
+// An envelope's first attempt writes without looking for an earlier
+// copy, and a maildir removed between two deliveries is made again.
+func TestDeliverMaildirFirstAttempt(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "Maildir")
+	body := filepath.Join(t.TempDir(), "body")
+	os.WriteFile(body, []byte("Subject: first\r\n\r\nhello\r\n"), 0o600)
+	var dirs maildirs
+	for i, first := range []bool{true, true} {
+		e := &envelope.Envelope{ID: 1<<32 | uint64(i+1), Dest: "b@example.org", FirstAttempt: first}
+		f, _ := os.Open(body)
+		err := dirs.deliver(dir, "mx.example.org", e, f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(dir, "new", maildirName(e, "mx.example.org")))
+		if err != nil || !strings.Contains(string(got), "Subject: first") {
+			t.Fatalf("delivery %d: %q, %v", i, got, err)
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestDeliverMaildirFails checks that a delivery that breaks off leaves
 // nothing in tmp/ or new/, and is a temporary failure.
 func TestDeliverMaildirFails(t *testing.T) {
@@ -115,7 +139,7 @@ func TestDeliverMaildirFails(t *testing.T) {
 	f, _ := os.Open(os.DevNull)
 	f.Close() // reading the body fails
 	e := &envelope.Envelope{ID: 1<<32 | 2, Sender: "a@example.net", Dest: "b@example.org"}
-	err := deliverMaildir(&safeio.DirSyncer{}, dir, "mx.example.org", e, f)
+	err := (&maildirs{}).deliver(dir, "mx.example.org", e, f)
 	if _, ok := err.(tempError); !ok {
 		t.Fatalf("got %v, want a temporary failure", err)
 	}

@@ -17,7 +17,6 @@ import (
 	"smtpd/internal/envelope"
 	"smtpd/internal/monkey"
 	"smtpd/internal/privsep"
-	"smtpd/internal/safeio"
 	"smtpd/proto"
 )
 
@@ -25,8 +24,8 @@ import (
 // once, each with its own message descriptor, and deliveries into one
 // maildir share their directory fsyncs.
 type agent struct {
-	cfg  *config.Config
-	dirs safeio.DirSyncer
+	cfg      *config.Config
+	maildirs maildirs
 	// logf logs what is worth a line per delivery attempt: each try
 	// of an external.
 	logf func(string, ...any)
@@ -137,7 +136,7 @@ func (a *agent) deliverEnvelope(acct proto.Account, e *envelope.Envelope, body *
 	}
 	switch act.Method {
 	case config.Maildir:
-		return deliverMaildir(&a.dirs, target, cfg.Hostname, e, body)
+		return a.maildirs.deliver(target, cfg.Hostname, e, body)
 	case config.Mbox:
 		return deliverMbox(target, e, body)
 	case config.LMTP:

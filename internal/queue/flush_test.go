@@ -21,7 +21,7 @@ func TestFlush(t *testing.T) {
 	for _, e := range envs {
 		// failed once just now: due only in an hour
 		e.Retries, e.LastTry = 1, time.Now()
-		w.s.Add(e)
+		w.s.Add(e, true)
 	}
 	ids := make([]string, len(envs))
 	for i, e := range envs {

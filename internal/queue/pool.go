@@ -9,6 +9,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"smtpd/internal/safeio"
 )
 
 // Why the spool recycles its files and directories.
@@ -146,7 +148,7 @@ func (p *inodePool) release(dir bool, path string) error {
 	if full {
 		return removeEntry(path)
 	}
-	if err := os.Rename(path, name); err != nil {
+	if err := safeio.Rename(path, name); err != nil {
 		return removeEntry(path)
 	}
 	p.mu.Lock()

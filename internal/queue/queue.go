@@ -102,7 +102,7 @@ func Run(c *privsep.Child) {
 	// the gauge exists from the start, even when the spool is empty
 	c.Stats.Set("scheduler.envelope", 0)
 	for _, e := range rec.Envelopes {
-		q.sched.Add(e)
+		q.sched.Add(e, false)
 	}
 	c.Log.Infof("spool: %d envelopes queued", len(rec.Envelopes))
 	go q.committer()
@@ -345,7 +345,7 @@ func (q *Queue) commitBatch(batch []commit) {
 		}
 		q.stats.Increment("queue.message", 1)
 		for _, e := range c.msg.envs {
-			q.sched.Add(e)
+			q.sched.Add(e, true)
 		}
 	}
 	q.stats.Increment("queue.commit.batch", 1)

@@ -13,6 +13,7 @@ import (
 	"smtpd/internal/envelope"
 	"smtpd/internal/logging"
 	"smtpd/internal/monkey"
+	"smtpd/internal/safeio"
 	"smtpd/internal/stats"
 	"smtpd/proto"
 )
@@ -59,6 +60,9 @@ type entry struct {
 	// (failed or put off) since the queue started, so that smtpctl
 	// flush can tell when each envelope has been tried (see Flush).
 	attempts int
+	// untried is set while no attempt of the envelope can have begun:
+	// committed since the queue started and not handed out yet.
+	untried bool
 }
 
 // waitHeap orders waiting envelopes by their next attempt, so that
@@ -99,12 +103,16 @@ func NewScheduler(store *Store, limits config.Limits, st *stats.Sender, deliver 
 
 // Add schedules an envelope for an attempt now, or after its backoff if
 // it failed before.
-func (s *Scheduler) Add(e *envelope.Envelope) {
+//
+// committed says the envelope was committed by this queue process, not
+// found in the spool at start-up, so that no attempt of it can have
+// begun.
+func (s *Scheduler) Add(e *envelope.Envelope, committed bool) {
 	next := time.Now()
 	if e.Retries > 0 {
 		next = e.LastTry.Add(s.backoff(e.Retries))
 	}
-	en := &entry{env: e, next: next, index: -1}
+	en := &entry{env: e, next: next, index: -1, untried: committed && e.Retries == 0}
 	s.mu.Lock()
 	s.envs[e.ID] = en
 	heap.Push(&s.waiting, en)
@@ -165,9 +173,15 @@ func (s *Scheduler) dispatch() time.Duration {
 			continue
 		}
 		s.log.Tracef("scheduler", "%s: due (try %d), to %s for <%s>", envelope.FormatEvpID(en.env.ID), en.env.Retries+1, en.env.Kind, en.env.Dest)
-		body, err := os.Open(s.store.BodyPath(en.env.MsgID()))
+		body, err := safeio.Open(s.store.BodyPath(en.env.MsgID()))
 		if err == nil {
-			err = s.deliver(en.env, body)
+			e := en.env
+			if en.untried {
+				c := *e
+				c.FirstAttempt, en.untried = true, false
+				e = &c
+			}
+			err = s.deliver(e, body)
 			body.Close()
 		}
 		if err != nil {

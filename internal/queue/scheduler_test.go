@@ -105,7 +105,7 @@ func TestSchedulerDeferred(t *testing.T) {
 	e := envs[0]
 	// created long ago: a temporary failure would warn the sender
 	e.Expire = time.Now().Add(time.Hour)
-	w.s.Add(e)
+	w.s.Add(e, true)
 	w.s.dispatch()
 	if w.deliveries() != 1 {
 		t.Fatalf("%d deliveries started, want 1", w.deliveries())
@@ -214,7 +214,7 @@ func TestScheduleDomain(t *testing.T) {
 			// failed once just now: due only in retry_base, an hour
 			e.Retries, e.LastTry = 1, time.Now()
 			kinds[e.Dest] = kind
-			w.s.Add(e)
+			w.s.Add(e, true)
 		}
 		return envs
 	}

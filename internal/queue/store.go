@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -52,7 +54,17 @@ type Store struct {
 	// pool recycles the files and directories of delivered messages
 	// (see inodePool); nil in a spool without free/.
 	pool *inodePool
+	// spaceOK is when CheckSpace last found room (Unix nanoseconds):
+	// within spaceRecheck of it the answer stands.
+	spaceOK atomic.Int64
+	// buckets has bit i set once queue/<i> is known to exist.
+	buckets [4]atomic.Uint64
 }
+
+// spaceRecheck is how long a CheckSpace that found room holds: a
+// statfs(2) per message showed in the profiles, and the margin of
+// MinFreePercent does not go in a second.
+const spaceRecheck = time.Second
 
 // NewStore opens the spool at root.
 func NewStore(root string) (*Store, error) {
@@ -107,6 +119,10 @@ func (s *Store) BodyPath(id uint32) string { return filepath.Join(s.messageDir(i
 // CheckSpace refuses new mail when less than MinFreePercent of the
 // blocks or inodes of the spool's file system are free.
 func (s *Store) CheckSpace() error {
+	now := time.Now().UnixNano()
+	if now-s.spaceOK.Load() < int64(spaceRecheck) {
+		return nil
+	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(s.Root, &st); err != nil {
 		return fmt.Errorf("queue: statfs: %w", err)
@@ -117,6 +133,7 @@ func (s *Store) CheckSpace() error {
 	if st.Files > 0 && st.Ffree*100 < st.Files*MinFreePercent {
 		return ErrNoSpace
 	}
+	s.spaceOK.Store(now)
 	return nil
 }
 
@@ -159,9 +176,9 @@ func (s *Store) createFile(path string, flag int) (*os.File, error) {
 		return nil, err
 	}
 	if ok {
-		return os.OpenFile(path, flag|os.O_TRUNC, 0)
+		return safeio.OpenFile(path, flag|os.O_TRUNC, 0)
 	}
-	return os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL, 0o600)
+	return safeio.OpenFile(path, flag|os.O_CREATE|os.O_EXCL, 0o600)
 }
 
 // makeDir makes a new, empty directory at path, which must not exist:
@@ -267,7 +284,7 @@ func (s *Store) stage(m Message) error {
 			return fmt.Errorf("queue: stage: %w", err)
 		}
 	}
-	if err := os.Rename(s.temporaryPath(m.ID), filepath.Join(dir, "message")); err != nil {
+	if err := safeio.Rename(s.temporaryPath(m.ID), filepath.Join(dir, "message")); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
 	return nil
@@ -302,16 +319,30 @@ func (s *Store) publish(id uint32, quarantined bool) error {
 		return err
 	}
 	if quarantined {
-		if err := os.Rename(s.incomingDir(id), s.publishedDir(id, true)); err != nil {
+		if err := safeio.Rename(s.incomingDir(id), s.publishedDir(id, true)); err != nil {
 			return fmt.Errorf("queue: publish: %w", err)
 		}
 		return nil
 	}
-	b := s.path(DirQueue, bucket(id))
-	if err := os.Mkdir(b, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("queue: publish: %w", err)
+	i := id >> 24
+	known, bit := &s.buckets[i/64], uint64(1)<<(i%64)
+	var err error
+	for range 2 {
+		if known.Load()&bit == 0 {
+			b := s.path(DirQueue, bucket(id))
+			if err := os.Mkdir(b, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("queue: publish: %w", err)
+			}
+			known.Or(bit)
+		}
+		err = safeio.Rename(s.incomingDir(id), s.messageDir(id))
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		// the bucket may have gone behind our back: make it again, once
+		known.And(^bit)
 	}
-	if err := os.Rename(s.incomingDir(id), s.messageDir(id)); err != nil {
+	if err != nil {
 		return fmt.Errorf("queue: publish: %w", err)
 	}
 	return nil
@@ -346,7 +377,12 @@ func (s *Store) Remove(e *envelope.Envelope) error {
 	if err := s.pool.release(false, s.envelopePath(e.ID)); err != nil {
 		return fmt.Errorf("queue: remove: %w", err)
 	}
-	entries, err := os.ReadDir(dir)
+	d, err := safeio.Open(dir)
+	if err != nil {
+		return nil
+	}
+	entries, err := d.ReadDir(-1)
+	d.Close()
 	if err != nil {
 		return nil
 	}
