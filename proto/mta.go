@@ -128,8 +128,9 @@ func (m *LookupCredentials) Decode(r *Reader) {
 	m.User, m.Password = r.String(), r.String()
 }
 
-// LookupTablesReloaded tells mta that lookup read tables again, so
-// that it drops the answers it keeps (relay credentials).
+// LookupTablesReloaded tells mta and the parent that lookup read tables
+// again, so that they drop the answers they keep (relay credentials,
+// accounts).
 type LookupTablesReloaded struct{}
 
 func (*LookupTablesReloaded) Type() Type     { return TypeLookupTablesReloaded }

@@ -108,7 +108,7 @@ var registry = [...]spec{
 
 	TypeMTACredentialsQuery:  {"MTACredentialsQuery", func() Message { return &MTACredentialsQuery{} }, one(procs(ProcMTA), procs(ProcLookup))},
 	TypeLookupCredentials:    {"LookupCredentials", func() Message { return &LookupCredentials{} }, one(procs(ProcLookup), procs(ProcMTA))},
-	TypeLookupTablesReloaded: {"LookupTablesReloaded", func() Message { return &LookupTablesReloaded{} }, one(procs(ProcLookup), procs(ProcMTA))},
+	TypeLookupTablesReloaded: {"LookupTablesReloaded", func() Message { return &LookupTablesReloaded{} }, one(procs(ProcLookup), procs(ProcMTA, ProcParent))},
 	TypeMFATableQuery:        {"MFATableQuery", func() Message { return &MFATableQuery{} }, one(procs(ProcMFA), procs(ProcLookup))},
 	TypeLookupTableResult:    {"LookupTableResult", func() Message { return &LookupTableResult{} }, one(procs(ProcLookup), procs(ProcMFA))},
 	TypeParentAccountQuery:   {"ParentAccountQuery", func() Message { return &ParentAccountQuery{} }, one(procs(ProcParent), procs(ProcLookup))},

@@ -218,13 +218,17 @@ func (l *Lookup) Run() {
 
 // reload reads the table files again (one, or all when name is empty)
 // and tells mta, which then drops the credentials it keeps, so that the
-// next session of every relay asks again. A file that cannot be read
-// keeps its old contents; the error says which.
+// next session of every relay asks again, and the parent, which drops
+// the accounts it keeps. A file that cannot be read keeps its old
+// contents; the error says which.
 func reload(c *privsep.Child, r *Resolver, name string) error {
 	err := r.Reload(name)
 	c.Stats.Increment("lookup.table.reload", 1)
-	if mta := c.Peers[proto.ProcMTA]; mta != nil {
-		if err := c.Send(mta, &proto.LookupTablesReloaded{}, 0); err != nil {
+	for _, ch := range []*proto.Channel{c.Peers[proto.ProcMTA], c.Parent} {
+		if ch == nil {
+			continue
+		}
+		if err := c.Send(ch, &proto.LookupTablesReloaded{}, 0); err != nil {
 			c.Log.Fatalf("%v", err)
 		}
 	}

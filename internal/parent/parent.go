@@ -56,6 +56,7 @@ type Parent struct {
 	requests *proto.Requests
 	stats    *stats.Sender
 	mdas     *mdaPool
+	accounts accountCache
 	filters  *filterProcs
 	fatal    chan error
 	cfg      *config.Config
@@ -174,6 +175,9 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 					}
 				case *proto.MFAFilterBroken:
 					p.filters.broken(m)
+					continue
+				case *proto.LookupTablesReloaded:
+					p.accounts.clear()
 					continue
 				case *proto.MFAMilterConnect:
 					go p.connectMilter(m, ev.env.PeerID)
