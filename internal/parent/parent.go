@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -115,6 +116,7 @@ func Run(cfg *config.Config, opts Options, log *logging.Logger) int {
 	defer close(stopStats)
 	go p.stats.Run(stopStats)
 	log.Infof("ready: %d children, %d listeners, control socket %s", len(p.children), len(cfg.Listeners), cfg.ControlSocket)
+	debug.FreeOSMemory() // as each child does once ready (privsep.Child.Ready)
 	started(nil)
 	go p.injectOffline()
 	// draining is set from the first SIGTERM or SIGINT while smtp

@@ -185,7 +185,15 @@ func (c *Child) ReceiveSetup() error {
 }
 
 // Ready tells the parent that setup is complete.
-func (c *Child) Ready() error { return c.Send(c.Parent, &proto.SetupReady{}, 0) }
+//
+// What the setup left behind (the configuration's syntax tree, the
+// certificate authorities' PEM) is garbage from then on: it goes back to
+// the system now rather than holding a process's pages until the
+// runtime's scavenger gets to them, a few MiB per process.
+func (c *Child) Ready() error {
+	debug.FreeOSMemory()
+	return c.Send(c.Parent, &proto.SetupReady{}, 0)
+}
 
 // Send sends m on ch with request id id, counting it. Stat batches go
 // through Stats and are not counted, or counting would never settle.
