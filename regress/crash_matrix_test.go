@@ -31,7 +31,7 @@ func TestCrashMatrix(t *testing.T) {
 			runs = append(runs, run{p, "self"})
 		}
 	}
-	durable := []string{"queue.after-publish", "queue.after-commit", "smtp.before-250"}
+	durable := []string{"queue.after-sync", "queue.after-publish", "smtp.before-250"}
 	// once a message is durable its delivery may start at once and
 	// finish before the crash reaches every process: the queue never
 	// records it, and delivers it again after the restart

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"strconv"
 	"strings"
 	"time"
@@ -70,6 +71,51 @@ type Envelope struct {
 	// may then skip looking for what an interrupted attempt left (a
 	// maildir file under the envelope's name). The spool never holds it.
 	FirstAttempt bool
+	// Commit describes the message as the queue committed it, so that
+	// recovery can tell a message whose commit a crash interrupted from
+	// a whole one (queue.Store.Load); zero in envelopes of earlier
+	// versions.
+	Commit CommitInfo
+}
+
+// CommitInfo is what every envelope of a message records of its commit:
+// the body's size and CRC-32C, and how many envelopes the message was
+// committed with.
+type CommitInfo struct {
+	Size      int64
+	CRC       uint32
+	Envelopes int
+	// Quarantined says the message was committed to quarantine/.
+	Quarantined bool
+}
+
+// String is the value of the commit line: "SIZE CRC ENVELOPES", then
+// "quarantined" for a quarantined message.
+func (c CommitInfo) String() string {
+	s := fmt.Sprintf("%d %08x %d", c.Size, c.CRC, c.Envelopes)
+	if c.Quarantined {
+		s += " quarantined"
+	}
+	return s
+}
+
+func parseCommitInfo(s string) (CommitInfo, error) {
+	var c CommitInfo
+	f := strings.Fields(s)
+	if len(f) == 4 && f[3] == "quarantined" {
+		c.Quarantined, f = true, f[:3]
+	}
+	if len(f) != 3 {
+		return c, fmt.Errorf("%w: commit %q", ErrCorrupt, s)
+	}
+	size, err1 := strconv.ParseInt(f[0], 10, 64)
+	crc, err2 := strconv.ParseUint(f[1], 16, 32)
+	n, err3 := strconv.Atoi(f[2])
+	if err := errors.Join(err1, err2, err3); err != nil || size < 0 || n < 1 {
+		return c, fmt.Errorf("%w: commit %q", ErrCorrupt, s)
+	}
+	c.Size, c.CRC, c.Envelopes = size, uint32(crc), n
+	return c, nil
 }
 
 // CleanText makes a text fit for an envelope field: line breaks and
@@ -141,18 +187,51 @@ func (e *Envelope) Marshal() ([]byte, error) {
 	if e.TLSOptional {
 		fields = append(fields, [2]string{"tlsoptional", "true"})
 	}
+	if e.Commit.Envelopes > 0 {
+		fields = append(fields, [2]string{"commit", e.Commit.String()})
+	}
 	for _, f := range fields {
 		if err := put(f[0], f[1]); err != nil {
 			return nil, err
 		}
 	}
+	// last, the CRC-32C of every line before it: a file a crash cut
+	// short or filled with another file's blocks does not pass for one
+	fmt.Fprintf(&b, "%s: %08x\n", checkKey, crc32.Checksum(b.Bytes(), castagnoli))
 	return b.Bytes(), nil
+}
+
+// checkKey is the key of an envelope's last line, its checksum.
+const checkKey = "check"
+
+// castagnoli is the table of CRC-32C, which the CPU computes.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Checksum is the CRC-32C the envelope and its commit line use, for a
+// message body.
+func Checksum(crc uint32, p []byte) uint32 { return crc32.Update(crc, castagnoli, p) }
+
+// Checked reports whether data, an envelope Unmarshal read, ends with
+// its checksum line: an envelope written by an earlier version has
+// none.
+func Checked(data []byte) bool {
+	i := bytes.LastIndex(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
+	return bytes.HasPrefix(data[i+1:], []byte(checkKey+": "))
 }
 
 // Unmarshal parses an envelope written by Marshal. Unknown keys, missing
 // keys, a wrong version or bad values are ErrCorrupt: the queue moves
 // such a file to corrupt/ and reports it.
 func Unmarshal(data []byte) (*Envelope, error) {
+	if Checked(data) {
+		body := data[:bytes.LastIndex(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))+1]
+		_, v, _ := strings.Cut(strings.TrimSpace(string(data[len(body):])), ": ")
+		want, err := strconv.ParseUint(v, 16, 32)
+		if err != nil || uint32(want) != crc32.Checksum(body, castagnoli) {
+			return nil, fmt.Errorf("%w: checksum %q does not match", ErrCorrupt, v)
+		}
+		data = body
+	}
 	fields := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 1024), 64*1024)
@@ -203,6 +282,12 @@ func Unmarshal(data []byte) (*Envelope, error) {
 	}
 	e.RequireTLS, e.TLSOptional = p.optionalBool("requiretls"), p.optionalBool("tlsoptional")
 	e.FirstAttempt = p.optionalBool("first-attempt")
+	if _, ok := p.fields["commit"]; ok {
+		var err error
+		if e.Commit, err = parseCommitInfo(p.str("commit")); err != nil && p.err == nil {
+			p.err = err
+		}
+	}
 	delete(fields, "version")
 	if p.err == nil && len(fields) > 0 {
 		for k := range fields {

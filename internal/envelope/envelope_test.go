@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
 	"strings"
@@ -22,6 +23,7 @@ func sample() *Envelope {
 func TestRoundTrip(t *testing.T) {
 	tls := sample()
 	tls.RequireTLS, tls.TLSOptional, tls.FirstAttempt = true, true, true
+	tls.Commit = CommitInfo{Size: 2048, CRC: 0xdeadbeef, Envelopes: 3, Quarantined: true}
 	for _, e := range []*Envelope{sample(), {ID: 1<<32 | 1, Kind: Bounce}, tls} {
 		data, err := e.Marshal()
 		if err != nil {
@@ -34,6 +36,36 @@ func TestRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, e) {
 			t.Errorf("got %+v\nwant %+v", got, e)
 		}
+	}
+}
+
+// The checksum line: a flipped byte, a file cut short or another
+// envelope's lines are corrupt; an envelope of an earlier version,
+// without the line, still reads.
+func TestChecksum(t *testing.T) {
+	data, err := sample().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !Checked(data) {
+		t.Fatalf("no checksum line:\n%s", data)
+	}
+	flipped := bytes.Replace(data, []byte("rcpt: B+tag"), []byte("rcpt: C+tag"), 1)
+	cut := data[:bytes.Index(data, []byte("warned:"))]
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	legacy := bytes.Join(lines[:len(lines)-2], nil)
+	other, _ := (&Envelope{ID: 2<<32 | 1, Kind: MTA}).Marshal()
+	mixed := append(append([]byte{}, data[:len(data)/2]...), other[len(other)/2:]...)
+	for name, c := range map[string][]byte{"flipped": flipped, "cut": cut, "mixed": mixed, "zeros": make([]byte, len(data))} {
+		if _, err := Unmarshal(c); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: got %v, want ErrCorrupt", name, err)
+		}
+	}
+	if Checked(legacy) {
+		t.Fatal("legacy envelope seen as checked")
+	}
+	if e, err := Unmarshal(legacy); err != nil || e.Rcpt != "B+tag@Example.org" {
+		t.Fatalf("legacy envelope: %+v, %v", e, err)
 	}
 }
 

@@ -39,10 +39,9 @@ var Points = []string{
 
 // CrashPoints are the places where a monkey build can crash.
 var CrashPoints = []string{
-	"queue.before-sync",   // a batch is staged, its bodies not yet synced
-	"queue.after-sync",    // staged and synced, not yet in queue/
-	"queue.after-publish", // moved into queue/, the move not yet synced
-	"queue.after-commit",  // durable, the client not yet told
+	"queue.before-sync",   // a batch is staged, not yet synced
+	"queue.after-sync",    // staged and synced: committed, not yet in queue/
+	"queue.after-publish", // moved into queue/, the move not yet synced, the client not yet told
 	"smtp.before-250",     // the queue said yes, the client not yet told
 	"mda.after-deliver",   // delivered locally, the queue not yet told
 	"mta.before-250",      // the message sent to the remote host, its reply not read

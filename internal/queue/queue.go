@@ -84,6 +84,9 @@ func Run(c *privsep.Child) {
 	if rec.Corrupt > 0 {
 		c.Stats.Increment("queue.corrupt", int64(rec.Corrupt))
 	}
+	if rec.Recovered > 0 {
+		c.Log.Infof("spool: %d committed messages moved on from incoming/", rec.Recovered)
+	}
 	if rec.Purged > 0 {
 		c.Log.Infof("spool: purged %d uncommitted messages", rec.Purged)
 	}

@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -32,12 +33,18 @@ const MinFreePercent = 5
 //   - New messages are committed in batches (Commit). Each message is
 //     staged into incoming/<msgid>/ (its envelopes written, its body
 //     renamed in) without a sync of its own; one Sync makes every file
-//     and directory staged by the batch durable; each message is renamed
-//     to queue/<XX>/<msgid>; a second Sync makes those renames durable,
-//     in both parent directories. Two syncs per batch, whatever its
-//     size: concurrent commits share them (group commit), and none is
-//     reported committed before the second returns, since its 250 waits
-//     for that (RFC 5321 §6.1).
+//     and directory staged by the batch durable, and the batch is
+//     committed: none is reported committed before it returns, since
+//     its 250 waits for that (RFC 5321 §6.1). One sync per batch,
+//     whatever its size: concurrent commits share it (group commit).
+//     Each message then moves to queue/<XX>/<msgid>, a move the next
+//     sync makes durable, whichever comes first.
+//   - So after a crash incoming/ may hold committed messages beside
+//     ones whose commit the crash cut short, which were never
+//     acknowledged. Every envelope records its message's commit (body
+//     size and CRC-32C, number of envelopes, quarantine) and ends with
+//     its own checksum: Load moves on into queue/ the messages found
+//     whole, and purges the others.
 //   - An envelope update (Update) goes through safeio.WriteFile, which
 //     fsyncs the new file and its message directory: a retry count or a
 //     delay warning, once recorded, is not forgotten by a crash.
@@ -219,58 +226,52 @@ type Message struct {
 
 // Commit moves a batch of messages from temporary/ into queue/, durably,
 // as the Store's doc says. It returns an error per message: nil for a
-// message that is in queue/ and durable; otherwise what there was of the
-// message is gone, and it must not be acknowledged.
+// committed message, in queue/; otherwise what there was of the message
+// is gone, and it must not be acknowledged.
 func (s *Store) Commit(batch []Message) []error {
 	errs := make([]error, len(batch))
+	buf := make([]byte, 32<<10)
 	for i, m := range batch {
-		errs[i] = s.stage(m)
+		errs[i] = s.stage(m, buf)
 	}
 	monkey.Crash("queue.before-sync")
 	syncErr := s.syncAll()
 	monkey.Crash("queue.after-sync")
-	published := make([]bool, len(batch))
-	for i, m := range batch {
-		if errs[i] == nil && syncErr == nil {
-			errs[i] = s.publish(m.ID, m.Quarantine != "")
-			published[i] = errs[i] == nil
-		}
-	}
-	monkey.Crash("queue.after-publish")
-	if syncErr == nil {
-		syncErr = s.syncAll()
-	}
-	monkey.Crash("queue.after-commit")
 	for i, m := range batch {
 		if errs[i] == nil {
 			errs[i] = syncErr
 		}
 		if errs[i] == nil {
-			continue
+			errs[i] = s.publish(m.ID, m.Quarantine != "")
 		}
-		s.Discard(m.ID)
-		// only what this commit put in queue/: a failed rename may have
-		// met another message there
-		if published[i] {
-			os.RemoveAll(s.publishedDir(m.ID, m.Quarantine != ""))
+		if errs[i] != nil {
+			s.Discard(m.ID)
 		}
 	}
+	monkey.Crash("queue.after-publish")
 	return errs
 }
 
 // stage is the first step of a commit: the message's envelopes and body
-// go into incoming/<msgid>/. Nothing there is read before it moves to
-// queue/, and Load purges it, so the envelopes are written in place and
-// the batch's Sync makes them durable.
-func (s *Store) stage(m Message) error {
+// go into incoming/<msgid>/, each envelope with the commit's record
+// (see Store). Nothing there is read before it moves to queue/, so the
+// envelopes are written in place and the batch's Sync makes them
+// durable. buf is room to read the body in.
+func (s *Store) stage(m Message, buf []byte) error {
 	if err := monkey.Fail("queue.write"); err != nil {
 		return err
 	}
+	info, err := s.bodyInfo(s.temporaryPath(m.ID), buf)
+	if err != nil {
+		return fmt.Errorf("queue: stage: %w", err)
+	}
+	info.Envelopes, info.Quarantined = len(m.Envelopes), m.Quarantine != ""
 	dir := s.incomingDir(m.ID)
 	if err := s.makeDir(dir); err != nil {
 		return fmt.Errorf("queue: stage: %w", err)
 	}
 	for _, e := range m.Envelopes {
+		e.Commit = info
 		data, err := e.Marshal()
 		if err != nil {
 			return err
@@ -301,6 +302,27 @@ func (s *Store) writeNew(path string, data []byte) error {
 		err = cerr
 	}
 	return err
+}
+
+// bodyInfo reads the body at path for its size and CRC-32C.
+func (s *Store) bodyInfo(path string, buf []byte) (envelope.CommitInfo, error) {
+	var info envelope.CommitInfo
+	f, err := safeio.Open(path)
+	if err != nil {
+		return info, err
+	}
+	defer f.Close()
+	for {
+		n, err := f.Read(buf)
+		info.Size += int64(n)
+		info.CRC = envelope.Checksum(info.CRC, buf[:n])
+		if err == io.EOF {
+			return info, nil
+		}
+		if err != nil {
+			return info, err
+		}
+	}
 }
 
 // publishedDir is where a committed message lives.
@@ -423,10 +445,11 @@ func envelopeNames(dir string) ([]string, error) {
 // Recovery is what Load found.
 type Recovery struct {
 	Envelopes []*envelope.Envelope
-	// Purged counts never-committed messages removed; Corrupt the
-	// envelopes or messages moved to corrupt/.
-	Purged, Corrupt int
-	Problems        []string
+	// Purged counts never-committed messages removed; Recovered the
+	// committed messages found in incoming/ and moved on into queue/;
+	// Corrupt the envelopes or messages moved to corrupt/.
+	Purged, Recovered, Corrupt int
+	Problems                   []string
 }
 
 // Load recovers the spool at start-up: uncommitted messages in
@@ -436,12 +459,21 @@ type Recovery struct {
 func (s *Store) Load() (*Recovery, error) {
 	rec := &Recovery{}
 	s.pool.reset()
+	buf := make([]byte, 32<<10)
 	for _, d := range []string{DirTemporary, DirIncoming} {
 		entries, err := os.ReadDir(s.path(d))
 		if err != nil {
 			return nil, fmt.Errorf("queue: load: %w", err)
 		}
 		for _, e := range entries {
+			if d == DirIncoming {
+				if id, quarantined, ok := s.committed(e.Name(), buf); ok {
+					if err := s.publish(id, quarantined); err == nil {
+						rec.Recovered++
+						continue
+					}
+				}
+			}
 			if err := os.Rename(s.path(d, e.Name()), s.path(DirPurge, d+"."+e.Name())); err != nil {
 				return nil, fmt.Errorf("queue: purge: %w", err)
 			}
@@ -467,6 +499,46 @@ func (s *Store) Load() (*Recovery, error) {
 		}
 	}
 	return rec, nil
+}
+
+// committed reports whether incoming/<name> is a committed message,
+// whole: every envelope read with its checksum, as many as its commit
+// record says, and a body of the recorded size and CRC-32C (see Store).
+func (s *Store) committed(name string, buf []byte) (id uint32, quarantined, ok bool) {
+	id, err := envelope.ParseMsgID(name)
+	if err != nil {
+		return 0, false, false
+	}
+	dir := s.incomingDir(id)
+	names, err := envelopeNames(dir)
+	if err != nil || len(names) == 0 {
+		return 0, false, false
+	}
+	var info envelope.CommitInfo
+	for i, n := range names {
+		data, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil || !envelope.Checked(data) {
+			return 0, false, false
+		}
+		e, err := envelope.Unmarshal(data)
+		if err != nil || envelope.FormatEvpID(e.ID) != n || e.MsgID() != id || (i > 0 && e.Commit != info) {
+			return 0, false, false
+		}
+		info = e.Commit
+	}
+	if info.Envelopes != len(names) {
+		return 0, false, false
+	}
+	if info.Quarantined {
+		if _, err := os.Stat(filepath.Join(dir, "reason")); err != nil {
+			return 0, false, false
+		}
+	}
+	body, err := s.bodyInfo(filepath.Join(dir, "message"), buf)
+	if err != nil || body.Size != info.Size || body.CRC != info.CRC {
+		return 0, false, false
+	}
+	return id, info.Quarantined, true
 }
 
 func (s *Store) loadMessage(rec *Recovery, rel string) {
