@@ -452,10 +452,11 @@ type Recovery struct {
 	Problems                   []string
 }
 
-// Load recovers the spool at start-up: uncommitted messages in
-// temporary/ and incoming/ were never acknowledged and go; every
-// envelope in queue/ is read; unreadable ones move to corrupt/ and are
-// reported, never dropped.
+// Load recovers the spool at start-up: the committed messages found
+// whole in incoming/ move on into queue/; the rest of incoming/ and
+// temporary/ was never acknowledged and goes; every envelope in queue/
+// is read; unreadable ones move to corrupt/ and are reported, never
+// dropped.
 func (s *Store) Load() (*Recovery, error) {
 	rec := &Recovery{}
 	s.pool.reset()
