@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func writeString(s string) func(*os.File) error {
@@ -174,5 +176,44 @@ func TestDirSyncerShares(t *testing.T) {
 	}
 	if err := s.SyncDir(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing directory synced")
+	}
+}
+
+// OpenFile and Rename report errors as os.OpenFile and os.Rename do, so
+// that errors.Is finds fs.ErrExist and fs.ErrNotExist; files they open
+// are not inherited by programs the process starts.
+func TestOpenFileAndRename(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	f, err := OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("data"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&^0o640 != 0 || fi.Size() != 4 {
+		t.Fatalf("created %v, %v", fi, err)
+	}
+	if _, err := OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); !errors.Is(err, os.ErrExist) {
+		t.Errorf("exclusive create of an existing file: %v", err)
+	}
+	if _, err := Open(filepath.Join(dir, "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("open of a missing file: %v", err)
+	}
+	r, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if flags, err := unix.FcntlInt(r.Fd(), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+		t.Errorf("descriptor flags %#x, %v: want close-on-exec", flags, err)
+	}
+	if err := Rename(p, filepath.Join(dir, "g")); err != nil {
+		t.Fatal(err)
+	}
+	if err := Rename(p, filepath.Join(dir, "h")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("rename of a missing file: %v", err)
 	}
 }
