@@ -21,43 +21,74 @@ func childNames() []string {
 	return names
 }
 
+// mfaConfig is DefaultConfig with a built-in filter on its listener,
+// which gives mfa work: without, the daemon runs no mfa.
+var mfaConfig = WithFilters(DefaultConfig, "filter.blocklist", `
+filter "blocklist" {
+  from    = ["192.0.2.0/24"]
+  message = "550 5.7.1 Mail from your network is refused here"
+}
+`)
+
+// daemonConfigs are a configuration with every child and one without
+// mfa, by the children they run.
+func daemonConfigs() map[string]string {
+	return map[string]string{"all": mfaConfig, "no-mfa": DefaultConfig}
+}
+
+// wantChildren are the children a configuration of daemonConfigs runs.
+func wantChildren(kind string) []string {
+	names := childNames()
+	if kind == "no-mfa" {
+		names = slices.DeleteFunc(names, func(n string) bool { return n == "mfa" })
+	}
+	slices.Sort(names)
+	return names
+}
+
 // TestStartStop: the parent starts six children visible as
-// `smtpd -x NAME`, and SIGINT (the terminal's ^C) or SIGTERM stops them
-// all with exit status 0.
+// `smtpd -x NAME` (five when nothing needs mfa), and SIGINT (the
+// terminal's ^C) or SIGTERM stops them all with exit status 0.
 func TestStartStop(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
-		t.Run(sig.String(), func(t *testing.T) {
-			d := Start(t, bin)
-			children := d.Children()
-			var names []string
-			for name, pid := range children {
-				names = append(names, name)
-				if args := strings.Join(Cmdline(pid), " "); !strings.Contains(args, "smtpd -x "+name) {
-					t.Errorf("child %s shows as %q", name, args)
-				}
-			}
-			slices.Sort(names)
-			want := childNames()
-			slices.Sort(want)
-			if !slices.Equal(names, want) {
-				t.Fatalf("children %v, want %v", names, want)
-			}
-			d.Signal(sig)
-			if code := d.Wait(10 * time.Second); code != 0 {
-				t.Fatalf("exit status %d after %v", code, sig)
-			}
-			for name, pid := range children {
-				if Alive(pid) {
-					t.Errorf("child %s (pid %d) still running", name, pid)
-				}
-			}
-			if strings.Contains(d.Log(), "lost") {
-				t.Errorf("a clean stop logged a loss:\n%s", d.Log())
-			}
-			if _, err := os.Stat(d.Socket); !os.IsNotExist(err) {
-				t.Errorf("control socket left behind: %v", err)
-			}
-		})
+	for kind, config := range daemonConfigs() {
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+			t.Run(kind+"/"+sig.String(), func(t *testing.T) {
+				startStop(t, config, wantChildren(kind), sig)
+			})
+		}
+	}
+}
+
+// startStop starts a daemon under config, checks that it runs the
+// children want and that sig stops them all.
+func startStop(t *testing.T, config string, want []string, sig syscall.Signal) {
+	d := StartWith(t, bin, Options{Config: config})
+	children := d.Children()
+	var names []string
+	for name, pid := range children {
+		names = append(names, name)
+		if args := strings.Join(Cmdline(pid), " "); !strings.Contains(args, "smtpd -x "+name) {
+			t.Errorf("child %s shows as %q", name, args)
+		}
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, want) {
+		t.Fatalf("children %v, want %v", names, want)
+	}
+	d.Signal(sig)
+	if code := d.Wait(10 * time.Second); code != 0 {
+		t.Fatalf("exit status %d after %v", code, sig)
+	}
+	for name, pid := range children {
+		if Alive(pid) {
+			t.Errorf("child %s (pid %d) still running", name, pid)
+		}
+	}
+	if strings.Contains(d.Log(), "lost") {
+		t.Errorf("a clean stop logged a loss:\n%s", d.Log())
+	}
+	if _, err := os.Stat(d.Socket); !os.IsNotExist(err) {
+		t.Errorf("control socket left behind: %v", err)
 	}
 }
 
@@ -66,9 +97,13 @@ func TestStartStop(t *testing.T) {
 func TestLostChild(t *testing.T) {
 	for _, name := range childNames() {
 		t.Run(name, func(t *testing.T) {
-			d := Start(t, bin)
+			d := StartWith(t, bin, Options{Config: mfaConfig})
 			children := d.Children()
-			if err := syscall.Kill(children[name], syscall.SIGKILL); err != nil {
+			pid, ok := children[name]
+			if !ok || pid <= 0 {
+				t.Fatalf("no child %s among %v", name, children)
+			}
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			code := d.Wait(2 * time.Second)
@@ -97,7 +132,7 @@ func TestPrivsep(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("privilege separation is checked when the tests run as root")
 	}
-	d := Start(t, bin)
+	d := StartWith(t, bin, Options{Config: mfaConfig})
 	ids := func(pid int) (uid, gid, groups string) {
 		u, _ := StatusField(pid, "Uid")
 		g, _ := StatusField(pid, "Gid")
@@ -179,7 +214,7 @@ func TestUnprivileged(t *testing.T) {
 	}
 	d := StartWith(t, bin, opts)
 	children := d.Children()
-	if len(children) != 6 {
+	if len(children) != len(wantChildren("no-mfa")) {
 		t.Fatalf("children %v", children)
 	}
 	for name, pid := range children {
@@ -193,7 +228,7 @@ func TestUnprivileged(t *testing.T) {
 	if out, _, code := d.Smtpctl("show", "stats"); code != 0 || !strings.Contains(out, "uptime=") {
 		t.Errorf("show stats: %d %q", code, out)
 	}
-	if n := strings.Count(d.Log(), "not started as root"); n != 7 {
+	if n := strings.Count(d.Log(), "not started as root"); n != len(children)+1 {
 		t.Errorf("%d notes about running unprivileged, want one per process:\n%s", n, d.Log())
 	}
 }

@@ -61,7 +61,7 @@ func showStats(t *testing.T, d *Daemon, args []string, want ...string) map[strin
 func TestShowStats(t *testing.T) {
 	d := Start(t, bin)
 	want := []string{"uptime", "uptime.human", "control.session"}
-	for _, name := range childNames() {
+	for _, name := range wantChildren("no-mfa") {
 		if name != "control" {
 			want = append(want, name+".ipc.received", name+".ipc.sent")
 		}
@@ -70,9 +70,10 @@ func TestShowStats(t *testing.T) {
 	if !regexp.MustCompile(`^\d+$`).MatchString(stats["uptime"]) || !regexp.MustCompile(`^(\d+[wdhm])*\d+s$`).MatchString(stats["uptime.human"]) {
 		t.Errorf("uptime %q, uptime.human %q", stats["uptime"], stats["uptime.human"])
 	}
-	// smtp got its peers (mfa, lookup, queue, control), its listener and
-	// SetupDone from the parent, and sent SetupReady
-	if stats["smtp.ipc.received"] != "6" || stats["smtp.ipc.sent"] != "1" {
+	// smtp got its peers (lookup, queue, control; no mfa without
+	// filters), its listener and SetupDone from the parent, and sent
+	// SetupReady
+	if stats["smtp.ipc.received"] != "5" || stats["smtp.ipc.sent"] != "1" {
 		t.Errorf("smtp.ipc: %v", stats)
 	}
 	before := stats["control.session"]

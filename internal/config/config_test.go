@@ -485,3 +485,22 @@ listen "off" { address = "127.0.0.1:27" }
 		t.Errorf("off etrn = %+v, want none", l.ETRN)
 	}
 }
+
+func TestNeedsMFA(t *testing.T) {
+	key := &DKIMKey{Name: "k"}
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		want bool
+	}{
+		{"nothing", Config{Listeners: []*Listener{{Name: "mx"}}, Actions: []*Action{{Name: "local"}}}, false},
+		{"a filter", Config{Filters: []*Filter{{Name: "f", Kind: FilterBuiltin}}}, true},
+		{"checks on a listener", Config{Listeners: []*Listener{{Name: "mx", Checks: []string{CheckSPF}}}}, true},
+		{"an action that signs", Config{Actions: []*Action{{Name: "relay", Sign: []*DKIMKey{key}}}}, true},
+		{"an action that seals", Config{Actions: []*Action{{Name: "relay", Seal: key}}}, true},
+	} {
+		if got := c.cfg.NeedsMFA(); got != c.want {
+			t.Errorf("%s: NeedsMFA %v, want %v", c.name, got, c.want)
+		}
+	}
+}

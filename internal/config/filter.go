@@ -342,6 +342,27 @@ func (d *decoder) builtin(f *Filter, attrs hcl.Attributes) {
 	f.Code, f.Enhanced, f.Text = code, enhanced, text
 }
 
+// NeedsMFA reports whether the configuration gives the mfa process
+// work: a filter, a check of mail authentication on a listener, or an
+// action that signs or seals with DKIM. Without any, the daemon runs
+// without it, a process fewer.
+func (c *Config) NeedsMFA() bool {
+	if len(c.Filters) > 0 {
+		return true
+	}
+	for _, l := range c.Listeners {
+		if len(l.Checks) > 0 {
+			return true
+		}
+	}
+	for _, a := range c.Actions {
+		if len(a.Sign) > 0 || a.Seal != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // Filter returns the named filter, or nil.
 func (c *Config) Filter(name string) *Filter {
 	for _, f := range c.Filters {

@@ -184,6 +184,10 @@ func (s *Server) request(ch *proto.Channel, env *proto.Frame, peer peer) error {
 	case *proto.ControlShowMTA:
 		return s.forward(ch, s.mta, &proto.ControlMTAQuery{What: env.Msg.(*proto.ControlShowMTA).What}, env.PeerID)
 	case *proto.ControlShowFilters:
+		if s.mfa == nil {
+			// a configuration without filters runs no mfa
+			return ch.Send(&proto.ControlText{TextLines: proto.TextLines{Last: true}}, env.PeerID)
+		}
 		return s.forward(ch, s.mfa, &proto.ControlFiltersQuery{}, env.PeerID)
 	case *proto.ControlPauseSMTP:
 		paused := env.Msg.(*proto.ControlPauseSMTP).Paused

@@ -232,6 +232,9 @@ func (p *Parent) start() error {
 		return err
 	}
 	for _, proc := range proto.Children {
+		if proc == proto.ProcMFA && !p.cfg.NeedsMFA() {
+			continue
+		}
 		if err := p.startChild(proc); err != nil {
 			return err
 		}
@@ -240,6 +243,9 @@ func (p *Parent) start() error {
 		return p.children[proto.ProcControl].ch.Send(u, 0)
 	})
 	for _, pair := range proto.Peers {
+		if p.children[pair[0]] == nil || p.children[pair[1]] == nil {
+			continue
+		}
 		if err := p.connect(pair[0], pair[1]); err != nil {
 			return err
 		}

@@ -127,7 +127,9 @@ func (s *Server) Run() {
 	c := s.child
 	s.stats = c.Stats
 	s.mfa, s.lookup, s.queue = c.Peers[proto.ProcMFA], c.Peers[proto.ProcLookup], c.Peers[proto.ProcQueue]
-	if s.mfa == nil || s.lookup == nil || s.queue == nil {
+	// without filters, checks or signing there is no mfa (see
+	// config.NeedsMFA), and nothing asks for it
+	if (s.mfa == nil && s.cfg.NeedsMFA()) || s.lookup == nil || s.queue == nil {
 		c.Log.Fatalf("missing peer channels")
 	}
 	s.active = newConnLimiter(sessionCap(s.cfg.Limits.Sessions), s.cfg.Limits.SessionsPerIP)
