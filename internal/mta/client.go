@@ -186,14 +186,67 @@ func (c *client) startTLS(cfg *tls.Config) error {
 	return nil
 }
 
-// sendBody writes the message to the DATA command: go-smtp's DotWriter
-// dot-stuffs it and turns bare LFs into CRLF, so no line of the body
-// can end the data early. The write deadline is renewed for every
-// block, which go-smtp does not do.
+// bodyBlock is the size of the blocks sendBody reads and writes.
+const bodyBlock = 32 << 10
+
+// sendBody writes the message after the 354 of the DATA command dc, as
+// go-smtp's DotWriter would: lines that begin with a dot get another
+// (RFC 5321 §4.5.2) and bare LFs become CRLF, so that no line of the
+// body can end the data early. It writes a line at a time straight to
+// the wire (TLS or not), where the DotWriter takes the message a byte
+// at a time: half of mta's CPU with 100 KB messages, perf showed. The
+// last line's CRLF goes through dc, whose Close then ends the data
+// with ".\r\n" alone; a body that does not end with a line end gets
+// one from that Close, as from the DotWriter. go-smtp has flushed its
+// own buffer with the DATA command, so the bytes keep their order. The
+// write deadline is renewed for every block, which go-smtp does not do.
 func (c *client) sendBody(dc io.Writer, body io.Reader) error {
-	_, err := io.Copy(blockWriter{dc, c.w}, body)
+	out := bufio.NewWriterSize(blockWriter{c.w, c.w}, bodyBlock)
+	in := bufio.NewReaderSize(body, bodyBlock)
+	// owed: the CRLF of the last line, not written yet; heldCR: a CR
+	// that ended a block, a line end if an LF follows
+	lineStart, owed, heldCR := true, false, false
+	for {
+		chunk, err := in.ReadSlice('\n')
+		if len(chunk) > 0 {
+			if owed {
+				out.WriteString("\r\n")
+				owed = false
+			}
+			if heldCR && chunk[0] != '\n' {
+				out.WriteByte('\r')
+			}
+			if lineStart && chunk[0] == '.' {
+				out.WriteByte('.')
+			}
+			if line, ok := bytes.CutSuffix(chunk, []byte{'\n'}); ok {
+				out.Write(bytes.TrimSuffix(line, []byte{'\r'}))
+				lineStart, owed, heldCR = true, true, false
+			} else {
+				data := chunk
+				data, heldCR = bytes.CutSuffix(data, []byte{'\r'})
+				out.Write(data)
+				lineStart = false
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return err
+		}
+	}
+	// a CR at the very end ends the last line, as with the DotWriter
+	owed = owed || heldCR
+	if err := out.Flush(); err != nil {
+		return err
+	}
 	c.w.SetWriteDeadline(time.Now().Add(timeoutBlock)) // for the final dot
-	return err
+	if owed {
+		_, err := io.WriteString(dc, "\r\n")
+		return err
+	}
+	return nil
 }
 
 // blockWriter renews the write deadline of conn for every block.

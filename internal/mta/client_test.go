@@ -1,12 +1,15 @@
 package mta
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
 	"net"
+	"net/textproto"
 	"strings"
 	"testing"
+	"time"
 )
 
 // chunkConn is a connection whose reads return data in pieces of at
@@ -97,3 +100,51 @@ func FuzzGreeting(f *testing.F) {
 		}
 	})
 }
+
+// recordConn is a connection that keeps what is written to it.
+type recordConn struct {
+	net.Conn
+	out *bytes.Buffer
+}
+
+func (c recordConn) Write(p []byte) (int, error)        { return c.out.Write(p) }
+func (c recordConn) SetWriteDeadline(t time.Time) error { return nil }
+
+// sendBody puts on the wire what go-smtp's DotWriter would: the same
+// dot-stuffing, the same line ends, the same end of data, whatever the
+// body's line ends and wherever a block boundary falls.
+func TestSendBodyAsDotWriter(t *testing.T) {
+	long := strings.Repeat("x", bodyBlock-1)
+	bodies := map[string]string{
+		"empty":             "",
+		"plain":             "Subject: a\r\n\r\nbody\r\n",
+		"dots":              ".\r\n..\r\n.leading\r\nmid.dle\r\n.",
+		"bare LF":           "a\nb\n.c\n",
+		"bare CR":           "a\rb\r\n\r",
+		"no final line end": "Subject: a\r\n\r\nlast",
+		"CR at a boundary":  long + "\r\n.after\r\n",
+		"CR then no LF":     long + "\rx\r\n",
+		"CR then a dot":     long + "\r.x\r\n",
+		"dot at a boundary": strings.Repeat("y", bodyBlock) + "\r\n.z\r\n",
+		"long lines":        strings.Repeat(long+"abc\r\n", 3) + "." + long,
+	}
+	for name, body := range bodies {
+		var want bytes.Buffer
+		dw := textproto.NewWriter(bufio.NewWriter(&want)).DotWriter()
+		io.WriteString(dw, body)
+		dw.Close()
+
+		var got bytes.Buffer
+		c := &client{w: &wire{Conn: recordConn{out: &got}}}
+		dc := textproto.NewWriter(bufio.NewWriter(&got)).DotWriter()
+		if err := c.sendBody(dc, strings.NewReader(body)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		dc.Close()
+		if !bytes.Equal(got.Bytes(), want.Bytes()) {
+			t.Errorf("%s: got %q...\nwant %q...", name, tail(got.Bytes()), tail(want.Bytes()))
+		}
+	}
+}
+
+func tail(b []byte) []byte { return b[max(0, len(b)-40):] }
