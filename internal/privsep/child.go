@@ -23,11 +23,12 @@ import (
 //
 // Threads: the daemon is a team of processes that share the machine,
 // most of whose work is a system call or a wait, so each runs its Go
-// code on one thread, except smtp and mta, whose TLS handshakes can use
-// half the CPUs. With a thread per CPU each process kept threads
-// spinning for work that another process's thread could have done:
-// measured with make bench on 2 CPUs (catch-all maildir, reused
-// connections), 0.95 ms of CPU per message against 0.84 ms.
+// code on one thread, except smtp, mta and mfa, whose TLS handshakes
+// and DKIM signatures can use half the CPUs. With a thread per CPU each
+// process kept threads spinning for work that another process's thread
+// could have done: measured with make bench on 2 CPUs (catch-all
+// maildir, reused connections), 0.95 ms of CPU per message against
+// 0.84 ms.
 //
 // Heap: the processes hold little (a live heap of 0.5-1.5 MiB, pprof
 // says: buffers of their channels, the configuration, the system's
@@ -40,7 +41,7 @@ import (
 func TuneRuntime(p proto.Proc) {
 	if os.Getenv("GOMAXPROCS") == "" {
 		procs := 1
-		if p == proto.ProcSMTP || p == proto.ProcMTA {
+		if p == proto.ProcSMTP || p == proto.ProcMTA || p == proto.ProcMFA {
 			procs = max(1, runtime.NumCPU()/2)
 		}
 		runtime.GOMAXPROCS(procs)
