@@ -1,6 +1,6 @@
 // Package envelope is one recipient of one message as the queue stores
-// it: a small text file of "key: value" lines, versioned, one per
-// recipient in the message's spool directory.
+// it: a small text file of "key: value" lines, versioned, ending with
+// its own checksum, one per recipient in the message's spool directory.
 package envelope
 
 import (
@@ -207,30 +207,36 @@ const checkKey = "check"
 // castagnoli is the table of CRC-32C, which the CPU computes.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Checksum is the CRC-32C the envelope and its commit line use, for a
-// message body.
+// Checksum extends crc, a CRC-32C, with p: the sum of a message body
+// that the commit line records.
 func Checksum(crc uint32, p []byte) uint32 { return crc32.Update(crc, castagnoli, p) }
 
 // Checked reports whether data, an envelope Unmarshal read, ends with
 // its checksum line: an envelope written by an earlier version has
 // none.
 func Checked(data []byte) bool {
-	i := bytes.LastIndex(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))
-	return bytes.HasPrefix(data[i+1:], []byte(checkKey+": "))
+	_, _, ok := splitCheck(data)
+	return ok
+}
+
+// splitCheck splits an envelope into the lines before its last and the
+// value of the last, if that is the checksum line.
+func splitCheck(data []byte) (lines []byte, value string, ok bool) {
+	i := bytes.LastIndex(bytes.TrimSuffix(data, []byte("\n")), []byte("\n")) + 1
+	v, ok := bytes.CutPrefix(data[i:], []byte(checkKey+": "))
+	return data[:i], string(bytes.TrimSuffix(v, []byte("\n"))), ok
 }
 
 // Unmarshal parses an envelope written by Marshal. Unknown keys, missing
 // keys, a wrong version or bad values are ErrCorrupt: the queue moves
 // such a file to corrupt/ and reports it.
 func Unmarshal(data []byte) (*Envelope, error) {
-	if Checked(data) {
-		body := data[:bytes.LastIndex(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))+1]
-		_, v, _ := strings.Cut(strings.TrimSpace(string(data[len(body):])), ": ")
+	if lines, v, ok := splitCheck(data); ok {
 		want, err := strconv.ParseUint(v, 16, 32)
-		if err != nil || uint32(want) != crc32.Checksum(body, castagnoli) {
+		if err != nil || uint32(want) != crc32.Checksum(lines, castagnoli) {
 			return nil, fmt.Errorf("%w: checksum %q does not match", ErrCorrupt, v)
 		}
-		data = body
+		data = lines
 	}
 	fields := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(data))
