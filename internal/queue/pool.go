@@ -41,6 +41,12 @@ import (
 // (Store.syncAll, at every commit); until then it waits in pending.
 // free/ is emptied at start-up (Store.Load), so what a crash leaves
 // there is never reused either.
+//
+// A body is released with its last envelope, once every delivery has
+// reported, when mta and mda are done reading it; a descriptor still
+// open on it (root's `smtpctl show message` at that moment) sees the
+// next message's bytes once the file is reused, as root could read them
+// in the spool.
 
 // DirFree holds the files and directories the spool is done with, for
 // reuse (see inodePool).
