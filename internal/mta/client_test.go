@@ -148,3 +148,30 @@ func TestSendBodyAsDotWriter(t *testing.T) {
 }
 
 func tail(b []byte) []byte { return b[max(0, len(b)-40):] }
+
+// BenchmarkSendBody: a 100 KB message through sendBody and, for
+// comparison, through go-smtp's DotWriter as mta once wrote it.
+func BenchmarkSendBody(b *testing.B) {
+	body := strings.Repeat(strings.Repeat("x", 76)+"\r\n", 100<<10/78)
+	b.Run("sendBody", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		for range b.N {
+			var out bytes.Buffer
+			c := &client{w: &wire{Conn: recordConn{out: &out}}}
+			dc := textproto.NewWriter(bufio.NewWriter(&out)).DotWriter()
+			if err := c.sendBody(dc, strings.NewReader(body)); err != nil {
+				b.Fatal(err)
+			}
+			dc.Close()
+		}
+	})
+	b.Run("DotWriter", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		for range b.N {
+			var out bytes.Buffer
+			dc := textproto.NewWriter(bufio.NewWriter(&out)).DotWriter()
+			io.Copy(dc, strings.NewReader(body))
+			dc.Close()
+		}
+	})
+}
