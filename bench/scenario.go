@@ -302,11 +302,16 @@ func render(scens []scenario, targets []target, results [][]result, o options, t
 					fmt.Fprintf(&b, " %s |", m.show(r))
 				}
 			}
-			// ours / OpenSMTPD: the last target over the first
-			if len(rs) == 2 && rs[0].err == nil && rs[1].err == nil && m.val(rs[0]) > 0 {
-				fmt.Fprintf(&b, " %.2f |\n", m.val(rs[1])/m.val(rs[0]))
-			} else {
+			// ours / OpenSMTPD: the last target over the first; CPU
+			// per message only when both delivered everything, since
+			// deliveries not made are work not counted
+			switch {
+			case len(rs) != 2 || rs[0].err != nil || rs[1].err != nil || m.val(rs[0]) <= 0:
 				b.WriteString(" - |\n")
+			case m.name == "CPU per message" && !(rs[0].allDelivered && rs[1].allDelivered):
+				b.WriteString(" - (deliveries unfinished) |\n")
+			default:
+				fmt.Fprintf(&b, " %.2f |\n", m.val(rs[1])/m.val(rs[0]))
 			}
 		}
 	}
