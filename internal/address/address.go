@@ -61,3 +61,14 @@ func (a Address) Base() (user, tag string) {
 	u, t, _ := strings.Cut(a.User, SubAddressDelimiter)
 	return u, t
 }
+
+// InDomain reports whether the domain name is domain or one below it,
+// without regard to case: mail.example.org is in example.org,
+// badexample.org and .example.org are not.
+func InDomain(name, domain string) bool {
+	if len(name) == len(domain) {
+		return strings.EqualFold(name, domain)
+	}
+	return len(name) > len(domain)+1 && name[len(name)-len(domain)-1] == '.' &&
+		strings.EqualFold(name[len(name)-len(domain):], domain)
+}

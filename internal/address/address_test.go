@@ -55,3 +55,23 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestInDomain(t *testing.T) {
+	for _, c := range []struct {
+		name, domain string
+		want         bool
+	}{
+		{"example.org", "example.org", true},
+		{"Example.ORG", "example.org", true},
+		{"mail.example.org", "example.org", true},
+		{"a.b.Example.org", "example.org", true},
+		{"badexample.org", "example.org", false},
+		{".example.org", "example.org", false},
+		{"example.org", "mail.example.org", false},
+		{"org", "example.org", false},
+	} {
+		if got := InDomain(c.name, c.domain); got != c.want {
+			t.Errorf("InDomain(%q, %q) = %v, want %v", c.name, c.domain, got, c.want)
+		}
+	}
+}

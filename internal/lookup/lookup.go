@@ -25,16 +25,20 @@ import (
 	"smtpd/proto"
 )
 
-// answer sends what ask gives to the request env; an error of ask is
-// a broken peer's doing, which stops lookup as Serve's handler would.
-func answer(c *privsep.Child, ch *proto.Channel, env *proto.Frame, ask func() (proto.Message, error)) {
-	m, err := ask()
-	if err == nil {
-		err = c.Send(ch, m, env.PeerID)
-	}
-	if err != nil {
-		c.Log.Fatalf("%v", err)
-	}
+// answerAside answers the request env on its own goroutine with what
+// ask gives, so that a slow question (a password hash, DNS, a table kept
+// outside smtpd) holds up no other; an error of ask is a broken peer's
+// doing, which stops lookup as Serve's handler would.
+func answerAside(c *privsep.Child, ch *proto.Channel, env *proto.Frame, ask func() (proto.Message, error)) {
+	go func() {
+		m, err := ask()
+		if err == nil {
+			err = c.Send(ch, m, env.PeerID)
+		}
+		if err != nil {
+			c.Log.Fatalf("%v", err)
+		}
+	}()
 }
 
 // loadSRS reads the SRS secrets: the first line of each file, the
@@ -113,57 +117,32 @@ func (l *Lookup) Run() {
 			}
 			return nil
 		case *proto.MTAResolveMX:
-			q := env.Msg.(*proto.MTAResolveMX)
-			go func() {
-				if err := c.Send(ch, resolveMX(res, q), env.PeerID); err != nil {
-					c.Log.Fatalf("%v", err)
-				}
-			}()
+			answerAside(c, ch, env, func() (proto.Message, error) { return resolveMX(res, env.Msg.(*proto.MTAResolveMX)), nil })
 			return nil
 		case *proto.MTAResolveDNS:
-			q := env.Msg.(*proto.MTAResolveDNS)
-			go func() {
-				if err := c.Send(ch, resolveDNS(res, q), env.PeerID); err != nil {
-					c.Log.Fatalf("%v", err)
-				}
-			}()
+			answerAside(c, ch, env, func() (proto.Message, error) { return resolveDNS(res, env.Msg.(*proto.MTAResolveDNS)), nil })
 			return nil
 		case *proto.MTAResolvePTR:
-			q := env.Msg.(*proto.MTAResolvePTR)
-			go func() {
+			answerAside(c, ch, env, func() (proto.Message, error) {
 				var name string
-				if ip, err := netip.ParseAddr(q.Addr); err == nil {
+				if ip, err := netip.ParseAddr(env.Msg.(*proto.MTAResolvePTR).Addr); err == nil {
 					name, _ = res.PTR(context.Background(), ip)
 				}
-				if err := c.Send(ch, &proto.LookupPTRResult{Name: name}, env.PeerID); err != nil {
-					c.Log.Fatalf("%v", err)
-				}
-			}()
+				return &proto.LookupPTRResult{Name: name}, nil
+			})
 			return nil
 		case *proto.SMTPAuthQuery:
-			q := env.Msg.(*proto.SMTPAuthQuery)
-			// hashing is slow on purpose: answer out of order
-			go func() {
-				if err := c.Send(ch, authAnswer(r, c, q), env.PeerID); err != nil {
-					c.Log.Fatalf("%v", err)
-				}
-			}()
+			// hashing is slow on purpose
+			answerAside(c, ch, env, func() (proto.Message, error) { return authAnswer(r, c, env.Msg.(*proto.SMTPAuthQuery)), nil })
 			return nil
 		case *proto.MFATableQuery:
-			// a table kept outside smtpd may be slow: answer aside
-			go answer(c, ch, env, func() (proto.Message, error) { return r.tableAnswer(env.Msg.(*proto.MFATableQuery)) })
+			answerAside(c, ch, env, func() (proto.Message, error) { return r.tableAnswer(env.Msg.(*proto.MFATableQuery)) })
 			return nil
 		case *proto.MTACredentialsQuery:
-			go answer(c, ch, env, func() (proto.Message, error) { return r.credentialsAnswer(env.Msg.(*proto.MTACredentialsQuery)) })
+			answerAside(c, ch, env, func() (proto.Message, error) { return r.credentialsAnswer(env.Msg.(*proto.MTACredentialsQuery)) })
 			return nil
 		case *proto.ParentAccountQuery:
-			q := env.Msg.(*proto.ParentAccountQuery)
-			// the password database may be slow: answer out of order
-			go func() {
-				if err := c.Send(ch, r.accountAnswer(q), env.PeerID); err != nil {
-					c.Log.Fatalf("%v", err)
-				}
-			}()
+			answerAside(c, ch, env, func() (proto.Message, error) { return r.accountAnswer(env.Msg.(*proto.ParentAccountQuery)), nil })
 			return nil
 		case *proto.ControlTableReload:
 			q := env.Msg.(*proto.ControlTableReload)
@@ -174,13 +153,11 @@ func (l *Lookup) Run() {
 			}
 			return c.Send(ch, &proto.LookupTableLines{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID)
 		case *proto.ControlTableLookup:
-			q := env.Msg.(*proto.ControlTableLookup)
-			go func() {
+			answerAside(c, ch, env, func() (proto.Message, error) {
+				q := env.Msg.(*proto.ControlTableLookup)
 				line := r.ShowTable(q.Name, q.Service, q.Key)
-				if err := c.Send(ch, &proto.LookupTableLines{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, env.PeerID); err != nil {
-					c.Log.Fatalf("%v", err)
-				}
-			}()
+				return &proto.LookupTableLines{TextLines: proto.TextLines{Lines: []string{line}, Last: true}}, nil
+			})
 			return nil
 		case *proto.ParentTablesReload:
 			if err := reload(c, r, env.Msg.(*proto.ParentTablesReload).Name); err != nil {

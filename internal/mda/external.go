@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
@@ -230,11 +229,7 @@ func lastLine(b []byte) string {
 	}
 	s = strings.TrimSpace(envelope.CleanText(s))
 	if len(s) > maxErrorLine {
-		s = s[:maxErrorLine]
-		for !utf8.ValidString(s) {
-			s = s[:len(s)-1]
-		}
-		s += "..."
+		s = strings.ToValidUTF8(s[:maxErrorLine], "") + "..."
 	}
 	return s
 }

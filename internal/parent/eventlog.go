@@ -1,6 +1,7 @@
 package parent
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -17,13 +18,16 @@ import (
 // message came, and the outcome: "result=Ok stat=Delivered", or
 // TempFail or PermFail with why. A deferral, not tried, has no line.
 func mdaDeliveryLine(id uint64, e *envelope.Envelope, res proto.DeliveryResult, now time.Time) (string, bool) {
-	result := map[proto.Status]string{proto.StatusOK: "Ok", proto.StatusTempfail: "TempFail", proto.StatusPermfail: "PermFail"}[res.Status]
-	if result == "" {
+	var result, stat string
+	switch res.Status {
+	case proto.StatusOK:
+		result, stat = "Ok", "Delivered"
+	case proto.StatusTempfail:
+		result, stat = "TempFail", cmp.Or(res.Text, "Error")
+	case proto.StatusPermfail:
+		result, stat = "PermFail", cmp.Or(res.Text, "Error")
+	default:
 		return "", false
-	}
-	stat := res.Text
-	if res.Status == proto.StatusOK || stat == "" {
-		stat = map[bool]string{true: "Delivered", false: "Error"}[res.Status == proto.StatusOK]
 	}
 	rcpt := ""
 	if e.Rcpt != "" {

@@ -1,6 +1,7 @@
 package parent
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -25,7 +26,7 @@ func TestAccountCache(t *testing.T) {
 		t.Fatal("an expired account answered")
 	}
 	for i := range accountCacheMax + 1 {
-		c.put(accountKey{"local", string(rune('a'+i%26)) + time.Duration(i).String()}, proto.Account{}, now)
+		c.put(accountKey{"local", fmt.Sprint("user", i)}, proto.Account{}, now)
 	}
 	if len(c.m) > accountCacheMax {
 		t.Fatalf("%d accounts kept", len(c.m))

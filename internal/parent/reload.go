@@ -39,7 +39,8 @@ func (p *Parent) reload() error {
 		p.log.Warnf("SIGHUP: configuration not reloaded; still running on the previous one")
 		return nil
 	}
-	p.accounts.clear()
+	// lookup answers with LookupTablesReloaded, which empties the
+	// accounts the parent keeps
 	if err := p.children[proto.ProcLookup].ch.Send(&proto.ParentTablesReload{}, 0); err != nil {
 		return fmt.Errorf("lookup: %w", err)
 	}

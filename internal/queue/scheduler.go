@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"smtpd/internal/address"
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/logging"
@@ -410,10 +411,7 @@ func inDomain(addr, domain string, subdomains bool) bool {
 		return false
 	}
 	d := addr[at+1:]
-	if strings.EqualFold(d, domain) {
-		return true
-	}
-	return subdomains && len(d) > len(domain)+1 && d[len(d)-len(domain)-1] == '.' && strings.EqualFold(d[len(d)-len(domain):], domain)
+	return strings.EqualFold(d, domain) || subdomains && address.InDomain(d, domain)
 }
 
 // schedule makes due now the waiting envelopes match accepts: not

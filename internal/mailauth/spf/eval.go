@@ -12,6 +12,8 @@ import (
 	mdns "github.com/miekg/dns"
 
 	"smtpd/internal/dns"
+
+	"smtpd/internal/address"
 )
 
 // eval is the state of one evaluation: the inputs of check_host() and
@@ -254,7 +256,7 @@ func (e *eval) matchPTR(ctx context.Context, target string) (bool, error) {
 		return false, err
 	}
 	for _, n := range names {
-		if isSubdomain(n, target) && e.validates(ctx, n) {
+		if address.InDomain(n, target) && e.validates(ctx, n) {
 			return true, nil
 		}
 	}
@@ -314,12 +316,12 @@ func (e *eval) validatedName(ctx context.Context, domain string) string {
 		}
 	}
 	for _, n := range names {
-		if !strings.EqualFold(n, domain) && isSubdomain(n, domain) {
+		if !strings.EqualFold(n, domain) && address.InDomain(n, domain) {
 			order = append(order, n)
 		}
 	}
 	for _, n := range names {
-		if !isSubdomain(n, domain) {
+		if !address.InDomain(n, domain) {
 			order = append(order, n)
 		}
 	}

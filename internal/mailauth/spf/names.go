@@ -36,16 +36,6 @@ func validDomain(domain string) bool {
 	return !allDigits(domain[strings.LastIndexByte(domain, '.')+1:])
 }
 
-// isSubdomain reports whether name is domain or below it, without
-// regard to case.
-func isSubdomain(name, domain string) bool {
-	if len(name) == len(domain) {
-		return strings.EqualFold(name, domain)
-	}
-	return len(name) > len(domain) && name[len(name)-len(domain)-1] == '.' &&
-		strings.EqualFold(name[len(name)-len(domain):], domain)
-}
-
 // escapeName turns a name of raw labels into the presentation format
 // github.com/miekg/dns expects and gives back: a backslash before the
 // characters special in a label, \DDD for bytes that are not printable
