@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"smtpd/internal/enqueue"
 	"smtpd/proto"
 )
 
@@ -18,18 +19,6 @@ const (
 	// flushPoll is how often flush asks how far the round got.
 	flushPoll = 200 * time.Millisecond
 )
-
-// exTempfail is EX_TEMPFAIL, what flush exits with when mail is left.
-const exTempfail = 75
-
-// exitStatus ends smtpctl with a status of its own: run prints msg,
-// if any, and exits with code.
-type exitStatus struct {
-	code int
-	msg  string
-}
-
-func (e exitStatus) Error() string { return e.msg }
 
 // flush is extsmail's batch mode: every queued envelope is tried once
 // now, and flush waits until each has been (delivered, failed, or put
@@ -80,9 +69,9 @@ func flush(env *cmdEnv, out io.Writer) error {
 	}
 	switch {
 	case len(round) > 0:
-		return exitStatus{exTempfail, fmt.Sprintf("flush: %d of %d envelopes not tried after %v; %d envelopes queued", len(round), total, timeout, len(left))}
+		return &enqueue.Error{Status: enqueue.ExitTempFail, Err: fmt.Errorf("flush: %d of %d envelopes not tried after %v; %d envelopes queued", len(round), total, timeout, len(left))}
 	case len(left) > 0:
-		return exitStatus{exTempfail, fmt.Sprintf("flush: %d envelopes tried, %d envelopes queued", total, len(left))}
+		return &enqueue.Error{Status: enqueue.ExitTempFail, Err: fmt.Errorf("flush: %d envelopes tried, %d envelopes queued", total, len(left))}
 	}
 	return nil
 }

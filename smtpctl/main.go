@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"smtpd/internal/enqueue"
 	"smtpd/internal/envelope"
 	"smtpd/internal/logging"
 	"smtpd/internal/stats"
@@ -61,15 +62,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	env.arg = arg
 	if err := cmd(env, stdout); err != nil {
-		var st exitStatus
-		if errors.As(err, &st) {
-			// a status that is an answer, such as flush's 75
-			if st.msg != "" {
-				fmt.Fprintf(stderr, "smtpctl: %s\n", st.msg)
-			}
-			return st.code
-		}
 		fmt.Fprintf(stderr, "smtpctl: %v\n", err)
+		var e *enqueue.Error
+		if errors.As(err, &e) {
+			// a status that is an answer, such as flush's 75
+			return e.Status
+		}
 		return 1
 	}
 	return 0

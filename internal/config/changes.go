@@ -1,7 +1,6 @@
 package config
 
 import (
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,12 +24,12 @@ func Changes(oldSrc, newSrc []byte) []string {
 		return nil
 	}
 	var out []string
-	for _, k := range slices.Sorted(maps.Keys(before)) {
-		if v, ok := after[k]; !ok || v != before[k] {
+	for k, v := range before {
+		if w, ok := after[k]; !ok || w != v {
 			out = append(out, k)
 		}
 	}
-	for _, k := range slices.Sorted(maps.Keys(after)) {
+	for k := range after {
 		if _, ok := before[k]; !ok {
 			out = append(out, k)
 		}
@@ -61,13 +60,9 @@ func topLevelParts(src []byte) (map[string]string, bool) {
 			matches = append(matches, text)
 			continue
 		}
-		key := b.Type
-		for _, l := range b.Labels {
-			key += " " + strconv.Quote(l)
-		}
 		// a duplicate block is an error the load reports; here it is
 		// one part all the same
-		parts[key] += text
+		parts[blockName(b)] += text
 	}
 	if matches != nil {
 		parts["match"] = strings.Join(matches, "\n")
@@ -88,13 +83,18 @@ func canonicalBody(b *hclsyntax.Body, src []byte, skipKeys bool) string {
 	}
 	slices.Sort(attrs)
 	for _, nb := range b.Blocks {
-		head := nb.Type
-		for _, l := range nb.Labels {
-			head += " " + strconv.Quote(l)
-		}
-		attrs = append(attrs, head+" {"+canonicalBody(nb.Body, src, false)+"}")
+		attrs = append(attrs, blockName(nb)+" {"+canonicalBody(nb.Body, src, false)+"}")
 	}
 	return strings.Join(attrs, "; ")
+}
+
+// blockName is a block's type and quoted labels: `listen "mx"`.
+func blockName(b *hclsyntax.Block) string {
+	name := b.Type
+	for _, l := range b.Labels {
+		name += " " + strconv.Quote(l)
+	}
+	return name
 }
 
 // canonicalTokens is an expression's tokens without comments, line

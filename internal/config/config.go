@@ -174,6 +174,26 @@ func (e *LoadError) Error() string {
 	return strings.TrimRight(b.String(), "\n")
 }
 
+// Lines are the diagnostics a line each, for a log: file and line, then
+// what is wrong.
+func (e *LoadError) Lines() []string {
+	lines := make([]string, 0, len(e.Diags))
+	for _, d := range e.Diags {
+		what := d.Summary
+		if d.Detail != "" {
+			what += ": " + d.Detail
+		}
+		if d.Severity == hcl.DiagWarning {
+			what = "warning: " + what
+		}
+		if d.Subject != nil {
+			what = fmt.Sprintf("%s:%d: %s", d.Subject.Filename, d.Subject.Start.Line, what)
+		}
+		lines = append(lines, what)
+	}
+	return lines
+}
+
 // reads are the files a load reads besides the configuration, so that
 // each process reads only what it owns (DESIGN.md, data ownership).
 type reads uint8

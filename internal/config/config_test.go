@@ -201,6 +201,7 @@ action "local" { mbox = true }
 		{"short srs age", base + "srs {\n  key = \"/etc/hostname\"\n  max_age = \"1h\"\n}\n", 5, "at least a day"},
 		{"bad destination tls", base + "destination \"a.example\" {\n  tls = \"dnssec\"\n}\n", 4, "Invalid TLS policy"},
 		{"bad report sender", base + "tls_reports {\n  from = \"nobody\"\n}\n", 4, "not a mail address"},
+		{"default report sender of a bad hostname", "hostname = \"bad_host\"\n" + base + "tls_reports {\n  enabled = true\n}\n", 1, "not a mail address"},
 		{"bad mta-sts port", "mta_sts_port = 0\n" + base, 1, "not a port number"},
 		{"etrn on lmtp", "listen \"lm\" {\n  address = \"127.0.0.1:24\"\n  protocol = \"lmtp\"\n  etrn = [\"127.0.0.1\"]\n}\n", 4, "ETRN on an LMTP listener"},
 		{"etrn of a missing table", "listen \"mx\" {\n  address = \"127.0.0.1:25\"\n  etrn = table.nope\n}\n", 3, `There is no table "nope"`},
@@ -502,5 +503,20 @@ func TestNeedsMFA(t *testing.T) {
 		if got := c.cfg.NeedsMFA(); got != c.want {
 			t.Errorf("%s: NeedsMFA %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// A load error's lines name file and line on one line each, with what
+// is wrong, as the log of a reload shows them.
+func TestLoadErrorLines(t *testing.T) {
+	path := write(t, t.TempDir(), "smtpd.conf", "limits {\n  drain_timeout = \"soon\"\n}\n")
+	_, err := LoadWithoutTables(path)
+	var le *LoadError
+	if !errors.As(err, &le) {
+		t.Fatalf("loaded: %v", err)
+	}
+	want := path + `:2: Invalid duration: "soon" is not a duration such as 4d, 4h or 90s.`
+	if got := le.Lines(); len(got) != 1 || got[0] != want {
+		t.Errorf("got  %q\nwant %q", got, want)
 	}
 }

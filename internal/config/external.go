@@ -3,6 +3,7 @@ package config
 import (
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,15 +42,7 @@ const exTempfail = 75
 // IsTemporary reports whether the exit code of a finished attempt is a
 // temporary failure: 75 or one of the external's own temporary codes.
 func (x *ExternalCommand) IsTemporary(code int) bool {
-	if code == exTempfail {
-		return true
-	}
-	for _, c := range x.Temporary {
-		if c == code {
-			return true
-		}
-	}
-	return false
+	return code == exTempfail || slices.Contains(x.Temporary, code)
 }
 
 // Route is a route block of an externals action: the messages with a

@@ -98,9 +98,6 @@ func TestExternals(t *testing.T) {
 	if got := a.ExternalsTimeout(); got != 90*time.Second+DefaultExternalTimeout {
 		t.Errorf("ExternalsTimeout %v", got)
 	}
-	if got := cfg.Action("out").ExternalsTimeout(); got == 0 {
-		t.Error("no timeout")
-	}
 }
 
 func TestBrokenExternals(t *testing.T) {

@@ -71,7 +71,13 @@ func (d *decoder) outboundTLS(attrs hcl.Attributes, reports []*hcl.Block) {
 			}
 		}
 		if local, domain, ok := strings.Cut(r.From, "@"); !ok || local == "" || !validHostname(domain) {
-			d.errorf(a["from"].Expr.Range(), "Invalid address", "%q is not a mail address such as noreply-tlsrpt@example.org.", r.From)
+			// without a from, the default is made of a host name that
+			// is no domain (an invalid hostname, the system's own)
+			rng := b.DefRange
+			if from := a["from"]; from != nil {
+				rng = from.Expr.Range()
+			}
+			d.errorf(rng, "Invalid address", "%q is not a mail address such as noreply-tlsrpt@example.org.", r.From)
 		}
 	})
 }

@@ -55,6 +55,8 @@ import (
 	"strconv"
 
 	"github.com/miekg/dns"
+
+	"smtpd/internal/tlsrpt"
 )
 
 // Certificate usages, selectors and matching types of TLSA records
@@ -96,16 +98,16 @@ const (
 
 // ResultType returns the TLS-RPT result type (RFC 8460 §4.3) that
 // reports a failure of kind k.
-func (k Kind) ResultType() string {
+func (k Kind) ResultType() tlsrpt.ResultType {
 	switch k {
 	case KindNoUsable:
-		return "tlsa-invalid"
+		return tlsrpt.ResultTLSAInvalid
 	case KindNameMismatch:
-		return "certificate-host-mismatch"
+		return tlsrpt.ResultCertificateHostMismatch
 	case KindExpired:
-		return "certificate-expired"
+		return tlsrpt.ResultCertificateExpired
 	default:
-		return "validation-failure"
+		return tlsrpt.ResultValidationFailure
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"smtpd/internal/tlsrpt"
 )
 
 // testNow is the verification time of the tests.
@@ -427,7 +429,7 @@ func TestTLSAName(t *testing.T) {
 }
 
 func TestResultType(t *testing.T) {
-	for k, want := range map[Kind]string{
+	for k, want := range map[Kind]tlsrpt.ResultType{
 		KindNoUsable:     "tlsa-invalid",
 		KindNoMatch:      "validation-failure",
 		KindNameMismatch: "certificate-host-mismatch",

@@ -201,7 +201,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*md
 // *Error wrapping ErrNoSuchDomain for a name that does not exist, a
 // temporary *Error for a server failure or a timeout.
 func (r *Resolver) Records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, error) {
-	rrs, _, err := r.records(ctx, name, qtype)
+	rrs, _, err := r.SecureRecords(ctx, name, qtype)
 	return rrs, err
 }
 
@@ -258,11 +258,6 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 // A bogus answer is a server failure to a validating resolver: a
 // temporary *Error here.
 func (r *Resolver) SecureRecords(ctx context.Context, name string, qtype uint16) ([]mdns.RR, bool, error) {
-	return r.records(ctx, name, qtype)
-}
-
-// records returns the records of qtype for name, following CNAMEs.
-func (r *Resolver) records(ctx context.Context, name string, qtype uint16) ([]mdns.RR, bool, error) {
 	secure := r.Validating
 	for range 8 {
 		msg, err := r.query(ctx, name, qtype)
@@ -304,7 +299,7 @@ func (r *Resolver) SecureAddrs(ctx context.Context, host string) ([]netip.Addr, 
 	var firstErr error
 	secure := r.Validating
 	for _, qtype := range []uint16{mdns.TypeA, mdns.TypeAAAA} {
-		rrs, sec, err := r.records(ctx, host, qtype)
+		rrs, sec, err := r.SecureRecords(ctx, host, qtype)
 		if err != nil {
 			if firstErr == nil {
 				firstErr = err
@@ -339,7 +334,7 @@ func (r *Resolver) SecureAddrs(ctx context.Context, host string) ([]netip.Addr, 
 // with its addresses. A domain without MX records is its own MX (RFC
 // 5321 §5.1); a null MX is ErrNullMX, permanent.
 func (r *Resolver) MX(ctx context.Context, domain string) ([]MX, error) {
-	rrs, secure, err := r.records(ctx, domain, mdns.TypeMX)
+	rrs, secure, err := r.SecureRecords(ctx, domain, mdns.TypeMX)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"smtpd/internal/tlsrpt"
 )
 
 // Defaults of the Fetcher.
@@ -29,14 +31,6 @@ const (
 
 // wellKnownPath is where a policy is served (RFC 8461 §3.2).
 const wellKnownPath = "/.well-known/mta-sts.txt"
-
-// The result types of TLS-RPT (RFC 8460 §4.3.2.2) a failed policy
-// fetch is reported as.
-const (
-	ResultWebPKIInvalid    = "sts-webpki-invalid"
-	ResultPolicyInvalid    = "sts-policy-invalid"
-	ResultPolicyFetchError = "sts-policy-fetch-error"
-)
 
 // The steps of a fetch, FetchError.Step.
 const (
@@ -76,16 +70,17 @@ func (e *FetchError) Error() string {
 // Unwrap returns the underlying error.
 func (e *FetchError) Unwrap() error { return e.Err }
 
-// ResultType returns the TLS-RPT result type of the failure:
-// sts-webpki-invalid, sts-policy-invalid or sts-policy-fetch-error.
-func (e *FetchError) ResultType() string {
+// ResultType returns the TLS-RPT result type of the failure (RFC 8460
+// §4.3.2.2): sts-webpki-invalid, sts-policy-invalid or
+// sts-policy-fetch-error.
+func (e *FetchError) ResultType() tlsrpt.ResultType {
 	switch {
 	case e.WebPKI:
-		return ResultWebPKIInvalid
+		return tlsrpt.ResultSTSWebPKIInvalid
 	case e.Invalid:
-		return ResultPolicyInvalid
+		return tlsrpt.ResultSTSPolicyInvalid
 	}
-	return ResultPolicyFetchError
+	return tlsrpt.ResultSTSPolicyFetchError
 }
 
 // ResultType returns the TLS-RPT result type (RFC 8460 §4.3.2.2) for an
@@ -93,13 +88,13 @@ func (e *FetchError) ResultType() string {
 // sts-policy-invalid for an MTA-STS TXT record that does not parse or is
 // there more than once. Other errors, a failed DNS lookup among them,
 // give "".
-func ResultType(err error) string {
+func ResultType(err error) tlsrpt.ResultType {
 	var fe *FetchError
 	switch {
 	case errors.As(err, &fe):
 		return fe.ResultType()
 	case errors.Is(err, ErrRecordSyntax), errors.Is(err, ErrMultipleRecords):
-		return ResultPolicyInvalid
+		return tlsrpt.ResultSTSPolicyInvalid
 	}
 	return ""
 }

@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"smtpd/internal/tlsrpt"
 )
 
 const goodPolicy = "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmx: *.mx.example.test\r\nmax_age: 86400\r\n"
@@ -196,7 +198,7 @@ func TestFetchRequest(t *testing.T) {
 
 // fetchFails fetches the policy of example.test from ps and checks the
 // error.
-func fetchFails(t *testing.T, f *Fetcher, step, result string) *FetchError {
+func fetchFails(t *testing.T, f *Fetcher, step string, result tlsrpt.ResultType) *FetchError {
 	t.Helper()
 	p, err := f.Fetch(t.Context(), "example.test")
 	var fe *FetchError
@@ -220,45 +222,45 @@ func TestFetchFailures(t *testing.T) {
 		handler http.HandlerFunc
 		maxSize int64
 		step    string
-		result  string
+		result  tlsrpt.ResultType
 	}{
-		{"not found", http.NotFound, 0, StepStatus, ResultPolicyFetchError},
+		{"not found", http.NotFound, 0, StepStatus, tlsrpt.ResultSTSPolicyFetchError},
 		{"server error", func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "oops", http.StatusInternalServerError)
-		}, 0, StepStatus, ResultPolicyFetchError},
+		}, 0, StepStatus, tlsrpt.ResultSTSPolicyFetchError},
 		{"redirect", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "https://mta-sts.example.test/.well-known/other.txt", http.StatusFound)
-		}, 0, StepStatus, ResultPolicyFetchError},
+		}, 0, StepStatus, tlsrpt.ResultSTSPolicyFetchError},
 		{"permanent redirect", func(w http.ResponseWriter, r *http.Request) {
 			http.Redirect(w, r, "/x", http.StatusMovedPermanently)
-		}, 0, StepStatus, ResultPolicyFetchError},
+		}, 0, StepStatus, tlsrpt.ResultSTSPolicyFetchError},
 		{"content type html", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			w.Write([]byte(goodPolicy))
-		}, 0, StepContentType, ResultPolicyInvalid},
+		}, 0, StepContentType, tlsrpt.ResultSTSPolicyInvalid},
 		{"content type missing", func(w http.ResponseWriter, r *http.Request) {
 			w.Header()["Content-Type"] = nil // no sniffing
 			w.Write([]byte(goodPolicy))
-		}, 0, StepContentType, ResultPolicyInvalid},
+		}, 0, StepContentType, tlsrpt.ResultSTSPolicyInvalid},
 		{"content type octet-stream", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/octet-stream")
 			w.Write([]byte(goodPolicy))
-		}, 0, StepContentType, ResultPolicyInvalid},
+		}, 0, StepContentType, tlsrpt.ResultSTSPolicyInvalid},
 		{"oversized, length known", func(w http.ResponseWriter, r *http.Request) {
 			body := goodPolicy + strings.Repeat("x: y\n", 20000)
 			w.Header().Set("Content-Type", "text/plain")
 			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 			w.Write([]byte(body))
-		}, 0, StepSize, ResultPolicyInvalid},
+		}, 0, StepSize, tlsrpt.ResultSTSPolicyInvalid},
 		{"oversized, chunked", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
 			for range 200 {
 				w.Write([]byte(strings.Repeat("x: y\n", 100)))
 				w.(http.Flusher).Flush()
 			}
-		}, 0, StepSize, ResultPolicyInvalid},
-		{"over a small limit", servePolicy(goodPolicy), 20, StepSize, ResultPolicyInvalid},
-		{"invalid policy", servePolicy("version: STSv1\nmode: enforce\nmax_age: 1\n"), 0, StepParse, ResultPolicyInvalid},
+		}, 0, StepSize, tlsrpt.ResultSTSPolicyInvalid},
+		{"over a small limit", servePolicy(goodPolicy), 20, StepSize, tlsrpt.ResultSTSPolicyInvalid},
+		{"invalid policy", servePolicy("version: STSv1\nmode: enforce\nmax_age: 1\n"), 0, StepParse, tlsrpt.ResultSTSPolicyInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -288,13 +290,13 @@ func TestFetchDefaultMaxSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	ps = newPolicyServer(t, ca, cert, servePolicy(goodPolicy+"x: "+strings.Repeat("y", pad+1)+"\n"))
-	fetchFails(t, ps.fetcher, StepSize, ResultPolicyInvalid)
+	fetchFails(t, ps.fetcher, StepSize, tlsrpt.ResultSTSPolicyInvalid)
 }
 
 func TestFetchCertificateForOtherName(t *testing.T) {
 	ca := newTestCA(t)
 	ps := newPolicyServer(t, ca, ca.issue(t, "www.example.test", "example.test"), servePolicy(goodPolicy))
-	fe := fetchFails(t, ps.fetcher, StepTLS, ResultWebPKIInvalid)
+	fe := fetchFails(t, ps.fetcher, StepTLS, tlsrpt.ResultSTSWebPKIInvalid)
 	if !fe.WebPKI || ps.hits.Load() != 0 {
 		t.Fatalf("error %v, %d requests", fe, ps.hits.Load())
 	}
@@ -303,7 +305,7 @@ func TestFetchCertificateForOtherName(t *testing.T) {
 func TestFetchUntrustedCA(t *testing.T) {
 	ca, other := newTestCA(t), newTestCA(t)
 	ps := newPolicyServer(t, ca, other.issue(t, "mta-sts.example.test"), servePolicy(goodPolicy))
-	fe := fetchFails(t, ps.fetcher, StepTLS, ResultWebPKIInvalid)
+	fe := fetchFails(t, ps.fetcher, StepTLS, tlsrpt.ResultSTSWebPKIInvalid)
 	var unknown x509.UnknownAuthorityError
 	if !fe.WebPKI || !errors.As(fe, &unknown) || ps.hits.Load() != 0 {
 		t.Fatalf("error %v, %d requests", fe, ps.hits.Load())
@@ -316,7 +318,7 @@ func TestFetchExpiredCertificate(t *testing.T) {
 		c.NotBefore, c.NotAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
 	}, "mta-sts.example.test")
 	ps := newPolicyServer(t, ca, cert, servePolicy(goodPolicy))
-	fe := fetchFails(t, ps.fetcher, StepTLS, ResultWebPKIInvalid)
+	fe := fetchFails(t, ps.fetcher, StepTLS, tlsrpt.ResultSTSWebPKIInvalid)
 	var invalid x509.CertificateInvalidError
 	if !errors.As(fe, &invalid) || invalid.Reason != x509.Expired {
 		t.Fatalf("error %v, want an expired certificate", fe)
@@ -328,7 +330,7 @@ func TestFetchOldTLS(t *testing.T) {
 	ps := newPolicyServer(t, ca, ca.issue(t, "mta-sts.example.test"), servePolicy(goodPolicy), func(c *tls.Config) {
 		c.MinVersion, c.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 	})
-	fe := fetchFails(t, ps.fetcher, StepTLS, ResultPolicyFetchError)
+	fe := fetchFails(t, ps.fetcher, StepTLS, tlsrpt.ResultSTSPolicyFetchError)
 	if fe.WebPKI || !strings.Contains(fe.Error(), "version") {
 		t.Fatalf("a protocol version failure is taken for a certificate one: %v", fe)
 	}
@@ -346,7 +348,7 @@ func TestFetchTimeout(t *testing.T) {
 	t.Cleanup(func() { close(release) }) // before the server's Close, which waits for handlers
 	ps.fetcher.Timeout = 200 * time.Millisecond
 	start := time.Now()
-	fe := fetchFails(t, ps.fetcher, StepHTTP, ResultPolicyFetchError)
+	fe := fetchFails(t, ps.fetcher, StepHTTP, tlsrpt.ResultSTSPolicyFetchError)
 	if !errors.Is(fe, context.DeadlineExceeded) {
 		t.Errorf("error %v, want a deadline exceeded", fe)
 	}
@@ -369,7 +371,7 @@ func TestFetchSlowBody(t *testing.T) {
 	})
 	t.Cleanup(func() { close(release) })
 	ps.fetcher.Timeout = 200 * time.Millisecond
-	fe := fetchFails(t, ps.fetcher, StepRead, ResultPolicyFetchError)
+	fe := fetchFails(t, ps.fetcher, StepRead, tlsrpt.ResultSTSPolicyFetchError)
 	if !errors.Is(fe, context.DeadlineExceeded) {
 		t.Errorf("error %v, want a deadline exceeded", fe)
 	}
@@ -379,7 +381,7 @@ func TestFetchConnectFails(t *testing.T) {
 	f := &Fetcher{DialContext: func(context.Context, string, string) (net.Conn, error) {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
 	}}
-	fetchFails(t, f, StepConnect, ResultPolicyFetchError)
+	fetchFails(t, f, StepConnect, tlsrpt.ResultSTSPolicyFetchError)
 }
 
 func TestFetchInvalidDomain(t *testing.T) {
@@ -403,14 +405,14 @@ func TestFetchInvalidDomain(t *testing.T) {
 func TestResultType(t *testing.T) {
 	tests := []struct {
 		err  error
-		want string
+		want tlsrpt.ResultType
 	}{
-		{&FetchError{WebPKI: true}, ResultWebPKIInvalid},
-		{&FetchError{Invalid: true}, ResultPolicyInvalid},
-		{&FetchError{}, ResultPolicyFetchError},
-		{errors.Join(errors.New("x"), &FetchError{WebPKI: true}), ResultWebPKIInvalid},
-		{ErrRecordSyntax, ResultPolicyInvalid},
-		{ErrMultipleRecords, ResultPolicyInvalid},
+		{&FetchError{WebPKI: true}, tlsrpt.ResultSTSWebPKIInvalid},
+		{&FetchError{Invalid: true}, tlsrpt.ResultSTSPolicyInvalid},
+		{&FetchError{}, tlsrpt.ResultSTSPolicyFetchError},
+		{errors.Join(errors.New("x"), &FetchError{WebPKI: true}), tlsrpt.ResultSTSWebPKIInvalid},
+		{ErrRecordSyntax, tlsrpt.ResultSTSPolicyInvalid},
+		{ErrMultipleRecords, tlsrpt.ResultSTSPolicyInvalid},
 		{ErrNoRecord, ""},
 		{errors.New("dns timeout"), ""},
 		{nil, ""},

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"smtpd/internal/tlsrpt"
 )
 
 var errNXDomain = errors.New("test: no such domain")
@@ -255,7 +257,7 @@ func TestResolverFetchFailsUsesCache(t *testing.T) {
 	rt.host.setStatus(http.StatusServiceUnavailable)
 	rt.clock.Advance(time.Hour)
 	p := rt.policy(t, "example.test", ModeEnforce)
-	if p.ID != "1" || rt.fetches() != 2 || len(rt.logged) != 1 || ResultType(rt.logged[0]) != ResultPolicyFetchError {
+	if p.ID != "1" || rt.fetches() != 2 || len(rt.logged) != 1 || ResultType(rt.logged[0]) != tlsrpt.ResultSTSPolicyFetchError {
 		t.Fatalf("policy %+v after %d fetches, logged %v", p, rt.fetches(), rt.logged)
 	}
 	// the renewal at half max_age fails too: still the cached policy
@@ -278,7 +280,7 @@ func TestResolverFetchFailsNoCache(t *testing.T) {
 	rt.dns.set("_mta-sts.example.test", "v=STSv1; id=1")
 	rt.host.set("example.test", "version: STSv1\nmode: enforce\nmax_age: 86400\n")
 	p, err := rt.r.Policy(t.Context(), "example.test")
-	if p != nil || ResultType(err) != ResultPolicyInvalid {
+	if p != nil || ResultType(err) != tlsrpt.ResultSTSPolicyInvalid {
 		t.Fatalf("Policy = %+v, %v, want sts-policy-invalid", p, err)
 	}
 	if ds, _ := rt.r.Cache.Domains(); len(ds) != 0 {
@@ -310,7 +312,7 @@ func TestResolverInvalidRecord(t *testing.T) {
 	for _, txt := range [][]string{{"v=STSv1; id=1", "v=STSv1; id=2"}, {"v=STSv1; id=#"}, {"v=STSv1"}} {
 		rt.dns.set("_mta-sts.example.test", txt...)
 		p, err := rt.r.Policy(t.Context(), "example.test")
-		if p != nil || ResultType(err) != ResultPolicyInvalid {
+		if p != nil || ResultType(err) != tlsrpt.ResultSTSPolicyInvalid {
 			t.Fatalf("Policy with TXT %q = %+v, %v", txt, p, err)
 		}
 	}
@@ -432,7 +434,7 @@ func TestResolverRefresh(t *testing.T) {
 	rt.host.set("example.test", policyTesting)
 	rt.dns.set("_mta-sts.example.test", "v=STSv1; id=new")
 	err := rt.r.Refresh(t.Context())
-	if err == nil || !errors.Is(err, ErrCacheCorrupt) || ResultType(err) != ResultPolicyFetchError {
+	if err == nil || !errors.Is(err, ErrCacheCorrupt) || ResultType(err) != tlsrpt.ResultSTSPolicyFetchError {
 		t.Fatalf("Refresh error %v, want the corrupt entry and other.test's failure", err)
 	}
 	if rt.fetches() != 2 {
@@ -484,7 +486,7 @@ func TestResolverBackoff(t *testing.T) {
 	fails := func(fetches int) {
 		t.Helper()
 		p, err := rt.r.Policy(t.Context(), "example.test")
-		if p != nil || ResultType(err) != ResultPolicyFetchError || rt.fetches() != fetches {
+		if p != nil || ResultType(err) != tlsrpt.ResultSTSPolicyFetchError || rt.fetches() != fetches {
 			t.Fatalf("Policy = %+v, %v after %d fetches, want a fetch error after %d", p, err, rt.fetches(), fetches)
 		}
 	}

@@ -7,8 +7,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/hashicorp/hcl/v2"
-
 	"smtpd/internal/config"
 	"smtpd/proto"
 )
@@ -30,8 +28,8 @@ func (p *Parent) reload() error {
 	if err != nil {
 		var le *config.LoadError
 		if errors.As(err, &le) {
-			for _, d := range le.Diags {
-				p.log.Warnf("SIGHUP: %s", diagnostic(d))
+			for _, line := range le.Lines() {
+				p.log.Warnf("SIGHUP: %s", line)
 			}
 		} else {
 			p.log.Warnf("SIGHUP: %v", err)
@@ -129,20 +127,4 @@ func (p *Parent) changes() []string {
 		return nil
 	}
 	return config.Changes(p.source, src)
-}
-
-// diagnostic is one configuration problem on one line: file and line,
-// then what is wrong.
-func diagnostic(d *hcl.Diagnostic) string {
-	what := d.Summary
-	if d.Detail != "" {
-		what += ": " + d.Detail
-	}
-	if d.Severity == hcl.DiagWarning {
-		what = "warning: " + what
-	}
-	if d.Subject == nil {
-		return what
-	}
-	return fmt.Sprintf("%s:%d: %s", d.Subject.Filename, d.Subject.Start.Line, what)
 }

@@ -16,6 +16,9 @@ import (
 // sessionEvents is what the event lines of a session remember between
 // the engine's events. Report runs on the session's goroutine: no lock.
 type sessionEvents struct {
+	// line is the client's last line as the engine reported it, for
+	// the log line of a refusal (Server.report)
+	line string
 	// command is what a failure answers, as logged: the last command
 	// line, "DATA" still at the end of a message
 	command string
@@ -36,7 +39,7 @@ type sessionEvents struct {
 // client notes a line of the client: a command, a SASL response (after
 // a 334), or the dot that ends a message (after the 354).
 func (st *sessionEvents) client(line string) {
-	st.answered = false
+	st.line, st.answered = line, false
 	switch {
 	case st.lastCode == "334" && st.authMech != "":
 		st.responses++
@@ -149,11 +152,13 @@ func isFailure(line string) bool {
 	return len(line) > 3 && (line[0] == '4' || line[0] == '5') && line[3] == ' '
 }
 
-// logEvent writes the event lines of the engine's events.
-func (s *Server) logEvent(e server.Event) {
+// logEvent writes the event lines of the engine's events, and returns
+// what the session's lines remember, nil once it is over.
+func (s *Server) logEvent(e server.Event) *sessionEvents {
 	id := e.Conn.ID()
 	if e.Kind == server.EventLinkConnect {
-		s.events.Store(e.Conn, &sessionEvents{})
+		st := &sessionEvents{}
+		s.events.Store(e.Conn, st)
 		address, host := "local", s.cfg.Hostname
 		if !e.Conn.Local() {
 			ip := remoteIP(e.Conn.NetConn())
@@ -161,11 +166,11 @@ func (s *Server) logEvent(e server.Event) {
 			address, host = logging.AddrText(ip), ip
 		}
 		s.log.Event("%016x smtp connected address=%s host=%s", id, address, host)
-		return
+		return st
 	}
 	v, ok := s.events.Load(e.Conn)
 	if !ok {
-		return
+		return nil
 	}
 	st := v.(*sessionEvents)
 	switch e.Kind {
@@ -179,7 +184,7 @@ func (s *Server) logEvent(e server.Event) {
 	case server.EventProtocolServer:
 		// the stop's 421 and the timeout's are no failure of a command
 		switch {
-		case !isFailure(e.Line) || st.timedOut || s.draining.Load() && strings.HasPrefix(e.Line, "421 4.3.2 "):
+		case !isFailure(e.Line) || st.timedOut || s.stopReply(e.Line):
 		case st.badInput(e.Line):
 			s.log.Event("%016x smtp bad-input result=\"%s\"", id, logging.Quote(e.Line))
 		default:
@@ -191,7 +196,15 @@ func (s *Server) logEvent(e server.Event) {
 	case server.EventLinkDisconnect:
 		s.events.Delete(e.Conn)
 		s.log.Event("%016x smtp disconnected reason=%s", id, st.disconnectReason(e.Conn.Ending()))
+		return nil
 	}
+	return st
+}
+
+// stopReply reports whether a reply line is the 421 with which a stop
+// ends a session, rather than a refusal.
+func (s *Server) stopReply(line string) bool {
+	return s.draining.Load() && strings.HasPrefix(line, "421 4.3.2 ")
 }
 
 // failedCommandLine is the line of a command refused with reply.

@@ -5,6 +5,23 @@ import (
 	"testing"
 )
 
+// play notes the lines of a dialogue as the engine's events would:
+// "C: " a client line, "S: " a server line, "T" the timeout.
+func play(lines []string) *sessionEvents {
+	st := &sessionEvents{}
+	for _, l := range lines {
+		switch {
+		case l == "T":
+			st.timedOut = true
+		case strings.HasPrefix(l, "C: "):
+			st.client(l[3:])
+		default:
+			st.server(l[3:])
+		}
+	}
+	return st
+}
+
 // TestFailedCommand plays the lines of dialogues, as the engine reports
 // them (SASL responses and AUTH initial responses already masked), and
 // checks the command the failure at their end is logged with: never a
@@ -33,15 +50,8 @@ func TestFailedCommand(t *testing.T) {
 		{"dot as a command", []string{"C: NOOP", "S: 250 2.0.0 Ok", "C: .", "S: 500 5.5.1 Command unrecognized"}, "."},
 		{"bdat", []string{"C: BDAT 10 LAST", "S: 552 5.3.4 Message too big"}, "BDAT 10 LAST"},
 	} {
-		st := &sessionEvents{}
 		// the failure is logged before it is noted
-		for _, l := range tc.lines[:len(tc.lines)-1] {
-			if strings.HasPrefix(l, "C: ") {
-				st.client(l[3:])
-			} else {
-				st.server(l[3:])
-			}
-		}
+		st := play(tc.lines[:len(tc.lines)-1])
 		if got := st.failedCommand(); got != tc.want {
 			t.Errorf("%s: command %q, want %q", tc.name, got, tc.want)
 		}
@@ -62,14 +72,7 @@ func TestBadInput(t *testing.T) {
 		{"greeting refused", []string{"S: 554 5.7.1 Go away"}, false},
 		{"lmtp, second recipient", []string{"C: .", "S: 250 2.0.0 Ok", "S: 550 5.1.1 Unknown"}, false},
 	} {
-		st := &sessionEvents{}
-		for _, l := range tc.lines[:len(tc.lines)-1] {
-			if strings.HasPrefix(l, "C: ") {
-				st.client(l[3:])
-			} else {
-				st.server(l[3:])
-			}
-		}
+		st := play(tc.lines[:len(tc.lines)-1])
 		if got := st.badInput(tc.lines[len(tc.lines)-1][3:]); got != tc.want {
 			t.Errorf("%s: bad input %v, want %v", tc.name, got, tc.want)
 		}
@@ -89,17 +92,7 @@ func TestDisconnectReason(t *testing.T) {
 		{"timeout", []string{"T", "S: 421 4.4.2 mx Timeout, closing connection"}, true, "timeout"},
 		{"tls failed", []string{"C: STARTTLS", "S: 220 2.0.0 Ready to start TLS"}, true, `"io-error: TLS handshake failed"`},
 	} {
-		st := &sessionEvents{}
-		for _, l := range tc.lines {
-			switch {
-			case l == "T":
-				st.timedOut = true
-			case strings.HasPrefix(l, "C: "):
-				st.client(l[3:])
-			default:
-				st.server(l[3:])
-			}
-		}
+		st := play(tc.lines)
 		if got := st.disconnectReason(tc.ending); got != tc.want {
 			t.Errorf("%s: reason %s, want %s", tc.name, got, tc.want)
 		}

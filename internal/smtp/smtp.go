@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -70,11 +69,8 @@ type Server struct {
 	authFailures *authFailures
 	// local takes the sessions of local programs
 	local *localListener
-	// lastCommand is the last line of each session's client, for the
-	// log line of a refusal
-	lastCommand sync.Map
 	// events is what the event lines of each session remember, by
-	// connection (eventlog.go)
+	// connection (eventlog.go), the client's last line among it
 	events sync.Map
 }
 
@@ -264,27 +260,25 @@ func (s *Server) serve(lc *config.Listener, srv *server.Server, ln net.Listener)
 // (credentials masked by the engine), and every line of every session
 // while the smtp subsystem is traced (smtpctl trace smtp).
 func (s *Server) report(e server.Event) {
-	s.logEvent(e)
+	st := s.logEvent(e)
 	if sess, ok := s.filtered.Load(e.Conn); ok {
 		s.filterEvent(sess.(*session), e)
 	}
 	switch e.Kind {
 	case server.EventProtocolClient:
-		s.lastCommand.Store(e.Conn, e.Line)
+		// noted by logEvent; traced below
 	case server.EventProtocolServer:
-		// the last line of a 4xx or 5xx reply
-		if len(e.Line) > 3 && (e.Line[0] == '4' || e.Line[0] == '5') && e.Line[3] == ' ' {
-			if s.draining.Load() && strings.HasPrefix(e.Line, "421 4.3.2 ") {
+		if isFailure(e.Line) {
+			if s.stopReply(e.Line) {
 				s.log.Infof("%016x: session ended by the stop: %s", e.Conn.ID(), e.Line)
 				break
 			}
-			cmd, _ := s.lastCommand.Load(e.Conn)
-			line, _ := cmd.(string)
+			var line string
+			if st != nil {
+				line = st.line
+			}
 			s.log.Infof("%016x: %q refused: %s", e.Conn.ID(), line, e.Line)
 		}
-	case server.EventLinkDisconnect:
-		s.lastCommand.Delete(e.Conn)
-		return
 	default:
 		return
 	}

@@ -200,11 +200,7 @@ func (s *Server) answerSigned(resp, req *mdns.Msg, z *signedZone, name string, r
 func (s *Server) fillSigned(resp *mdns.Msg, z *signedZone, q mdns.Question, name string, rrs []mdns.RR, known, do bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, rr := range rrs {
-		if t := rr.Header().Rrtype; t == q.Qtype || t == mdns.TypeCNAME {
-			resp.Answer = append(resp.Answer, rr)
-		}
-	}
+	resp.Answer = answer(rrs, q.Qtype)
 	if len(resp.Answer) > 0 {
 		if do {
 			sigs, err := s.signSets(z, resp.Answer)

@@ -220,13 +220,21 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	case !known:
 		resp.Rcode = mdns.RcodeNameError
 	default:
-		for _, rr := range rrs {
-			if rr.Header().Rrtype == q.Qtype || rr.Header().Rrtype == mdns.TypeCNAME {
-				resp.Answer = append(resp.Answer, rr)
-			}
-		}
+		resp.Answer = answer(rrs, q.Qtype)
 	}
 	w.WriteMsg(resp)
+}
+
+// answer returns the records of rrs that answer a query for qtype:
+// those of that type, and the CNAME.
+func answer(rrs []mdns.RR, qtype uint16) []mdns.RR {
+	var out []mdns.RR
+	for _, rr := range rrs {
+		if t := rr.Header().Rrtype; t == qtype || t == mdns.TypeCNAME {
+			out = append(out, rr)
+		}
+	}
+	return out
 }
 
 // hasDescendant reports whether a record is known below name. The

@@ -173,8 +173,9 @@ func (u *Unbound) waitReady() error {
 		}
 		select {
 		case <-u.exited:
-			err := fmt.Errorf("dnstest: unbound exited (%v) before answering on %s; its log:\n%s", u.waitErr, u.Addr, u.Log())
-			if strings.Contains(u.Log(), "Address already in use") {
+			log := u.Log()
+			err := fmt.Errorf("dnstest: unbound exited (%v) before answering on %s; its log:\n%s", u.waitErr, u.Addr, log)
+			if strings.Contains(log, "Address already in use") {
 				err = addrInUseError{err}
 			}
 			return err
@@ -267,7 +268,15 @@ func unboundConfig(dir, addr string, zones []Zone) (string, error) {
 // Unbound's validation failures, so that the failure says why.
 func StartUnboundT(t testing.TB, zones ...Zone) *Unbound {
 	t.Helper()
-	u, err := StartUnbound(t.TempDir(), "", zones)
+	return StartUnboundOnT(t, "", zones...)
+}
+
+// StartUnboundOnT is StartUnboundT on a given address, such as
+// "127.0.0.98:53" for programs that take their resolver from
+// resolv.conf, which has no port.
+func StartUnboundOnT(t testing.TB, addr string, zones ...Zone) *Unbound {
+	t.Helper()
+	u, err := StartUnbound(t.TempDir(), addr, zones)
 	if err != nil {
 		t.Fatal(err)
 	}

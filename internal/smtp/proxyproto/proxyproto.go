@@ -312,15 +312,13 @@ func parseV2(r *bufio.Reader) (Header, error) {
 		if len(body) < 12 {
 			return Header{}, fmt.Errorf("%w: length %d too short for IPv4 addresses", ErrMalformed, len(body))
 		}
-		h.Source = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[0:4])), binary.BigEndian.Uint16(body[8:10]))
-		h.Destination = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[4:8])), binary.BigEndian.Uint16(body[10:12]))
+		h.Source, h.Destination = addrPorts(body, 4)
 		body = body[12:]
 	case 0x21, 0x22:
 		if len(body) < 36 {
 			return Header{}, fmt.Errorf("%w: length %d too short for IPv6 addresses", ErrMalformed, len(body))
 		}
-		h.Source = netip.AddrPortFrom(netip.AddrFrom16([16]byte(body[0:16])), binary.BigEndian.Uint16(body[32:34]))
-		h.Destination = netip.AddrPortFrom(netip.AddrFrom16([16]byte(body[16:32])), binary.BigEndian.Uint16(body[34:36]))
+		h.Source, h.Destination = addrPorts(body, 16)
 		body = body[36:]
 	case 0x31, 0x32:
 		// two 108-byte paths, skipped: no use to an MTA, which falls
@@ -340,6 +338,16 @@ func parseV2(r *bufio.Reader) (Header, error) {
 	}
 	h.TLVs = tlvs
 	return h, nil
+}
+
+// addrPorts reads the address block of an INET or INET6 header (spec
+// 2.2): the source and destination addresses of size bytes each, then
+// their ports. body holds at least the whole block.
+func addrPorts(body []byte, size int) (src, dst netip.AddrPort) {
+	s, _ := netip.AddrFromSlice(body[:size])
+	d, _ := netip.AddrFromSlice(body[size : 2*size])
+	ports := body[2*size:]
+	return netip.AddrPortFrom(s, binary.BigEndian.Uint16(ports[0:2])), netip.AddrPortFrom(d, binary.BigEndian.Uint16(ports[2:4]))
 }
 
 // parseTLVs splits hdr[off:], what follows the addresses, into TLVs: a

@@ -2,6 +2,7 @@ package server
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -50,11 +51,6 @@ func TestETRN(t *testing.T) {
 		script string
 		calls  []string
 	}{
-		{name: "advertised", script: `
-			C: EHLO client.example
-			S: 250 HELP
-			C: HELP
-			S: 214 2.0.0 End of HELP info`},
 		{name: "scheduled", script: `
 			C: EHLO client.example
 			S: 250 HELP
@@ -194,19 +190,6 @@ func TestETRN(t *testing.T) {
 			}
 			cl := dial(t, serveLoopback(t, srv))
 			cl.expect("220 ")
-			if tc.name == "advertised" {
-				cl.send("EHLO client.example\r\n")
-				lines := cl.expect("250 HELP")
-				if !containsLine(lines, "250-ETRN") {
-					t.Errorf("EHLO reply %q does not offer ETRN", lines)
-				}
-				cl.send("HELP\r\n")
-				lines = cl.expect("214 2.0.0 End of HELP info")
-				if !strings.Contains(strings.Join(lines, "\n"), " ETRN") {
-					t.Errorf("HELP %q does not list ETRN", lines)
-				}
-				return
-			}
 			cl.script(tc.script + "\nC: QUIT\nS: 221")
 			if tc.calls != nil {
 				var got []string
@@ -223,36 +206,37 @@ func TestETRN(t *testing.T) {
 	}
 }
 
-// TestETRNNotOffered: without EnableETRN, or with a policy that does not
-// serve it, the EHLO reply does not list ETRN, nor HELP.
-func TestETRNNotOffered(t *testing.T) {
-	for _, plain := range []bool{false, true} {
+// TestETRNOffered: the EHLO reply and HELP list ETRN with EnableETRN
+// and a policy that serves it, and not without either.
+func TestETRNOffered(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		enable, plain bool
+		offered       bool
+	}{
+		{"offered", true, false, true},
+		{"off", false, false, false},
+		{"policy without ETRN", true, true, false},
+	} {
 		rec := newRecorder()
 		srv := newTestServer(rec)
-		srv.EnableETRN = plain
-		if plain {
-			srv.NewSession = rec.newSession
+		srv.EnableETRN = tc.enable
+		if !tc.plain {
+			srv.NewSession = func(c *Conn) Session {
+				return &etrnSession{testSession: rec.newSession(c).(*testSession)}
+			}
 		}
 		cl := dial(t, serveLoopback(t, srv))
 		cl.expect("220 ")
 		cl.send("EHLO client.example\r\n")
-		if lines := cl.expect("250 HELP"); containsLine(lines, "250-ETRN") {
-			t.Errorf("EHLO reply %q offers ETRN", lines)
+		if lines := cl.expect("250 HELP"); slices.Contains(lines, "250-ETRN") != tc.offered {
+			t.Errorf("%s: EHLO reply %q, want ETRN offered %v", tc.name, lines, tc.offered)
 		}
 		cl.send("HELP\r\n")
-		if lines := cl.expect("214 2.0.0 End of HELP info"); strings.Contains(strings.Join(lines, "\n"), "ETRN") {
-			t.Errorf("HELP %q lists ETRN", lines)
+		if lines := cl.expect("214 2.0.0 End of HELP info"); strings.Contains(strings.Join(lines, "\n"), " ETRN") != tc.offered {
+			t.Errorf("%s: HELP %q, want ETRN listed %v", tc.name, lines, tc.offered)
 		}
 	}
-}
-
-func containsLine(lines []string, want string) bool {
-	for _, l := range lines {
-		if l == want {
-			return true
-		}
-	}
-	return false
 }
 
 func TestParseETRN(t *testing.T) {
