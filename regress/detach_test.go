@@ -21,8 +21,7 @@ func TestDetachReportsStart(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	start := func() (int, string, string) {
 		dir, path := WriteConfig(t, "")
-		conf := strings.NewReplacer("{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", strconv.Itoa(os.Getuid()), "{{GID}}", strconv.Itoa(os.Getgid())).Replace(DefaultConfig)
-		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		if err := os.WriteFile(path, []byte(fillConfig(DefaultConfig, addr, dir, os.Getuid(), os.Getgid())), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		// files, not pipes: the detached daemon keeps its standard

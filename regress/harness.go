@@ -163,6 +163,11 @@ type Options struct {
 	// Wrap, if set, is a command that runs the daemon: the daemon's
 	// command line is appended to it (unshare, for instance).
 	Wrap []string
+	// Command, if set, is the daemon's command line in place of
+	// `smtpd -d -v -f CONFIG` (a systemd unit's ExecStart, for
+	// instance); it must run the daemon in the foreground on the
+	// configuration in Dir.
+	Command []string
 }
 
 // Start starts a daemon in the foreground on DefaultConfig and waits
@@ -191,8 +196,7 @@ func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 	if dir == "" {
 		dir, path = WriteConfig(t, "")
 	}
-	text = strings.NewReplacer("{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", fmt.Sprint(uid), "{{GID}}", fmt.Sprint(gid)).Replace(text)
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(fillConfig(text, addr, dir, uid, gid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if opts.Credential != nil {
@@ -206,6 +210,9 @@ func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 		t:      t, log: &syncBuffer{}, exited: make(chan struct{}),
 	}
 	args := []string{bin.Smtpd, "-d", "-v", "-f", path}
+	if opts.Command != nil {
+		args = opts.Command
+	}
 	if opts.Wrap != nil {
 		args = append(append([]string{}, opts.Wrap...), args...)
 	}
@@ -243,6 +250,12 @@ func StartWith(t testing.TB, bin Binaries, opts Options) *Daemon {
 		}
 	}
 	return d
+}
+
+// fillConfig fills the {{...}} of a configuration template (see
+// Options.Config) for a daemon on addr in dir, delivering as uid:gid.
+func fillConfig(text, addr, dir string, uid, gid int) string {
+	return strings.NewReplacer("{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", fmt.Sprint(uid), "{{GID}}", fmt.Sprint(gid)).Replace(text)
 }
 
 // Log returns what the daemon logged so far.

@@ -331,7 +331,8 @@ func runUnit(t *testing.T, destdir string, unit *unitFile) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	dir, cfgPath := WriteConfig(t, "")
-	text := strings.NewReplacer("{{ADDR}}", addr, "{{DIR}}", dir, "{{UID}}", fmt.Sprint(os.Getuid()), "{{GID}}", fmt.Sprint(os.Getgid())).Replace(DefaultConfig)
+	// written now for ExecStartPre, which checks it before the start
+	text := fillConfig(DefaultConfig, addr, dir, os.Getuid(), os.Getgid())
 	if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -361,40 +362,15 @@ func runUnit(t *testing.T, destdir string, unit *unitFile) {
 	if _, err := os.Stat(filepath.Join(destdir, unitCfg)); err != nil {
 		t.Errorf("the unit's configuration is not installed: %v", err)
 	}
-	d := &Daemon{
-		Bin: Binaries{Smtpd: argv[0], Smtpctl: filepath.Join(sbin, "smtpctl")},
-		Dir: dir, Config: cfgPath, SMTPAddr: addr,
-		Socket: filepath.Join(dir, "run", "smtpd.sock"),
-		t:      t, log: &syncBuffer{}, exited: make(chan struct{}),
-	}
-	d.Cmd = exec.Command(argv[0], argv[1:]...)
-	d.Cmd.Stdout, d.Cmd.Stderr = d.log, d.log
-	if err := d.Cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.Cmd.Wait()
-		close(d.exited)
-	}()
+	d := StartWith(t, Binaries{Smtpd: argv[0], Smtpctl: filepath.Join(sbin, "smtpctl")},
+		Options{Config: text, Dir: dir, Addr: addr, Command: argv})
+	// registered after StartWith's, so run before it: the children go
+	// while their parent still names them
 	t.Cleanup(func() {
 		for _, pid := range d.Children() {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		d.Cmd.Process.Kill()
-		<-d.exited
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.Log())
-		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for !strings.Contains(d.Log(), "parent: ready") {
-		if d.Exited(20 * time.Millisecond) {
-			t.Fatalf("ExecStart %v exited during start: %v\n%s", argv, d.Cmd.ProcessState, d.Log())
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ExecStart %v: not ready after 15s:\n%s", argv, d.Log())
-		}
-	}
 
 	// Type=simple: the process started is the parent itself, whose
 	// children chroot and become the users of the design

@@ -4,8 +4,6 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
-	"net"
-	"net/textproto"
 	"os"
 	"regexp"
 	"strings"
@@ -61,67 +59,6 @@ func eventLines(log string, re *regexp.Regexp) []map[string]string {
 		out = append(out, f)
 	}
 	return out
-}
-
-// chat is a raw SMTP client that fails the test on any unexpected
-// reply.
-type chat struct {
-	t    *testing.T
-	conn net.Conn
-	tp   *textproto.Conn
-}
-
-func dialChat(t *testing.T, addr string) *chat {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
-	c := &chat{t: t, conn: conn, tp: textproto.NewConn(conn)}
-	if _, _, err := c.tp.ReadResponse(220); err != nil {
-		t.Fatalf("greeting: %v", err)
-	}
-	return c
-}
-
-// cmd sends a line and checks the reply's code.
-func (c *chat) cmd(line string, want int) string {
-	c.t.Helper()
-	if err := c.tp.PrintfLine("%s", line); err != nil {
-		c.t.Fatal(err)
-	}
-	code, msg, err := c.tp.ReadResponse(want)
-	if err != nil {
-		c.t.Fatalf("%s: %d %s (%v)", line, code, msg, err)
-	}
-	return msg
-}
-
-// startTLS runs STARTTLS and EHLO again.
-func (c *chat) startTLS() {
-	c.t.Helper()
-	c.cmd("STARTTLS", 220)
-	tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true})
-	if err := tc.Handshake(); err != nil {
-		c.t.Fatal(err)
-	}
-	c.conn, c.tp = tc, textproto.NewConn(tc)
-	c.cmd("EHLO client.example.org", 250)
-}
-
-// data sends a message.
-func (c *chat) data(msg string) {
-	c.t.Helper()
-	c.cmd("DATA", 354)
-	w := c.tp.DotWriter()
-	w.Write([]byte(msg))
-	if err := w.Close(); err != nil {
-		c.t.Fatal(err)
-	}
-	if code, text, err := c.tp.ReadResponse(250); err != nil {
-		c.t.Fatalf("end of DATA: %d %s (%v)", code, text, err)
-	}
 }
 
 // TestOpenSMTPDLogFormat: the event lines in OpenSMTPD's format, for a
@@ -190,28 +127,31 @@ match {
 	d := StartWith(t, bin, Options{Config: conf})
 
 	// a client that guesses, then sends a message here
-	c := dialChat(t, d.SMTPAddr)
-	c.cmd("EHLO client.example.org", 250)
-	c.startTLS()
-	c.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+wrongPassword)), 535)
-	c.cmd("AUTH LOGIN", 334)
-	c.cmd(base64.StdEncoding.EncodeToString([]byte("alice")), 334)
-	c.cmd(base64.StdEncoding.EncodeToString([]byte(wrongPassword)), 535)
-	c.cmd("MAIL FROM:<carol@example.org>", 250)
-	c.cmd("RCPT TO:<someone@elsewhere.test>", 550)
-	c.cmd("RCPT TO:<bob@out.example.net>", 250)
+	insecure := &tls.Config{InsecureSkipVerify: true}
+	c := holdSession(t, d.SMTPAddr)
+	c.cmd("EHLO client.example.org", "250")
+	c.starttls(insecure)
+	c.cmd("EHLO client.example.org", "250")
+	c.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+wrongPassword)), "535")
+	c.cmd("AUTH LOGIN", "334")
+	c.cmd(base64.StdEncoding.EncodeToString([]byte("alice")), "334")
+	c.cmd(base64.StdEncoding.EncodeToString([]byte(wrongPassword)), "535")
+	c.cmd("MAIL FROM:<carol@example.org>", "250")
+	c.cmd("RCPT TO:<someone@elsewhere.test>", "550")
+	c.cmd("RCPT TO:<bob@out.example.net>", "250")
 	c.data("Subject: local\r\n\r\nhello bob\r\n")
-	c.cmd("QUIT", 221)
+	c.cmd("QUIT", "221")
 	c.conn.Close()
 
 	// alice relays to two recipients; the next hop refuses one
-	c = dialChat(t, d.SMTPAddr)
-	c.cmd("EHLO client.example.org", 250)
-	c.startTLS()
-	c.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+password)), 235)
-	c.cmd("MAIL FROM:<alice@out.example.net>", 250)
-	c.cmd("RCPT TO:<friend@example.test>", 250)
-	c.cmd("RCPT TO:<nobody@elsewhere.test>", 250)
+	c = holdSession(t, d.SMTPAddr)
+	c.cmd("EHLO client.example.org", "250")
+	c.starttls(insecure)
+	c.cmd("EHLO client.example.org", "250")
+	c.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00alice\x00"+password)), "235")
+	c.cmd("MAIL FROM:<alice@out.example.net>", "250")
+	c.cmd("RCPT TO:<friend@example.test>", "250")
+	c.cmd("RCPT TO:<nobody@elsewhere.test>", "250")
 	c.data("Subject: relayed\r\n\r\nhello friend\r\n")
 	c.conn.Close() // without QUIT
 

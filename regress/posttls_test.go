@@ -3,7 +3,6 @@ package regress
 import (
 	"context"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -59,14 +58,9 @@ func TestPostTLSFinger(t *testing.T) {
 	StartWith(t, bin, Options{Config: conf, Addr: fmt.Sprintf("127.0.0.41:%d", port)})
 
 	// its DNS: a signed zone behind a validating Unbound on port 53,
-	// which resolv.conf cannot give another port for
-	spki := func(c *x509.Certificate) string {
-		data, err := dane.Association(c, dane.SelectorSPKI, dane.MatchSHA256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return strings.ToUpper(hex.EncodeToString(data))
-	}
+	// which resolv.conf cannot give another port for; spki is a TLSA
+	// record's data in upper case, as posttls-finger prints it
+	spki := func(c *x509.Certificate) string { return strings.ToUpper(tlsaData(t, c)) }
 	goodTLSA, badTLSA := dane.TLSAName("mx.posttls.test", port), dane.TLSAName("bad.posttls.test", port)
 	srv, err := dnstest.Start(
 		"posttls.test. 300 IN MX 10 mx.posttls.test.",

@@ -8,6 +8,13 @@ import (
 	"time"
 )
 
+// tryRcpt runs a session with d up to RCPT TO:<to>, whose reply must
+// start with want, and quits.
+func tryRcpt(d *Daemon, to, want string) error {
+	return RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO client.example.net\nexpect 250\nsend MAIL FROM:<x@example.net>\nexpect 250\n"+
+		"send RCPT TO:<"+to+">\nexpect "+want+"\nsend QUIT\nexpect 221\n")
+}
+
 // TestProcTable: a table program (OpenSMTPD's table protocol, a small
 // script here) answers the domains and virtual users; when it exits or
 // hangs, the recipient being looked up gets 451, the program is started
@@ -27,15 +34,11 @@ func TestProcTable(t *testing.T) {
   cache   = "0s"
 }`, `virtual  = { "@" = "sink" }`, `virtual  = table.vusers`, `for    = table.domains`, `for    = table.vusers`).Replace(DefaultConfig)
 	d := StartWith(t, bin, Options{Dir: dir, Config: cfg})
-	rcpt := func(to, want string) error {
-		return RunDialogue(d.SMTPAddr, "expect 220\nsend EHLO client.example.net\nexpect 250\nsend MAIL FROM:<x@example.net>\nexpect 250\n"+
-			"send RCPT TO:<"+to+">\nexpect "+want+"\nsend QUIT\nexpect 221\n")
-	}
 	served := func() {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			err := rcpt("alice@example.test", "250")
+			err := tryRcpt(d, "alice@example.test", "250")
 			if err == nil {
 				return
 			}
@@ -46,12 +49,12 @@ func TestProcTable(t *testing.T) {
 		}
 	}
 	served()
-	if err := rcpt("nobody@example.test", "550 5.1.1"); err != nil {
+	if err := tryRcpt(d, "nobody@example.test", "550 5.1.1"); err != nil {
 		t.Error(err)
 	}
 	for _, bad := range []string{"crash@example.test", "hang@example.test"} {
 		began := time.Now()
-		if err := rcpt(bad, "451"); err != nil {
+		if err := tryRcpt(d, bad, "451"); err != nil {
 			t.Errorf("%s: %v", bad, err)
 		}
 		if took := time.Since(began); took > 5*time.Second {

@@ -19,8 +19,9 @@ import (
 	"smtpd/internal/testcert"
 )
 
-// heldSession is an SMTP session driven step by step, so that a test
-// can hold it at one step while the daemon reloads or stops.
+// heldSession is an SMTP session driven step by step that fails the
+// test on an unexpected reply; a test can hold it at one step while the
+// daemon reloads or stops.
 type heldSession struct {
 	t *testing.T
 	// raw is the TCP connection, conn the transport over it (TLS after
@@ -69,18 +70,26 @@ func (s *heldSession) cmd(line, code string) string {
 	return s.expect(code)
 }
 
-// starttls runs STARTTLS, verifying the server as mx.example.test
-// against roots, and returns the certificate the server showed.
-func (s *heldSession) starttls(roots *x509.CertPool) *x509.Certificate {
+// starttls runs STARTTLS, the handshake under conf, and returns the
+// certificate the server showed.
+func (s *heldSession) starttls(conf *tls.Config) *x509.Certificate {
 	s.t.Helper()
 	s.cmd("STARTTLS", "220")
-	tc := tls.Client(s.raw, &tls.Config{ServerName: "mx.example.test", RootCAs: roots})
+	tc := tls.Client(s.raw, conf)
 	tc.SetDeadline(time.Now().Add(20 * time.Second))
 	if err := tc.Handshake(); err != nil {
 		s.t.Fatalf("TLS handshake: %v", err)
 	}
 	s.conn, s.r = tc, bufio.NewReader(tc)
 	return tc.ConnectionState().PeerCertificates[0]
+}
+
+// data sends msg, CRLF lines none of which starts with a dot, as the
+// message of the open transaction, and expects it taken.
+func (s *heldSession) data(msg string) {
+	s.t.Helper()
+	s.cmd("DATA", "354")
+	s.cmd(msg+".", "250")
 }
 
 // upToData opens a transaction for sink@example.test and sends DATA.
@@ -126,12 +135,13 @@ func TestReloadCertificate(t *testing.T) {
 	ca := testcert.NewCA(t)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(ca.PEM)
+	verified := &tls.Config{ServerName: "mx.example.test", RootCAs: roots}
 	first, _, _ := ca.Issue(t, certs, "mx.example.test")
 	d := StartWith(t, bin, Options{Config: reloadConfig, Dir: dir})
 
 	s1 := holdSession(t, d.SMTPAddr)
 	s1.cmd("EHLO client.example.net", "250")
-	if got := s1.starttls(roots); !bytes.Equal(got.Raw, first.Raw) {
+	if got := s1.starttls(verified); !bytes.Equal(got.Raw, first.Raw) {
 		t.Fatalf("session 1 got certificate %x, want the first one %x", got.SerialNumber, first.SerialNumber)
 	}
 	s1.cmd("EHLO client.example.net", "250")
@@ -148,15 +158,13 @@ func TestReloadCertificate(t *testing.T) {
 
 	s2 := holdSession(t, d.SMTPAddr)
 	s2.cmd("EHLO client.example.net", "250")
-	if got := s2.starttls(roots); !bytes.Equal(got.Raw, second.Raw) {
+	if got := s2.starttls(verified); !bytes.Equal(got.Raw, second.Raw) {
 		t.Fatalf("session 2 after the reload got certificate %x, want the second one %x", got.SerialNumber, second.SerialNumber)
 	}
 	s2.cmd("QUIT", "221")
 
 	// session 1 is still under the first certificate's handshake
-	s1.cmd("DATA", "354")
-	s1.send("Subject: before the reload\r\n\r\nheld across a reload\r\n.")
-	s1.expect("250")
+	s1.data("Subject: before the reload\r\n\r\nheld across a reload\r\n")
 	s1.cmd("QUIT", "221")
 	d.WaitMail(1, 15*time.Second)
 
@@ -180,7 +188,7 @@ func TestReloadCertificate(t *testing.T) {
 
 	s3 := holdSession(t, d.SMTPAddr)
 	s3.cmd("EHLO client.example.net", "250")
-	if got := s3.starttls(roots); !bytes.Equal(got.Raw, second.Raw) {
+	if got := s3.starttls(verified); !bytes.Equal(got.Raw, second.Raw) {
 		t.Errorf("session 3 after a failed reload got certificate %x, want the second one %x", got.SerialNumber, second.SerialNumber)
 	}
 	s3.cmd("EHLO client.example.net", "250")

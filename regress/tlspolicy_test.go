@@ -48,13 +48,21 @@ type tlsWorld struct {
 	caFile  string
 }
 
-func tlsaRecord(t *testing.T, name string, port int, c *x509.Certificate) string {
+// tlsaData is the association data of a DANE-EE record (3 1 1) of c:
+// the SHA-256 of its public key, in hex.
+func tlsaData(t *testing.T, c *x509.Certificate) string {
 	t.Helper()
 	data, err := dane.Association(c, dane.SelectorSPKI, dane.MatchSHA256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fmt.Sprintf("_%d._tcp.%s. 300 IN TLSA 3 1 1 %s", port, name, hex.EncodeToString(data))
+	return hex.EncodeToString(data)
+}
+
+// tlsaRecord is the DANE-EE record of c for name and port.
+func tlsaRecord(t *testing.T, name string, port int, c *x509.Certificate) string {
+	t.Helper()
+	return fmt.Sprintf("_%d._tcp.%s. 300 IN TLSA 3 1 1 %s", port, name, tlsaData(t, c))
 }
 
 func startTLSWorld(t *testing.T) *tlsWorld {

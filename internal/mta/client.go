@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/textproto"
 	"strings"
@@ -135,7 +134,7 @@ type client struct {
 // newClient starts a session over conn, speaking LMTP (RFC 2033) if
 // lmtp is set.
 func newClient(conn net.Conn, lmtp bool) *client {
-	c := &client{lmtp: lmtp, id: rand.Uint64()}
+	c := &client{lmtp: lmtp, id: newSessionID()}
 	c.attach(&wire{Conn: conn})
 	return c
 }

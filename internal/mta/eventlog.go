@@ -74,6 +74,6 @@ func (m *MTA) logFailures(domain string, envs []*envelope.Envelope, err error, s
 	}
 }
 
-// newSessionID is the id of the lines of an attempt that made no
-// session.
+// newSessionID is the id of a session's lines, or of those of an
+// attempt that made no session.
 func newSessionID() uint64 { return rand.Uint64() }

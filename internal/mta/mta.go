@@ -126,7 +126,7 @@ type domain struct {
 // host is one address of an exchanger.
 type host struct {
 	addr     netip.Addr
-	name     string // exchanger name, for TLS and logs
+	name     string // exchanger name, for logs
 	ptr      string
 	ptrDone  bool
 	sessions int

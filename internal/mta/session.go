@@ -77,10 +77,26 @@ func (m *MTA) session(r *relay) {
 // failures end the attempt.
 func (m *MTA) openSession(r *relay, mxs []proto.MXHost) (*client, candidate, error) {
 	dp := m.domainPolicy(r)
+	// each exchanger's policy is decided once for the attempt: another
+	// of its addresses, or a retry after a host failed its TLS, neither
+	// asks for its TLSA records nor counts its failure for TLS-RPT again
+	type decided struct {
+		p   *tlsPolicy
+		err error
+	}
+	policies := map[string]decided{}
+	policyOf := func(mx proto.MXHost) (*tlsPolicy, error) {
+		d, ok := policies[mx.Host]
+		if !ok {
+			d.p, d.err = m.hostPolicy(r, dp, mx)
+			policies[mx.Host] = d
+		}
+		return d.p, d.err
+	}
 	skip := map[netip.Addr]bool{}
 	var tlsErr error
 	for {
-		c, cand, err := m.connect(r, mxs, dp, skip)
+		c, cand, err := m.connect(r, mxs, policyOf, skip)
 		if err != nil {
 			if tlsErr != nil && !errors.Is(err, errHostsBusy) {
 				err = tlsErr
@@ -192,7 +208,7 @@ func (m *MTA) port(r *relay) string {
 // answers; hosts that do not have their route penalised. A host the
 // TLS policy leaves out (no TLSA records to be had, not in the MTA-STS
 // policy) is skipped without a penalty.
-func (m *MTA) connect(r *relay, mxs []proto.MXHost, dp *domainPolicy, skip map[netip.Addr]bool) (*client, candidate, error) {
+func (m *MTA) connect(r *relay, mxs []proto.MXHost, policyOf func(proto.MXHost) (*tlsPolicy, error), skip map[netip.Addr]bool) (*client, candidate, error) {
 	cands, busy := m.candidates(mxs, r.action.Source)
 	cands = slices.DeleteFunc(cands, func(cd candidate) bool { return skip[cd.host.addr] })
 	if len(cands) == 0 {
@@ -203,17 +219,12 @@ func (m *MTA) connect(r *relay, mxs []proto.MXHost, dp *domainPolicy, skip map[n
 	}
 	lmtp := r.url != nil && r.url.Scheme == "lmtp"
 	var lastErr error
-	policies := map[string]*tlsPolicy{}
 	for _, cd := range cands {
-		pol := policies[cd.mx.Host]
-		if pol == nil {
-			var err error
-			if pol, err = m.hostPolicy(r, dp, cd.mx); err != nil {
-				m.child.Log.Infof("not using %s (%s): %v", cd.mx.Host, cd.host.addr, err)
-				lastErr = err
-				continue
-			}
-			policies[cd.mx.Host] = pol
+		pol, err := policyOf(cd.mx)
+		if err != nil {
+			m.child.Log.Infof("not using %s (%s): %v", cd.mx.Host, cd.host.addr, err)
+			lastErr = err
+			continue
 		}
 		cd.policy, cd.tls = pol, &tlsSession{}
 		d := net.Dialer{Timeout: timeoutConnect}
@@ -237,9 +248,7 @@ func (m *MTA) connect(r *relay, mxs []proto.MXHost, dp *domainPolicy, skip map[n
 		tc.SetDeadline(time.Now().Add(timeoutCommand))
 		if err := tc.Handshake(); err != nil {
 			conn.Close()
-			m.mu.Lock()
-			cd.host.sessions--
-			m.mu.Unlock()
+			m.release(cd)
 			m.penalize(cd.route, err)
 			lastErr = err
 			continue

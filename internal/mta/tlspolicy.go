@@ -67,7 +67,7 @@ type domainPolicy struct {
 	mode string // config.Policy*
 	sts  *mtasts.Policy
 	// stsErr is the failure to get the MTA-STS policy, counted for
-	// TLS-RPT with the first session.
+	// TLS-RPT with each session it leaves opportunistic (hostPolicy).
 	stsErr error
 }
 

@@ -50,10 +50,9 @@ func (m *MTA) startPolicies() {
 		TXT:      m.lookupTXT,
 		NotFound: func(err error) bool { return errors.Is(err, errNoSuchName) },
 		Fetcher:  fetcher,
-		Cache:    &mtasts.Cache{Dir: filepath.Join(root, stsCacheDir)},
-	}
-	if err := unix.Mkdir(m.sts.Cache.Dir, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
-		m.child.Log.Warnf("MTA-STS cache: %v", err)
+		// Put makes the directory with the first policy; until then
+		// it is an empty cache
+		Cache: &mtasts.Cache{Dir: filepath.Join(root, stsCacheDir)},
 	}
 	if m.cfg.TLSReports.Enabled {
 		store, err := tlsrpt.Open(filepath.Join(root, tlsReportFile), nil)
@@ -319,9 +318,12 @@ func (m *MTA) dialPolicyHost(ctx context.Context, network, addr string) (net.Con
 func (m *MTA) httpClient() *http.Client {
 	return &http.Client{
 		Timeout: time.Minute,
+		// a client per report: a connection kept idle for reuse
+		// would stay open for good
 		Transport: &http.Transport{
-			DialContext:     m.dialPolicyHost,
-			TLSClientConfig: &tls.Config{RootCAs: m.roots, MinVersion: tls.VersionTLS12},
+			DialContext:       m.dialPolicyHost,
+			TLSClientConfig:   &tls.Config{RootCAs: m.roots, MinVersion: tls.VersionTLS12},
+			DisableKeepAlives: true,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
