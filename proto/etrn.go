@@ -4,21 +4,27 @@ package proto
 // listener's etrn table allows asks for the mail waiting for its domain,
 // and so may the administrator (smtpctl schedule domain).
 
-// SMTPDomainSchedule asks queue to try at once the relayed envelopes
-// waiting for Domain (RFC 1985 §5, "ETRN domain"), and with Subdomains
-// also those for the domains below it ("ETRN @domain"). Queue answers
-// with QueueDomainScheduled.
-type SMTPDomainSchedule struct {
+// DomainTarget names the mail of a domain (RFC 1985 §5, "ETRN domain"),
+// and with Subdomains that of the domains below it too ("ETRN
+// @domain").
+type DomainTarget struct {
 	Domain     string
 	Subdomains bool
 }
 
-func (*SMTPDomainSchedule) Type() Type { return TypeSMTPDomainSchedule }
-func (m *SMTPDomainSchedule) Encode(w *Writer) {
-	w.String(m.Domain)
-	w.Bool(m.Subdomains)
+func (d *DomainTarget) encode(w *Writer) {
+	w.String(d.Domain)
+	w.Bool(d.Subdomains)
 }
-func (m *SMTPDomainSchedule) Decode(r *Reader) { m.Domain, m.Subdomains = r.String(), r.Bool() }
+func (d *DomainTarget) decode(r *Reader) { d.Domain, d.Subdomains = r.String(), r.Bool() }
+
+// SMTPDomainSchedule asks queue to try at once the relayed envelopes
+// waiting for its target. Queue answers with QueueDomainScheduled.
+type SMTPDomainSchedule struct{ DomainTarget }
+
+func (*SMTPDomainSchedule) Type() Type         { return TypeSMTPDomainSchedule }
+func (m *SMTPDomainSchedule) Encode(w *Writer) { m.encode(w) }
+func (m *SMTPDomainSchedule) Decode(r *Reader) { m.decode(r) }
 
 // QueueDomainScheduled answers SMTPDomainSchedule: how many messages,
 // and envelopes of them, were made due; none is RFC 1985's 251.
@@ -40,14 +46,8 @@ func (m *QueueDomainScheduled) Decode(r *Reader) { m.Messages, m.Envelopes = r.U
 // for its mail is up now, perhaps at a new address; a penalty of up to
 // an hour would otherwise hold its mail back (RFC 1985 §5: the server
 // forces its queues to start sending to the site).
-type QueueDomainFlush struct {
-	Domain     string
-	Subdomains bool
-}
+type QueueDomainFlush struct{ DomainTarget }
 
-func (*QueueDomainFlush) Type() Type { return TypeQueueDomainFlush }
-func (m *QueueDomainFlush) Encode(w *Writer) {
-	w.String(m.Domain)
-	w.Bool(m.Subdomains)
-}
-func (m *QueueDomainFlush) Decode(r *Reader) { m.Domain, m.Subdomains = r.String(), r.Bool() }
+func (*QueueDomainFlush) Type() Type         { return TypeQueueDomainFlush }
+func (m *QueueDomainFlush) Encode(w *Writer) { m.encode(w) }
+func (m *QueueDomainFlush) Decode(r *Reader) { m.decode(r) }

@@ -77,17 +77,7 @@ func TestPostTLSFinger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := dnstest.StartUnbound(t.TempDir(), "127.0.0.98:53",
-		[]dnstest.Zone{{Name: "posttls.test.", Server: srv.Addr, Anchor: anchor}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("unbound's validation failures:\n%s", u.Reasons(""))
-		}
-		u.Close()
-	})
+	u := dnstest.StartUnboundOnT(t, "127.0.0.98:53", dnstest.Zone{Name: "posttls.test.", Server: srv.Addr, Anchor: anchor})
 	if r, err := u.Exchange(goodTLSA, mdns.TypeTLSA); err != nil || !r.AuthenticatedData || len(r.Answer) == 0 {
 		t.Fatalf("unbound does not validate %s TLSA: %v\n%v", goodTLSA, err, r)
 	}

@@ -60,13 +60,18 @@ func AddrText(ip string) string {
 // "TLSv1.3:TLS_AES_256_GCM_SHA384:256",
 // "TLSv1.2:ECDHE-RSA-AES128-GCM-SHA256:128".
 func TLSText(st tls.ConnectionState) string {
-	version := strings.Replace(tls.VersionName(st.Version), "TLS ", "TLSv", 1)
 	iana := tls.CipherSuiteName(st.CipherSuite)
 	name, ok := opensslNames[st.CipherSuite]
 	if !ok {
 		name = iana
 	}
-	return version + ":" + name + ":" + strconv.Itoa(cipherBits(iana))
+	return TLSVersion(st.Version) + ":" + name + ":" + strconv.Itoa(cipherBits(iana))
+}
+
+// TLSVersion names a TLS version as OpenSSL and the log parsers that
+// read OpenSMTPD's and Postfix's lines do: TLSv1.3.
+func TLSVersion(v uint16) string {
+	return strings.Replace(tls.VersionName(v), "TLS ", "TLSv", 1)
 }
 
 // cipherBits is the strength of a cipher suite's symmetric cipher, as

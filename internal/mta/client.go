@@ -191,7 +191,10 @@ const bodyBlock = 32 << 10
 // sendBody writes the message after the 354 of the DATA command dc, as
 // go-smtp's DotWriter would: lines that begin with a dot get another
 // (RFC 5321 §4.5.2) and bare LFs become CRLF, so that no line of the
-// body can end the data early. It writes a line at a time straight to
+// body can end the data early. (One difference: a CR just before a
+// line's CRLF goes out as it is, where the DotWriter, which no longer
+// sees the pair after a CR, sends it as CR CR CRLF.) It writes a line
+// at a time straight to
 // the wire (TLS or not), where the DotWriter takes the message a byte
 // at a time: half of mta's CPU with 100 KB messages, perf showed. The
 // last line's CRLF goes through dc, whose Close then ends the data

@@ -145,6 +145,17 @@ func TestSendBodyAsDotWriter(t *testing.T) {
 			t.Errorf("%s: got %q...\nwant %q...", name, tail(got.Bytes()), tail(want.Bytes()))
 		}
 	}
+	// where it differs from the DotWriter: a CR before a CRLF stays one
+	var got bytes.Buffer
+	c := &client{w: &wire{Conn: recordConn{out: &got}}}
+	dc := textproto.NewWriter(bufio.NewWriter(&got)).DotWriter()
+	if err := c.sendBody(dc, strings.NewReader("a\r\r\n.b\r\r")); err != nil {
+		t.Fatal(err)
+	}
+	dc.Close()
+	if want := "a\r\r\n..b\r\r\n.\r\n"; got.String() != want {
+		t.Errorf("CR before CRLF: got %q, want %q", got.String(), want)
+	}
 }
 
 func tail(b []byte) []byte { return b[max(0, len(b)-40):] }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"smtpd/internal/address"
 	"smtpd/internal/config"
 	"smtpd/internal/envelope"
 	"smtpd/internal/mtasts"
@@ -601,7 +602,7 @@ func (m *MTA) flushDomain(name string, subdomains bool) {
 		if !d.done || strings.HasPrefix(key, "host:") {
 			continue
 		}
-		if key != name && !(subdomains && strings.HasSuffix(key, "."+name)) {
+		if key != name && !(subdomains && address.InDomain(key, name)) {
 			continue
 		}
 		for _, mx := range d.mxs {

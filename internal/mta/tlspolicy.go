@@ -15,6 +15,7 @@ import (
 
 	"smtpd/internal/config"
 	"smtpd/internal/dane"
+	"smtpd/internal/logging"
 	"smtpd/internal/mtasts"
 	"smtpd/internal/tlsrpt"
 	"smtpd/proto"
@@ -356,11 +357,5 @@ func describeTLS(c *client, p *tlsPolicy) string {
 	if c.tlsState == nil {
 		return "tls=none policy=" + p.name
 	}
-	return fmt.Sprintf("tls=%s:%s policy=%s", tlsVersion(c.tlsState.Version), tls.CipherSuiteName(c.tlsState.CipherSuite), p.name)
-}
-
-// tlsVersion names a TLS version as OpenSSL and the log parsers that
-// read OpenSMTPD's and Postfix's lines do: TLSv1.3.
-func tlsVersion(v uint16) string {
-	return strings.Replace(tls.VersionName(v), "TLS ", "TLSv", 1)
+	return fmt.Sprintf("tls=%s:%s policy=%s", logging.TLSVersion(c.tlsState.Version), tls.CipherSuiteName(c.tlsState.CipherSuite), p.name)
 }

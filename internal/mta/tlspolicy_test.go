@@ -722,8 +722,8 @@ func TestSessionCountedOnce(t *testing.T) {
 // TestDescribeTLS: the TLS part of the delivery log line.
 func TestDescribeTLS(t *testing.T) {
 	for v, want := range map[uint16]string{tls.VersionTLS13: "TLSv1.3", tls.VersionTLS12: "TLSv1.2", tls.VersionTLS10: "TLSv1.0", 0x0305: "0x0305"} {
-		if got := tlsVersion(v); got != want {
-			t.Errorf("tlsVersion(%#x) = %q, want %q", v, got, want)
+		if got := logging.TLSVersion(v); got != want {
+			t.Errorf("TLSVersion(%#x) = %q, want %q", v, got, want)
 		}
 	}
 	if got := describeTLS(&client{}, &tlsPolicy{name: policyOpportunistic}); got != "tls=none policy=opportunistic" {

@@ -258,7 +258,7 @@ func (q *Queue) scheduleDomain(domain string, subdomains bool) (envelopes, messa
 	}
 	if q.child != nil {
 		if mta := q.child.Peers[proto.ProcMTA]; mta != nil {
-			if err := q.send(mta, &proto.QueueDomainFlush{Domain: domain, Subdomains: subdomains}, 0); err != nil {
+			if err := q.send(mta, &proto.QueueDomainFlush{DomainTarget: proto.DomainTarget{Domain: domain, Subdomains: subdomains}}, 0); err != nil {
 				return 0, 0, err
 			}
 		}

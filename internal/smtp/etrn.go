@@ -39,7 +39,7 @@ func (sess *session) ETRN(node server.ETRNNode) (int, *server.Reply) {
 		sess.s.stats.Increment("smtp.etrn.refused", 1)
 		return 0, server.ETRNNotAllowed(node, "queue names are not supported")
 	}
-	env, err := sess.s.ask(sess.s.queue, &proto.SMTPDomainSchedule{Domain: strings.ToLower(node.Name), Subdomains: node.Subdomains})
+	env, err := sess.s.ask(sess.s.queue, &proto.SMTPDomainSchedule{DomainTarget: proto.DomainTarget{Domain: strings.ToLower(node.Name), Subdomains: node.Subdomains}})
 	if err == nil {
 		if _, ok := env.Msg.(*proto.QueueDomainScheduled); !ok {
 			err = fmt.Errorf("queue answered %s", env.Type)
