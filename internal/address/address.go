@@ -72,3 +72,25 @@ func InDomain(name, domain string) bool {
 	return len(name) > len(domain)+1 && name[len(name)-len(domain)-1] == '.' &&
 		strings.EqualFold(name[len(name)-len(domain):], domain)
 }
+
+// IsHostname reports whether s is a host name in ASCII without the
+// trailing dot: labels of letters, digits and inner hyphens of at most
+// 63 bytes each, at most 253 bytes in all (RFC 5321 §4.1.2 Domain, RFC
+// 1035 §2.3.4).
+func IsHostname(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -75,3 +75,17 @@ func TestInDomain(t *testing.T) {
 		}
 	}
 }
+
+func TestIsHostname(t *testing.T) {
+	long := strings.Repeat("a", 63)
+	for s, want := range map[string]bool{
+		"mx.example.org": true, "Example-1.ORG": true, "localhost": true, long + ".org": true,
+		"": false, "example.org.": false, ".example.org": false, "a..b": false,
+		"-a.org": false, "a-.org": false, "a_b.org": false, "a b.org": false,
+		long + "a.org": false, strings.Repeat("a.", 127) + "ab": false,
+	} {
+		if got := IsHostname(s); got != want {
+			t.Errorf("IsHostname(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

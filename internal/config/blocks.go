@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
+
+	"smtpd/internal/address"
 )
 
 // TLSMode is how a listener offers TLS.
@@ -132,7 +134,7 @@ func (d *decoder) listener(b *hcl.Block) {
 			d.errorf(attrs["cert"].Expr.Range(), "Unusable certificate", "%v.", err)
 		}
 	}
-	if d.decode(attrs, "hostname", &l.Hostname) && !validHostname(l.Hostname) {
+	if d.decode(attrs, "hostname", &l.Hostname) && !address.IsHostname(l.Hostname) {
 		d.errorf(attrs["hostname"].Expr.Range(), "Invalid hostname", "%q is not a host name.", l.Hostname)
 	}
 	if a := attrs["auth"]; a != nil {

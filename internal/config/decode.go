@@ -16,6 +16,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
 	"github.com/zclconf/go-cty/cty/gocty"
+	"smtpd/internal/address"
 	"smtpd/internal/table"
 )
 
@@ -134,7 +135,7 @@ func (d *decoder) file(body hcl.Body) {
 			d.errorf(attrs["listen_metrics"].Expr.Range(), "Invalid metrics address", "%q is not an IP address and port, such as \"127.0.0.1:9125\".", cfg.ListenMetrics)
 		}
 	}
-	if d.decode(attrs, "hostname", &cfg.Hostname) && !validHostname(cfg.Hostname) {
+	if d.decode(attrs, "hostname", &cfg.Hostname) && !address.IsHostname(cfg.Hostname) {
 		d.errorf(attrs["hostname"].Expr.Range(), "Invalid hostname", "%q is not a host name.", cfg.Hostname)
 	}
 	if cfg.Hostname == "" {
@@ -506,21 +507,4 @@ func decodeValue(v cty.Value, ty cty.Type, dst any) error {
 		return err
 	}
 	return gocty.FromCtyValue(cv, dst)
-}
-
-func validHostname(h string) bool {
-	if h == "" || len(h) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(h, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
 }

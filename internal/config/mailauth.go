@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
+
+	"smtpd/internal/address"
 )
 
 // dkimRefType is the type of `dkim.NAME` references.
@@ -44,10 +46,10 @@ func (d *decoder) dkim(b *hcl.Block) {
 	content, diags := b.Body.Content(dkimSchema)
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
-	if d.decode(attrs, "domain", &k.Domain) && !validHostname(k.Domain) {
+	if d.decode(attrs, "domain", &k.Domain) && !address.IsHostname(k.Domain) {
 		d.errorf(attrs["domain"].Expr.Range(), "Invalid domain", "%q is not a domain name.", k.Domain)
 	}
-	if d.decode(attrs, "selector", &k.Selector) && !validHostname(k.Selector) {
+	if d.decode(attrs, "selector", &k.Selector) && !address.IsHostname(k.Selector) {
 		d.errorf(attrs["selector"].Expr.Range(), "Invalid selector", "%q is not a DKIM selector (letters, digits, - and dots).", k.Selector)
 	}
 	if d.path(attrs, "key", &k.Key) && d.reads&readKeys != 0 {
@@ -134,7 +136,7 @@ func (d *decoder) srs(b *hcl.Block) {
 			s.OldKeys[i] = d.abs(p)
 		}
 	}
-	if d.decode(attrs, "domain", &s.Domain) && !validHostname(s.Domain) {
+	if d.decode(attrs, "domain", &s.Domain) && !address.IsHostname(s.Domain) {
 		d.errorf(attrs["domain"].Expr.Range(), "Invalid domain", "%q is not a domain name.", s.Domain)
 	}
 	var age string
@@ -205,7 +207,7 @@ func (d *decoder) listenerChecks(l *Listener, attrs hcl.Attributes) {
 		for _, s := range lists {
 			zone, codes, _ := strings.Cut(s, "=")
 			list := DNSList{Zone: strings.ToLower(strings.TrimSuffix(zone, ".")), Allow: name == "dnswl"}
-			if !validHostname(list.Zone) {
+			if !address.IsHostname(list.Zone) {
 				d.errorf(attrs[name].Expr.Range(), "Invalid list zone", "%q is not a DNS zone.", zone)
 				continue
 			}

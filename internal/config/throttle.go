@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"smtpd/internal/address"
 )
 
 // Rate is a number of events per period, written "20/s", "100/m" or
@@ -98,7 +100,7 @@ var destinationSchema = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 
 func (d *decoder) destination(b *hcl.Block) {
 	dst := &Destination{Domain: strings.ToLower(strings.TrimSuffix(b.Labels[0], ".")), Range: b.DefRange}
-	if dst.Domain != "*" && !validHostname(dst.Domain) {
+	if dst.Domain != "*" && !address.IsHostname(dst.Domain) {
 		d.errorf(b.LabelRanges[0], "Invalid domain", "%q is not a domain name or \"*\".", b.Labels[0])
 	}
 	for _, prev := range d.cfg.Destinations {

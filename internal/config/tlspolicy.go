@@ -6,6 +6,7 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 
+	"smtpd/internal/address"
 	"smtpd/internal/dns"
 )
 
@@ -70,7 +71,7 @@ func (d *decoder) outboundTLS(attrs hcl.Attributes, reports []*hcl.Block) {
 				d.errorf(a[name].Expr.Range(), "Empty value", "%s must not be empty.", name)
 			}
 		}
-		if local, domain, ok := strings.Cut(r.From, "@"); !ok || local == "" || !validHostname(domain) {
+		if local, domain, ok := strings.Cut(r.From, "@"); !ok || local == "" || !address.IsHostname(domain) {
 			// without a from, the default is made of a host name that
 			// is no domain (an invalid hostname, the system's own)
 			rng := b.DefRange

@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"smtpd/internal/address"
 	"smtpd/internal/policytxt"
 )
 
@@ -239,35 +240,14 @@ func isAlnum(c byte) bool {
 // validMXPattern reports whether s is a host name, possibly after "*."
 // (sts-policy-mx-value of RFC 8461 §3.2).
 func validMXPattern(s string) bool {
-	return validHostname(strings.TrimPrefix(s, "*."))
-}
-
-// validHostname reports whether s is a host name in ASCII without the
-// trailing dot: labels of letters, digits and inner hyphens of at most
-// 63 bytes each, at most 253 bytes in all (RFC 5321 §4.1.2 Domain, RFC
-// 1035 §2.3.4).
-func validHostname(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			if c := label[i]; !isAlnum(c) && c != '-' {
-				return false
-			}
-		}
-	}
-	return true
+	return address.IsHostname(strings.TrimPrefix(s, "*."))
 }
 
 // normalizeDomain returns domain lower-cased and without its trailing
 // dot, or an error if it is not a host name.
 func normalizeDomain(domain string) (string, error) {
 	d := strings.ToLower(strings.TrimSuffix(domain, "."))
-	if !validHostname(d) {
+	if !address.IsHostname(d) {
 		return "", fmt.Errorf("invalid domain %q", domain)
 	}
 	return d, nil
