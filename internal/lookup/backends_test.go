@@ -102,24 +102,9 @@ table "vusers" {
 func TestBackendsAgree(t *testing.T) {
 	for _, b := range backendFixtures(t) {
 		t.Run(b.name, func(t *testing.T) {
-			cfg, err := config.Parse([]byte(`
-listen "mx" { address = "127.0.0.1:25" }
-`+b.tables+`
-action "local" {
-  maildir  = "/var/vmail/x"
-  virtual  = table.vusers
-  userbase = { vmail = "2000:2000:/var/vmail" }
-}
-match {
-  from   = "any"
-  for    = table.domains
-  action = action.local
-}
-`), "/etc/mail/smtpd.conf")
-			if err != nil {
-				t.Fatal(err)
-			}
+			cfg := virtualConfig(t, b.tables)
 			r := NewResolver(cfg)
+			var err error
 			if r.Backends, err = openBackends(cfg); err != nil {
 				t.Fatal(err)
 			}

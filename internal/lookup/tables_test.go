@@ -39,23 +39,14 @@ func (f *fakeBackend) set(fn func()) {
 	fn()
 }
 
-// Tables kept outside smtpd answer the rules and expansions like file
-// tables; while they cannot answer, recipients are refused for now,
-// never for good; answers are cached for the table's TTL, and smtpctl
-// update table forgets them.
-func TestBackendTables(t *testing.T) {
+// virtualConfig is a configuration whose tables are tables (one of
+// domains, one of virtual users), delivering to a virtual user's
+// maildir.
+func virtualConfig(t *testing.T, tables string) *config.Config {
+	t.Helper()
 	cfg, err := config.Parse([]byte(`
 listen "mx" { address = "127.0.0.1:25" }
-table "domains" {
-  sqlite = "/var/db/smtpd.sqlite"
-  query  = { domain = "SELECT 1 FROM domains WHERE domain = ?" }
-  cache  = "1h"
-}
-table "vusers" {
-  sqlite = "/var/db/smtpd.sqlite"
-  query  = { alias = "SELECT dest FROM virtuals WHERE address = ?" }
-  cache  = "0s"
-}
+`+tables+`
 action "local" {
   maildir  = "/var/mail/x"
   virtual  = table.vusers
@@ -70,6 +61,26 @@ match {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// Tables kept outside smtpd answer the rules and expansions like file
+// tables; while they cannot answer, recipients are refused for now,
+// never for good; answers are cached for the table's TTL, and smtpctl
+// update table forgets them.
+func TestBackendTables(t *testing.T) {
+	cfg := virtualConfig(t, `
+table "domains" {
+  sqlite = "/var/db/smtpd.sqlite"
+  query  = { domain = "SELECT 1 FROM domains WHERE domain = ?" }
+  cache  = "1h"
+}
+table "vusers" {
+  sqlite = "/var/db/smtpd.sqlite"
+  query  = { alias = "SELECT dest FROM virtuals WHERE address = ?" }
+  cache  = "0s"
+}
+`)
 	domains := &fakeBackend{values: map[string]string{"domain example.org": "1"}}
 	vusers := &fakeBackend{values: map[string]string{"alias alice@example.org": "vmail"}}
 	r := NewResolver(cfg)
